@@ -1,0 +1,134 @@
+"""``realchat`` command line: build, plan, schema.
+
+User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C exits
+130 and leaves no half-written output (stages write atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from realchat import __version__
+from realchat.errors import RealChatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="RealChat: realistic multi-turn chat data from a user simulator.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(err: RealChatError) -> None:
+    console.print(f"[bold red]error:[/bold red] {escape(err.render())}", highlight=False)
+    raise typer.Exit(err.exit_code)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value (YAML value).")]
+
+
+@app.command()
+def build(
+    recipe: RecipeArg,
+    only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Run this stage and the ones after it.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when a finished output matches.")] = False,
+    set_: SetOpt = None,
+    no_progress: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run the recipe's stages in order, skipping those whose finished output matches."""
+    from realchat.pipeline import build_stage, plan, select
+    from realchat.recipe import load_recipe
+    from realchat.stages.context import StageContext
+
+    try:
+        loaded = load_recipe(recipe, set_)
+        plans = select(plan(loaded), only, from_)
+        for p in plans:
+            if p.done and not force:
+                console.print(f"[green]✓[/green] {p.name}: up to date ({p.output}, fingerprint {p.fingerprint})")
+                continue
+            console.rule(f"stage {p.name}")
+            ctx = StageContext(loaded, p.name, console=console, show_progress=not no_progress)
+            stats = build_stage(loaded, p, ctx)
+            summary(p.name, stats, p.output)
+    except RealChatError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: nothing half-written was kept; rerun to resume")
+        raise typer.Exit(130)
+
+
+def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
+    """One screen: the books, then what each rule did."""
+    t = Table(title=f"{stage}: {folder}", show_lines=False)
+    t.add_column("rule")
+    t.add_column("in", justify="right")
+    t.add_column("out", justify="right")
+    t.add_column("rejected", justify="right")
+    t.add_column("counters")
+    t.add_column("s", justify="right")
+    for r in stats.get("rules", []):
+        counters = " ".join(f"{k}={v}" for k, v in r.get("counters", {}).items())
+        t.add_row(r["rule"], f"{r['in']:,}", f"{r['out']:,}", f"{r['rejected']:,}", counters, f"{r['seconds']:.1f}")
+    out.print(t)
+    ok = "[green]balanced[/green]" if stats.get("balanced") else "[red]NOT balanced[/red]"
+    out.print(
+        f"read {stats['read']:,} = kept {stats['kept_conversations']:,} + rejected "
+        f"{stats['rejected_conversations']:,} conversations ({ok}); {stats['kept_rows']:,} rows kept, "
+        f"{stats['rejected_rows']:,} rows rejected; {stats['seconds']:.1f} s"
+    )
+    langs = stats.get("languages")
+    if langs:
+        top = ", ".join(f"{k} {v:,}" for k, v in list(langs.items())[:6])
+        out.print(f"languages of kept user turns: {top}")
+
+
+@app.command(name="plan")
+def plan_cmd(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Show the stages, their inputs and outputs, and which are done already."""
+    from realchat.pipeline import plan
+    from realchat.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_)
+        plans = plan(loaded)
+    except RealChatError as e:
+        _fail(e)
+    t = Table(title=f"recipe {loaded.name} ({loaded.path}, sha256 {loaded.sha256[:12]})")
+    for col in ("stage", "inputs", "output", "fingerprint", "status"):
+        t.add_column(col)
+    for p in plans:
+        t.add_row(p.name, p.inputs, str(p.output), p.fingerprint[:12],
+                  "[green]done[/green]" if p.done else "[yellow]to build[/yellow]")
+    out.print(t)
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (for editor completion: yaml-language-server)."""
+    from realchat.recipe import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def version() -> None:
+    """Print the package version."""
+    out.print(__version__)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

