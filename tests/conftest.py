@@ -1,0 +1,95 @@
+"""Shared fixtures: slices of the shipped ShareGPT file, a tokenizer trained on the spot, recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from realchat.recipe import DEFAULT_SHAREGPT, resolve_package_path
+
+SHAREGPT = resolve_package_path(DEFAULT_SHAREGPT)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session gets its own RealChat cache (converted tokenizers) and fastText cache."""
+    cache = tmp_path_factory.getbasetemp() / "realchat-cache"
+    monkeypatch.setenv("REALCHAT_CACHE", str(cache))
+    monkeypatch.setenv("FTLANG_CACHE", str(cache / "fasttext"))
+
+
+@pytest.fixture(scope="session")
+def sharegpt_records() -> list[dict]:
+    """The first 600 complete records of the shipped ShareGPT V3 file (real data, real mess)."""
+    from realchat.sources import open_source
+    from realchat.recipe import SourceConfig
+
+    it, _ = open_source(SourceConfig(limit=600), Path("."))
+    return [r.data for r in it]
+
+
+@pytest.fixture
+def write_json_array(tmp_path):
+    def write(records, name="data.json") -> Path:
+        p = tmp_path / name
+        p.write_text(json.dumps(records, ensure_ascii=False, indent=1))
+        return p
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer trained in a second on a few sentences, with a ChatML template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["Hello, how are you today? I am fine, thank you.",
+              "Write a Python function that sorts a list.", "The quick brown fox jumps over the lazy dog."] * 50
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def make_recipe(tmp_path, tiny_tokenizer_dir):
+    """Write a recipe for the curate stage; defaults to a tiny tokenizer and a tmp run root."""
+
+    def make(source_path, filters=None, tokenizer=None, fmt="sharegpt", name="t", **curate) -> Path:
+        doc = {
+            "name": name,
+            "run_root": str(tmp_path / "runs"),
+            "stages": {"curate": {
+                "source": {"format": fmt, "path": str(source_path)},
+                "tokenizer": str(tokenizer or tiny_tokenizer_dir),
+                "filters": filters if filters is not None else [],
+                **curate,
+            }},
+        }
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return p
+
+    return make
+
+
+def pytest_report_header(config):
+    return f"shipped ShareGPT: {SHAREGPT} ({os.path.getsize(SHAREGPT):,} bytes)"

@@ -1,0 +1,37 @@
+"""The embedded default recipe on all the shipped data: the books balance (slow: ~40 s)."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from realchat.cli import app
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_recipe_on_all_shipped_conversations(tmp_path):
+    result = CliRunner().invoke(
+        app, ["build", "recipes/realchat.yaml", "--no-progress", "--set", f"run_root={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "realchat" / "curate"
+    stats = json.loads((folder / "stats.json").read_text())
+    # 17,671 complete conversations + the fragment the file is cut off in
+    assert stats["read"] == 17_672
+    assert stats["kept_conversations"] + stats["rejected_conversations"] == stats["read"]
+    assert stats["source"]["truncated_at_byte"] == 125_506_645
+    rejected = pl.read_parquet(folder / "rejected")
+    kept = pl.read_parquet(folder / "data")
+    assert rejected.filter(pl.col("reason") == "read.truncated").height == 1
+    per_rule = {r["rule"]: r["rejected"] for r in stats["rules"]}
+    by_rule = dict(rejected.group_by("rule").len().iter_rows())
+    assert {k: v for k, v in per_rule.items() if v} == by_rule
+    assert set(kept["source_index"]).isdisjoint(
+        rejected.filter(pl.col("scope") == "conversation")["source_index"])
+    assert next(iter(stats["languages"])) == "en"
+    # SmolLM2's tokenizer (converted from the shipped GGUF) counted every kept segment into budget
+    assert kept["segment"].max() >= 1
+    assert (kept["user_tokens"].list.max() <= 1536).all()
