@@ -74,14 +74,14 @@ def build(
 def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
     """One screen: the books, then what each rule did."""
     t = Table(title=f"{stage}: {folder}", show_lines=False)
-    t.add_column("rule")
+    t.add_column("rule", no_wrap=True)
     t.add_column("in", justify="right")
     t.add_column("out", justify="right")
     t.add_column("rejected", justify="right")
-    t.add_column("counters")
+    t.add_column("counters", overflow="fold", ratio=1)
     t.add_column("s", justify="right")
     for r in stats.get("rules", []):
-        counters = " ".join(f"{k}={v}" for k, v in r.get("counters", {}).items())
+        counters = " ".join(f"{k.replace('_', ' ')}={v}" for k, v in r.get("counters", {}).items())
         t.add_row(r["rule"], f"{r['in']:,}", f"{r['out']:,}", f"{r['rejected']:,}", counters, f"{r['seconds']:.1f}")
     out.print(t)
     ok = "[green]balanced[/green]" if stats.get("balanced") else "[red]NOT balanced[/red]"
