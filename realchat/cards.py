@@ -41,39 +41,89 @@ def _languages(stats: dict[str, Any], min_share: float = 0.005) -> list[str]:
     return [k for k, v in langs.items() if v / total >= min_share and k != "und"]
 
 
+def chain_markdown(chain: list[dict[str, Any]], this: str) -> str:
+    """``source → curate → … → **this**`` with links to the published revisions."""
+    links = []
+    for link in chain:
+        label = f"{link['name']}: `{link.get('repo') or '?'}`"
+        if link.get("revision"):
+            label += f" @ `{str(link['revision'])[:12]}`"
+        url = link.get("url")
+        links.append(f"[{label}]({url})" if url and str(url).startswith("http") else label)
+    return " → ".join(links + [f"**{this}**"])
+
+
+def realchat_block(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any],
+                   published_as: str | None) -> dict[str, Any]:
+    """The machine-readable lineage in every card's YAML header (``realchat lineage`` follows it)."""
+    return {
+        "stage": stage,
+        "recipe": loaded.name,
+        "recipe_sha256": manifest["recipe_sha256"],
+        "fingerprint": manifest["fingerprint"],
+        "version": manifest["realchat_version"],
+        "repo": published_as,
+        "parents": manifest.get("parents") or [],
+    }
+
+
+def render_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any], stats: dict[str, Any],
+                published_as: str | None = None) -> str:
+    """The card of a stage's artifact, from ``cards/<stage>_{dataset,model}_card.md``."""
+    from realchat.publish import lineage_chain, repo_id
+    from realchat.recipe import STAGE_KIND
+
+    published_as = published_as or repo_id(loaded, stage)
+    chain = chain_markdown(lineage_chain(loaded, manifest), f"{stage}: {published_as}")
+    common = dict(recipe=loaded, stage=stage, manifest=manifest, stats=stats,
+                  excerpt=loaded.stage_excerpt(stage), chain=chain, repo=published_as)
+    block = realchat_block(loaded, stage, manifest, published_as)
+    if STAGE_KIND[stage] == "dataset":
+        return render_dataset_card(loaded, stage, manifest, stats, block, common)
+    return render_model_card(loaded, stage, manifest, stats, block, common)
+
+
+def _dataset_parents(manifest: dict[str, Any]) -> list[str]:
+    return [p["repo"] for p in manifest.get("parents") or [] if p.get("repo") and p.get("repo_type") == "dataset"]
+
+
 def render_dataset_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any],
-                        stats: dict[str, Any]) -> str:
-    source = manifest["source"]
+                        stats: dict[str, Any], block: dict[str, Any], context: dict[str, Any]) -> str:
+    sources = [p["source"] for p in manifest.get("parents") or [] if "source" in p]
     card_data = DatasetCardData(
         pretty_name=f"{loaded.name}: {stage}",
         license=getattr(loaded.stage_config(stage), "license", "other"),
         language=_languages(stats) or None,
         task_categories=["text-generation"],
-        size_categories=[size_category(stats["kept_rows"])],
-        source_datasets=[source["path"]],
+        size_categories=[size_category(stats.get("kept_rows", stats.get("rows", 0)))],
+        source_datasets=(sources + _dataset_parents(manifest)) or None,
         tags=["realchat", "conversational", "user-simulator", stage],
-        configs=[
+        configs=manifest.get("configs") or [
             {"config_name": "default", "default": True,
              "data_files": [{"split": "train", "path": "data/*.parquet"}]},
-            {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
         ],
-        realchat={
-            "stage": stage,
-            "recipe": loaded.name,
-            "recipe_sha256": manifest["recipe_sha256"],
-            "fingerprint": manifest["fingerprint"],
-            "version": manifest["realchat_version"],
-            "parents": [{"source": source["path"], "format": source["format"],
-                         "revision": source["revision"]}],
-        },
+        realchat=block,
     )
     card = DatasetCard.from_template(
-        card_data,
-        template_path=str(templates_dir() / f"{stage}_dataset_card.md"),
-        recipe=loaded,
-        stage=stage,
-        manifest=manifest,
-        stats=stats,
-        excerpt=loaded.stage_excerpt(stage),
+        card_data, template_path=str(templates_dir() / f"{stage}_dataset_card.md"), **context)
+    return str(card)
+
+
+def render_model_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any],
+                      stats: dict[str, Any], block: dict[str, Any], context: dict[str, Any]) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = manifest.get("base_model") or {}
+    card_data = ModelCardData(
+        license=getattr(loaded.stage_config(stage), "license", "apache-2.0"),
+        base_model=base.get("repo") or None,
+        datasets=_dataset_parents(manifest) or None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        language=None,
+        tags=["realchat", "trl", "sft", stage],
+        realchat=block,
     )
+    card = ModelCard.from_template(
+        card_data, template_path=str(templates_dir() / f"{stage}_model_card.md"), **context)
     return str(card)

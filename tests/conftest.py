@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-import yaml
+# The tests' Hub is a local server (tests/hub_server.py). huggingface_hub and datasets read
+# HF_ENDPOINT when they are imported, so it is fixed here, before anything imports them.
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_server import HubServer, free_port  # noqa: E402
+
+HUB_PORT = free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="realchat-tests-hf-home-")  # no stored login, own cache
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from realchat.recipe import DEFAULT_SHAREGPT, resolve_package_path
 
@@ -20,6 +34,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "realchat-cache"
     monkeypatch.setenv("REALCHAT_CACHE", str(cache))
     monkeypatch.setenv("FTLANG_CACHE", str(cache / "fasttext"))
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """The tests' Hub-compatible server on 127.0.0.1, at the HF_ENDPOINT set above."""
+    server = HubServer(HUB_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub(hub_server, monkeypatch):
+    """The server, with a write token in HF_TOKEN."""
+    monkeypatch.setenv("HF_TOKEN", "hf_write")
+    return hub_server
 
 
 @pytest.fixture(scope="session")

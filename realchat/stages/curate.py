@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from realchat import __version__
-from realchat.cards import render_dataset_card
+from realchat.cards import render_card
 from realchat.conversations import normalize
 from realchat.filters import REGISTRY
 from realchat.filters.base import MESSAGES_DTYPE
@@ -123,11 +123,17 @@ def run(ctx: StageContext, out: Path, fingerprint: str, source_revision: str) ->
         "realchat_version": __version__,
         "python": platform.python_version(),
         "source": {"path": cfg.source.path, "format": cfg.source.format, "revision": report.revision},
+        "parents": [{"source": cfg.source.path, "format": cfg.source.format, "revision": report.revision}],
+        "configs": [
+            {"config_name": "default", "default": True,
+             "data_files": [{"split": "train", "path": "data/*.parquet"}]},
+            {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
+        ],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "outputs": {"data": "data/*.parquet", "rejected": "rejected/*.parquet", "stats": "stats.json",
                     "card": "README.md"},
     }
-    (out / "README.md").write_text(render_dataset_card(ctx.loaded, "curate", manifest, stats))
+    (out / "README.md").write_text(render_card(ctx.loaded, "curate", manifest, stats))
     write_json(out / MANIFEST, manifest)  # last: its presence marks the output complete
     return stats
 
