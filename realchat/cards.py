@@ -124,6 +124,8 @@ def render_model_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any]
         tags=["realchat", "trl", "sft", stage],
         realchat=block,
     )
-    card = ModelCard.from_template(
-        card_data, template_path=str(templates_dir() / f"{stage}_model_card.md"), **context)
+    template = templates_dir() / f"{stage}_model_card.md"
+    if not template.exists():
+        template = templates_dir() / "model_card.md"
+    card = ModelCard.from_template(card_data, template_path=str(template), **context)
     return str(card)

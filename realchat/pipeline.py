@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from realchat.errors import RecipeError
-from realchat.recipe import LoadedRecipe
+from realchat.recipe import STAGE_ORDER, STAGE_REF, LoadedRecipe
 from realchat.runs import atomic_output, fingerprint, is_done, read_manifest, stage_dir
 from realchat.sources import source_revision
-from realchat.stages import curate
 from realchat.stages.context import StageContext
 
 
@@ -31,26 +30,99 @@ class StagePlan:
 
 
 Runner = Callable[[StageContext, Path, str, str], dict[str, Any]]
-RUNNERS: dict[str, Runner] = {"curate": curate.run}
+
+
+def runner(stage: str) -> Runner:
+    """The stage's ``run`` function (imported lazily: training pulls in torch and TRL)."""
+    if stage == "curate":
+        from realchat.stages import curate
+
+        return curate.run
+    if stage in ("train_user", "train_assistant"):
+        from realchat.stages import train
+
+        return train.run
+    if stage == "simulate":
+        from realchat.stages import simulate
+
+        return simulate.run
+    if stage == "evaluate":
+        from realchat.stages import evaluate
+
+        return evaluate.run
+    raise RecipeError(f"no runner for stage {stage!r}")
+
+
+#: Config fields holding model references whose identity (file size/mtime, Hub id) enters the
+#: fingerprint when they do not name a stage.
+MODEL_FIELDS = ("base_model", "model", "tokenizer", "embedding_model", "simulator", "simulator_baseline")
+
+
+def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]:
+    """(parent stages, external model references) that stage ``name`` reads."""
+    cfg = loaded.stage_config(name).model_dump(mode="json")
+    parents: list[str] = []
+    models: list[str] = []
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, dict):
+            if node.get("data_format") == "stage" and isinstance(node.get("dataset"), str):
+                parents.append(node["dataset"])
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str):
+            if node.startswith(STAGE_REF):
+                parents.append(node[len(STAGE_REF):])
+            elif key in MODEL_FIELDS:
+                models.append(node)
+            elif key in ("datasets", "bench_models") and node in STAGE_ORDER:
+                parents.append(node)
+
+    walk(cfg)
+    if name == "simulate" and cfg.get("mode") != "seeded":
+        seeds = cfg.get("seeds", {})
+        if seeds.get("data_format") == "stage" and seeds.get("dataset") in parents:
+            parents.remove(seeds["dataset"])
+    return list(dict.fromkeys(parents)), list(dict.fromkeys(models))
 
 
 def plan(loaded: LoadedRecipe) -> list[StagePlan]:
+    from realchat.models import model_identity
+
     run_root = Path(loaded.recipe.run_root)
     plans: list[StagePlan] = []
-    parent_fp: str | None = None
-    for name in loaded.stage_names():
+    fps: dict[str, str] = {}
+    names = loaded.stage_names()
+    for name in names:
         cfg = loaded.stage_config(name)
         if name == "curate":
             inputs = f"{cfg.source.format}: {cfg.source.path}"  # type: ignore[attr-defined]
             input_fp = source_revision(cfg.source, loaded.base_dir)  # type: ignore[attr-defined]
+            parts = [input_fp]
         else:
-            inputs = plans[-1].name if plans else "?"
-            input_fp = parent_fp or ""
-        fp = fingerprint(name, cfg.model_dump(mode="json"), [input_fp])
+            parents, models = stage_inputs(loaded, name)
+            for parent in parents:
+                if parent not in fps:
+                    why = "is not in the recipe" if parent not in names else f"comes after {name}"
+                    raise RecipeError(f"{name} reads stage {parent!r}, which {why}", file=str(loaded.path),
+                                      field=f"stages.{name}")
+            parts = [fps[p] for p in parents] + [json_key(model_identity(m, loaded.base_dir)) for m in models]
+            inputs = ", ".join(parents + [m.rsplit("/", 1)[-1] for m in models]) or "-"
+            input_fp = fingerprint(name, {}, parts)
+        fp = fingerprint(name, cfg.model_dump(mode="json"), parts)
         out = stage_dir(run_root, loaded.name, name)
         plans.append(StagePlan(name, inputs, out, fp, is_done(out, fp), input_fp))
-        parent_fp = fp
+        fps[name] = fp
     return plans
+
+
+def json_key(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
 
 
 def select(plans: list[StagePlan], only: str | None, start: str | None) -> list[StagePlan]:
@@ -67,7 +139,7 @@ def select(plans: list[StagePlan], only: str | None, start: str | None) -> list[
 
 def build_stage(loaded: LoadedRecipe, p: StagePlan, ctx: StageContext) -> dict[str, Any]:
     with atomic_output(p.output) as tmp:
-        return RUNNERS[p.name](ctx, tmp, p.fingerprint, p.input_fingerprint)
+        return runner(p.name)(ctx, tmp, p.fingerprint, p.input_fingerprint)
 
 
 def finished_stats(p: StagePlan) -> dict[str, Any] | None:

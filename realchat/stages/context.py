@@ -1,16 +1,19 @@
-"""What a stage gets from the engine: the recipe, a console, progress bars, a lazily loaded tokenizer."""
+"""What a stage gets from the engine: the recipe, a console, progress bars, references to other stages."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from realchat.errors import ModelError, RecipeError
 from realchat.models import TokenCounter, token_counter
-from realchat.recipe import LoadedRecipe
+from realchat.recipe import STAGE_REF, LoadedRecipe
+from realchat.runs import read_manifest, stage_dir
 
 T = TypeVar("T")
 
@@ -25,6 +28,53 @@ class StageContext:
     def token_counter(self) -> TokenCounter:
         cfg = self.loaded.stage_config(self.stage)
         return token_counter(getattr(cfg, "tokenizer"), str(self.loaded.base_dir))
+
+    # -- other stages -----------------------------------------------------------------------------
+
+    def stage_output(self, name: str) -> Path:
+        """The finished output folder of stage ``name`` (an error if it is not built)."""
+        if name.startswith(STAGE_REF):
+            name = name[len(STAGE_REF):]
+        folder = stage_dir(Path(self.loaded.recipe.run_root), self.loaded.name, name)
+        if read_manifest(folder) is None:
+            raise RecipeError(f"stage {name} is not built; `realchat build` builds it before {self.stage}",
+                              file=str(self.loaded.path), field=f"stages.{self.stage}")
+        return folder
+
+    def parent_ref(self, name: str) -> dict[str, Any]:
+        """A parent stage as lineage: stage, fingerprint, local path (publishing adds repo + revision)."""
+        if name.startswith(STAGE_REF):
+            name = name[len(STAGE_REF):]
+        folder = self.stage_output(name)
+        return {"stage": name, "fingerprint": (read_manifest(folder) or {}).get("fingerprint"),
+                "path": str(folder)}
+
+    def resolve_model(self, ref: str, field_path: str) -> str:
+        """A model reference → a loadable folder or Hub id (``stage:`` refs → that stage's output)."""
+        from realchat.models import materialize_model
+
+        if ref.startswith(STAGE_REF):
+            return str(self.stage_output(ref))
+        try:
+            return materialize_model(ref, self.loaded.base_dir)
+        except ModelError as e:
+            e.file, e.field = str(self.loaded.path), field_path
+            raise
+
+    def model_ref_lineage(self, ref: str) -> dict[str, Any]:
+        from realchat.models import model_identity
+
+        if ref.startswith(STAGE_REF):
+            return self.parent_ref(ref)
+        from realchat.models import upstream_repo
+
+        return {"source": ref, **model_identity(ref, self.loaded.base_dir), "repo": upstream_repo(ref)}
+
+    def work_dir(self, fingerprint: str) -> Path:
+        """Checkpoints and other resumable state of this stage's run (kept across interruptions)."""
+        return Path(self.loaded.recipe.run_root) / self.loaded.name / ".work" / f"{self.stage}-{fingerprint[:16]}"
+
+    # -- progress ---------------------------------------------------------------------------------
 
     def progress(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Iterate with a progress bar on the console (transient; nothing when output is not a TTY)."""

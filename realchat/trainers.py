@@ -1,0 +1,207 @@
+"""Supervised fine-tuning with TRL's SFTTrainer, the loss on one role's turns.
+
+One trainer for both models of the method: UserGPT (loss on the user turns: the model learns to speak
+as the human) and ReaLM (loss on the assistant turns). Conversations are tokenised here with a loss
+mask (:mod:`realchat.chat_format`) and handed to SFTTrainer as a pre-tokenised dataset
+(``input_ids`` + ``assistant_masks``), so TRL builds the labels, truncates, packs (best-fit
+decreasing, padding-free batches) and trains; LoRA through peft; FSDP/DeepSpeed through accelerate
+when launched with ``accelerate launch`` / ``torchrun``.
+
+Checkpoints go to a work folder beside the run folder (``.work/<stage>-<fingerprint>``): an
+interrupted stage resumes from its last checkpoint on the rerun; the folder is removed on success.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from realchat.chat_format import tokenize_with_mask
+from realchat.errors import RealChatError
+from realchat.recipe import TrainStage
+
+
+class TrainingDataError(RealChatError):
+    """The training data cannot train this stage (no turns of the loss role, turns longer than max_length)."""
+
+
+def tokenize_conversations(tokenizer: Any, convs: list[list[dict[str, str]]], loss_role: str,
+                           max_length: int, what: str) -> list[dict[str, list[int]]]:
+    """Tokenise with masks; refuse data that would train on nothing, with a reason."""
+    rows = [tokenize_with_mask(tokenizer, msgs, loss_role) for msgs in convs]
+    with_loss = [r for r in rows if any(r["assistant_masks"])]
+    if not with_loss:
+        raise TrainingDataError(
+            f"{what}: no {loss_role} turns to train on ({len(rows)} conversations, none with a "
+            f"'{loss_role}' message)", hint="check the dataset's roles (user / assistant)")
+    first_loss = [r["assistant_masks"].index(1) for r in with_loss]
+    if min(first_loss) >= max_length:
+        raise TrainingDataError(
+            f"{what}: max_length {max_length} is smaller than one turn: the earliest {loss_role} turn "
+            f"starts at token {min(first_loss)}, so every row would be cut before anything to learn",
+            field="max_length", hint=f"raise max_length above {min(first_loss) + 16}")
+    return with_loss
+
+
+def _bf16(setting: str) -> bool:
+    import torch
+
+    if setting == "no":
+        return False
+    available = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if setting == "yes" and not available:
+        raise RealChatError("bf16: yes, but this machine has no GPU with bf16", field="bf16",
+                            hint="use bf16: auto")
+    return available
+
+
+def last_checkpoint(work: Path) -> str | None:
+    cks = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(cks[-1]) if cks else None
+
+
+def train_sft(cfg: TrainStage, *, base_model: str, train_convs: list[list[dict[str, str]]],
+              eval_convs: list[list[dict[str, str]]], loss_role: str, out: Path, work: Path, seed: int,
+              show_progress: bool = True, callbacks: list[Any] | None = None, log: Any = print) -> dict[str, Any]:
+    """Train, save a loadable model folder to ``out``; return the figures for the card."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise RealChatError(f"{base_model}: the tokenizer has no chat template", field="base_model")
+    train_rows = tokenize_conversations(tokenizer, train_convs, loss_role, cfg.max_length, "training data")
+    eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs) if any(r["assistant_masks"])]
+                 if eval_convs else [])
+    bf16 = _bf16(cfg.bf16)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    eval_on = bool(eval_rows)
+    args = SFTConfig(
+        output_dir=str(work / "checkpoints"),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if (eval_on and cfg.eval_steps) else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=bf16,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        disable_tqdm=not show_progress,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen=True,
+        fsdp=cfg.fsdp or "",
+        deepspeed=cfg.deepspeed,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_on else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    resume = last_checkpoint(work)
+    if resume:
+        log(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    final_eval = trainer.evaluate() if eval_on else {}
+    history = list(trainer.state.log_history)
+
+    trained = trainer.model
+    if cfg.method == "lora":
+        trained = trained.merge_and_unload()
+    trained = trained.to(torch.float32) if not bf16 else trained
+    trained.generation_config.eos_token_id = tokenizer.eos_token_id
+    trained.generation_config.pad_token_id = tokenizer.pad_token_id
+    trained.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+    losses = _loss_table(history)
+    _plot(losses, out / "loss.png")
+    n_tokens = sum(min(len(r["input_ids"]), cfg.max_length) for r in train_rows)
+    n_loss = sum(sum(r["assistant_masks"][: cfg.max_length]) for r in train_rows)
+    epochs = float(trainer.state.epoch or 0)
+    return {
+        "loss_role": loss_role,
+        "base_model": base_model,
+        "train_conversations": len(train_rows),
+        "eval_conversations": len(eval_rows),
+        "dataset_tokens": n_tokens,
+        "dataset_loss_tokens": n_loss,
+        "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
+        "loss_tokens_trained": int(round(n_loss * epochs)),
+        "epochs": round(epochs, 3),
+        "steps": int(trainer.state.global_step),
+        "train_loss": round(float(result.training_loss), 4) if result.training_loss is not None else None,
+        "eval_loss": round(float(final_eval["eval_loss"]), 4) if "eval_loss" in final_eval else None,
+        "eval_perplexity": round(math.exp(final_eval["eval_loss"]), 2) if "eval_loss" in final_eval else None,
+        "resumed_from": resume,
+        "losses": losses,
+        "seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
+        "bf16": bf16,
+        "method": cfg.method,
+    }
+
+
+def _loss_table(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    for h in history:
+        step = int(h.get("step", 0))
+        if "loss" in h:
+            rows.setdefault(step, {"step": step})["train_loss"] = round(float(h["loss"]), 4)
+        if "eval_loss" in h:
+            rows.setdefault(step, {"step": step})["eval_loss"] = round(float(h["eval_loss"]), 4)
+    return [rows[k] for k in sorted(rows)]
+
+
+def _plot(losses: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
+        pts = [(r["step"], r[key]) for r in losses if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def remove_work(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""Training stages on a tiny model built from a config: the loss mask, learning, reload, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from realchat.chat_format import as_user_simulator, decode_loss_tokens, tokenize_with_mask
+from realchat.cli import app
+
+runner = CliRunner()
+
+CONV = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Write a Python function that sorts a list."},
+    {"role": "assistant", "content": "Use sorted(xs)."},
+    {"role": "user", "content": "Hello, how are you today?"},
+    {"role": "assistant", "content": "I am fine, thank you."},
+]
+
+
+@pytest.mark.parametrize("role", ["user", "assistant"])
+def test_loss_mask_decodes_to_exactly_the_turns_of_the_role(role, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    row = tokenize_with_mask(tok, CONV, role)
+    assert len(row["input_ids"]) == len(row["assistant_masks"])
+    expected = [m["content"] + "<|im_end|>\n" for m in CONV if m["role"] == role]
+    assert decode_loss_tokens(tok, row) == expected
+
+
+def test_user_simulator_view_swaps_system_prompt_and_adds_end_marker(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    msgs = as_user_simulator(CONV, "You write the human's turns.", "<|endconversation|>")
+    assert msgs[0] == {"role": "system", "content": "You write the human's turns."}
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    runs = decode_loss_tokens(tok, tokenize_with_mask(tok, msgs, "user"))
+    assert runs[-1] == "<|endconversation|><|im_end|>\n" and "Be brief." not in "".join(runs)
+
+
+@pytest.fixture
+def train_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, tmp_path):
+    def make(**train) -> Path:
+        src = write_json_array(sharegpt_records[:80])
+        path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="tr")
+        doc = yaml.safe_load(path.read_text())
+        doc["stages"]["train_user"] = {
+            "base_model": str(tiny_model_dir), "max_length": 256, "max_steps": 6,
+            "per_device_train_batch_size": 2, "learning_rate": 5e-3, "warmup_ratio": 0.0,
+            "lr_scheduler_type": "constant", "save_steps": 2, "eval_share": 0.1, "eval_steps": 3,
+            "end_marker": "<|endconversation|>", **train,
+        }
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return make
+
+
+def test_train_user_learns_saves_reloads_generates_and_publishes(train_recipe, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = train_recipe()
+    result = runner.invoke(app, ["build", str(recipe), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "tr" / "train_user"
+    stats = json.loads((out / "stats.json").read_text())
+    train_losses = [r["train_loss"] for r in stats["losses"] if "train_loss" in r]
+    assert stats["steps"] == 6 and len(train_losses) == 6
+    assert train_losses[-1] < train_losses[0]  # a few optimisation steps lower the loss
+    assert stats["eval_loss"] is not None and stats["dataset_loss_tokens"] < stats["dataset_tokens"]
+    assert (out / "loss.png").stat().st_size > 1000
+    assert not (tmp_path / "runs" / "tr" / ".work").exists() or not any((tmp_path / "runs" / "tr" / ".work").iterdir())
+
+    published = tmp_path / "hub" / "realchat" / "tr-train_user"  # models: <root>/<ns>/<name>
+    model = AutoModelForCausalLM.from_pretrained(published)
+    tok = AutoTokenizer.from_pretrained(published)
+    assert tok.chat_template and (published / "generation_config.json").exists()
+    ids = tok.apply_chat_template([{"role": "system", "content": stats["system_prompt"]}], return_tensors="pt",
+                                  return_dict=True)
+    gen = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert gen.shape[1] > ids["input_ids"].shape[1]
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(published / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert meta["realchat"]["parents"][0]["stage"] == "curate"
+    assert meta["realchat"]["parents"][0]["repo"] == "realchat/tr-curate"  # parent by published repo id
+    assert "| step | train loss | eval loss |" in card.text and "loss.png" in card.text
+    from realchat.publish import follow_lineage
+
+    assert [c["stage"] for c in follow_lineage(str(published))] == ["train_user", "curate", "source"]
+
+
+def test_interrupted_training_resumes_from_checkpoint(train_recipe, tmp_path):
+    from transformers import TrainerCallback
+
+    from realchat.pipeline import build_stage, plan
+    from realchat.recipe import load_recipe
+    from realchat.stages import train
+    from realchat.stages.context import StageContext
+
+    recipe = train_recipe()
+    assert runner.invoke(app, ["build", str(recipe), "--only", "curate", "--no-progress"]).exit_code == 0
+    loaded = load_recipe(recipe)
+    p = [x for x in plan(loaded) if x.name == "train_user"][0]
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    original = train.run
+    try:
+        train.run = lambda *a, **k: original(*a, callbacks=[Interrupt()], **k)
+        with pytest.raises(KeyboardInterrupt):
+            build_stage(loaded, p, StageContext(loaded, "train_user", show_progress=False))
+    finally:
+        train.run = original
+    assert not (p.output / "manifest.json").exists()  # nothing half-written
+    result = runner.invoke(app, ["build", str(recipe), "--no-progress", "--no-push"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((p.output / "stats.json").read_text())
+    assert stats["resumed_from"].endswith("checkpoint-2") and stats["steps"] == 6
+
+
+def test_train_errors(train_recipe, tmp_path, write_json_array):
+    def invoke(recipe):
+        r = runner.invoke(app, ["build", str(recipe), "--no-progress", "--no-push"])
+        return r.exit_code, " ".join(r.output.split())
+
+    bad_model = train_recipe(base_model=str(tmp_path / "nope"))
+    code, out = invoke(bad_model)
+    assert code == 2 and "model not found" in out and "stages.train_user.base_model" in out
+
+    too_short = train_recipe(max_length=8)
+    code, out = invoke(too_short)
+    assert code == 2 and "smaller than one turn" in out
+
+    only_gpt = write_json_array([{"id": f"x{i}", "conversations": [{"from": "gpt", "value": "hi there"}]}
+                                 for i in range(5)], name="gpt.json")
+    no_user = train_recipe(dataset=str(only_gpt), data_format="sharegpt")
+    code, out = invoke(no_user)
+    assert code == 2 and "no user turns to train on" in out and "Traceback" not in out
