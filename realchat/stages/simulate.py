@@ -1,0 +1,315 @@
+"""Stage ``simulate``: UserGPT (or a baseline simulator) talks to an answerer → the RealChat dataset.
+
+Conversations are appended, as they finish, to ``parts.jsonl`` in the stage's work folder, one line
+each with the sha256 of its record. A crash, ``kill -9`` or Ctrl-C loses only the conversations in
+flight: the rerun reads the part file, drops a torn last line (bad checksum), skips the session ids
+already there and simulates the rest. Session ids are fixed by position (``<fp8>-000042``), so there
+are no duplicates and no gaps.
+
+Output: ``data/`` (conversations with at least one complete round), ``rejected/`` (sessions that
+ended before one: failed requests, seeds too long, an empty first question — with the reason),
+``sharegpt/realchat.jsonl`` (the paper's record format), ``stats.json``, the card, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from realchat import __version__
+from realchat.backends import LocalModel, OpenAIChat, VLLMModel
+from realchat.cards import render_card
+from realchat.datasets_io import is_held_out, read_conversations
+from realchat.recipe import STAGE_REF, DEFAULT_USER_SYSTEM_PROMPT, SimulateStage
+from realchat.runs import MANIFEST, write_json
+from realchat.simulator import Session, Simulation
+from realchat.stages.context import StageContext
+
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def settings_id(cfg: SimulateStage) -> str:
+    keys = cfg.model_dump(mode="json", include={"simulator", "user_sampling", "assistant_sampling",
+                                                  "assistant_system_prompt", "max_rounds", "context_budget"})
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# -- part file ------------------------------------------------------------------------------------
+
+
+def read_parts(path: Path) -> list[dict[str, Any]]:
+    """Complete records of the part file; a torn or corrupt line (a crash mid-write) is dropped."""
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    good_bytes = 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                item = json.loads(line)
+                body = json.dumps(item["record"], sort_keys=True, ensure_ascii=False)
+                if hashlib.sha256(body.encode()).hexdigest() != item["sha256"]:
+                    raise ValueError("checksum")
+            except (ValueError, KeyError, TypeError):
+                break
+            out.append(item["record"])
+            good_bytes += len(line)
+    with path.open("r+b") as f:  # cut the torn tail so appends start on a clean line
+        f.truncate(good_bytes)
+    return out
+
+
+class PartWriter:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        body = json.dumps(record, sort_keys=True, ensure_ascii=False)
+        line = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
+                          ensure_ascii=False)
+        self.f.write(line + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# -- seeds and backends ---------------------------------------------------------------------------
+
+
+def load_seeds(ctx: StageContext, cfg: SimulateStage) -> list[dict[str, Any]]:
+    """First questions (and answers) for seeded mode: the held-out real conversations of curate."""
+    convs = read_conversations(cfg.seeds.dataset, cfg.seeds.data_format, ctx.loaded.base_dir, ctx.stage_output)
+    if cfg.seeds.data_format == "stage" and cfg.seeds.dataset == "curate":
+        share = ctx.loaded.recipe.stages.train_user.eval_share if ctx.loaded.recipe.stages.train_user else 0.0
+        held = [c for c in convs if is_held_out(c.get("base_id", c["id"]), share)] if share else convs
+        if held:
+            convs = held
+    seeds = []
+    for c in convs:
+        msgs = [m for m in c["messages"] if m["role"] != "system"]
+        if not msgs or msgs[0]["role"] != "user":
+            continue
+        seed = [msgs[0]]
+        if cfg.seeds.with_answer and len(msgs) > 1 and msgs[1]["role"] == "assistant":
+            seed.append(msgs[1])
+        seeds.append({"id": c["id"], "messages": seed})
+    if not seeds:
+        raise_no_seeds(ctx, cfg)
+    return seeds
+
+
+def raise_no_seeds(ctx: StageContext, cfg: SimulateStage) -> None:
+    from realchat.errors import RecipeError
+
+    raise RecipeError(f"no seed conversations starting with a user turn in {cfg.seeds.dataset}",
+                      file=str(ctx.loaded.path), field="stages.simulate.seeds.dataset")
+
+
+def make_backend(ctx: StageContext, backend: Any, field_path: str) -> Any:
+    if backend.kind == "openai":
+        return OpenAIChat(backend)
+    path = ctx.resolve_model(backend.model, f"{field_path}.model")
+    if backend.kind == "vllm":
+        return VLLMModel(backend, path)
+    return LocalModel(path, backend.batch_size)
+
+
+def simulator_prompt_and_marker(ctx: StageContext, cfg: SimulateStage) -> tuple[str | None, str | None]:
+    """The simulator's system prompt and end marker: as the recipe says, else as UserGPT was trained."""
+    trained: dict[str, Any] = {}
+    ref = cfg.simulator_backend.model
+    if ref.startswith(STAGE_REF):
+        stats = ctx.stage_output(ref) / "stats.json"
+        if stats.exists():
+            trained = json.loads(stats.read_text())
+    prompt = cfg.user_system_prompt if cfg.user_system_prompt is not None else trained.get(
+        "system_prompt", DEFAULT_USER_SYSTEM_PROMPT)
+    marker = cfg.end_marker if cfg.end_marker is not None else trained.get("end_marker")
+    return prompt, marker
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) -> dict[str, Any]:
+    import torch
+
+    cfg: SimulateStage = ctx.loaded.stage_config("simulate")  # type: ignore[assignment]
+    started = time.perf_counter()
+    seed = cfg.seed if cfg.seed is not None else ctx.loaded.recipe.seed
+    ids = [f"{fingerprint[:8]}-{i:06d}" for i in range(cfg.conversations)]
+    seeds = load_seeds(ctx, cfg) if cfg.mode == "seeded" else []
+    rng = random.Random(seed)
+    if seeds:
+        rng.shuffle(seeds)
+
+    work = ctx.work_dir(fingerprint)
+    parts_path = work / "parts.jsonl"
+    done = read_parts(parts_path)
+    done_ids = {r["session_id"] for r in done}
+    todo = [i for i, sid in enumerate(ids) if sid not in done_ids]
+    if done:
+        ctx.console.print(f"simulate: resuming, {len(done):,} conversations already finished, {len(todo):,} to go")
+    torch.manual_seed(seed + len(done))
+
+    sim_backend = make_backend(ctx, cfg.simulator_backend, "stages.simulate.simulator_backend")
+    same = (cfg.answerer.kind == cfg.simulator_backend.kind != "openai"
+            and cfg.answerer.model == cfg.simulator_backend.model)
+    answerer = sim_backend if same else make_backend(ctx, cfg.answerer, "stages.simulate.answerer")
+    user_prompt, marker = simulator_prompt_and_marker(ctx, cfg)
+    sid = settings_id(cfg)
+
+    writer = PartWriter(parts_path)
+    finished = list(done)
+    bar_total = len(ids)
+
+    def on_finish(s: Session) -> None:
+        rec = s.record(sid)
+        writer.write(rec)
+        finished.append(rec)
+
+    sim = Simulation(cfg, sim_backend, answerer, user_prompt if cfg.simulator == "usergpt" else None,
+                     marker if cfg.simulator == "usergpt" else None, on_finish)
+    gen_started = time.perf_counter()
+    try:
+        # one wave per batch of live conversations keeps memory flat and writes results as they end
+        wave = getattr(sim_backend, "batch_size", 64) * 4
+        with ctx.console.status(f"simulating {len(todo):,} conversations") as status:
+            for k in range(0, len(todo), wave):
+                batch = []
+                for i in todo[k : k + wave]:
+                    seed_conv = seeds[i % len(seeds)] if seeds else None
+                    msgs = [dict(m) for m in seed_conv["messages"]] if seed_conv else []
+                    s = Session(ids[i], cfg.mode, seed_conv["id"] if seed_conv else None, msgs,
+                                rounds=1 if len(msgs) == 2 else 0)
+                    batch.append(s)
+                sim.run(batch)
+                status.update(f"simulating: {len(finished):,}/{bar_total:,} conversations finished")
+    finally:
+        writer.close()
+    gen_seconds = time.perf_counter() - gen_started
+
+    records = sorted(finished, key=lambda r: r["session_id"])
+    assert [r["session_id"] for r in records] == ids, "every session id exactly once"
+    kept = [r for r in records if r["rounds"] >= 1]
+    rejected = [r for r in records if r["rounds"] < 1]
+    _write(out, kept, rejected, cfg)
+    stats = describe(kept, rejected, sim_backend, cfg)
+    stats.update(generated_tokens_this_run=sim.generated_tokens, generation_seconds=round(gen_seconds, 1),
+                 tokens_per_second=round(sim.generated_tokens / gen_seconds, 1) if gen_seconds else None,
+                 resumed_with=len(done), seconds=round(time.perf_counter() - started, 1),
+                 settings_id=sid, simulator=cfg.simulator, mode=cfg.mode,
+                 simulator_model=cfg.simulator_backend.model,
+                 answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
+                 end_marker=marker)
+    write_json(out / "stats.json", stats)
+    parents = []
+    for ref in (cfg.simulator_backend.model, getattr(cfg.answerer, "model", "")):
+        if ref.startswith(STAGE_REF):
+            parents.append(ctx.parent_ref(ref))
+    if cfg.mode == "seeded" and cfg.seeds.data_format == "stage":
+        parents.append(ctx.parent_ref(cfg.seeds.dataset))
+    manifest = {
+        "stage": "simulate", "fingerprint": fingerprint, "recipe": ctx.loaded.name,
+        "recipe_file": str(ctx.loaded.path), "recipe_sha256": ctx.loaded.sha256,
+        "realchat_version": __version__, "python": platform.python_version(),
+        "parents": parents,
+        "models": {"simulator": ctx.model_ref_lineage(cfg.simulator_backend.model),
+                   "answerer": (ctx.model_ref_lineage(cfg.answerer.model) if cfg.answerer.kind != "openai"
+                                else {"source": f"{cfg.answerer.model} @ {cfg.answerer.base_url}"})},
+        "configs": [
+            {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "data/*.parquet"}]},
+            {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
+        ],
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "README.md").write_text(render_card(ctx.loaded, "simulate", manifest, stats))
+    write_json(out / MANIFEST, manifest)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
+
+
+def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(records, schema={"session_id": pl.String, "mode": pl.String, "seed_id": pl.String,
+                                         "messages": MESSAGES, "rounds": pl.Int32, "stop_reason": pl.String,
+                                         "error": pl.String, "settings_id": pl.String})
+
+
+def _write(out: Path, kept: list[dict[str, Any]], rejected: list[dict[str, Any]], cfg: SimulateStage) -> None:
+    (out / "data").mkdir(parents=True)
+    (out / "rejected").mkdir()
+    _frame(kept).write_parquet(out / "data" / "train-00000-of-00001.parquet", compression="zstd")
+    _frame(rejected).write_parquet(out / "rejected" / "train-00000-of-00001.parquet", compression="zstd")
+    if cfg.export_sharegpt:
+        (out / "sharegpt").mkdir()
+        with (out / "sharegpt" / "realchat.jsonl").open("w", encoding="utf-8") as f:
+            for r in kept:
+                conv = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in r["messages"]]
+                f.write(json.dumps({"session_id": r["session_id"], "num_of_rounds": r["rounds"],
+                                    "conversations": conv}, ensure_ascii=False) + "\n")
+
+
+def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: Any,
+             cfg: SimulateStage) -> dict[str, Any]:
+    """§4 statistics that need no judge: rounds, tokens per utterance / conversation, stop reasons, languages."""
+    from realchat.langid import LanguageIdentifier
+
+    count = getattr(model, "count", None)
+    user_tok, asst_tok, conv_tok, rounds = [], [], [], []
+    user_texts = []
+    for r in kept:
+        total = 0
+        for m in r["messages"]:
+            n = count(m["content"]) if count else len(m["content"].split())
+            total += n
+            (user_tok if m["role"] == "user" else asst_tok).append(n)
+            if m["role"] == "user":
+                user_texts.append(m["content"])
+        conv_tok.append(total)
+        rounds.append(r["rounds"])
+    stop: dict[str, int] = {}
+    for r in kept + rejected:
+        stop[r["stop_reason"]] = stop.get(r["stop_reason"], 0) + 1
+    langs: dict[str, int] = {}
+    if user_texts:
+        try:
+            labels, _conf = LanguageIdentifier.shared().predict(user_texts, clean=True)
+            for lang in labels:
+                langs[lang] = langs.get(lang, 0) + 1
+        except Exception:  # language ID is a nicety here; never fail the stage on it
+            langs = {}
+
+    def mean(xs: list[int]) -> float | None:
+        return round(sum(xs) / len(xs), 1) if xs else None
+
+    hist: dict[str, int] = {}
+    for n in rounds:
+        hist[str(n)] = hist.get(str(n), 0) + 1
+    return {
+        "sessions": len(kept) + len(rejected),
+        "rows": len(kept),
+        "kept_rows": len(kept),
+        "rejected_sessions": len(rejected),
+        "mean_rounds": mean(rounds),
+        "rounds_histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+        "tokens_per_user_turn": mean(user_tok),
+        "tokens_per_assistant_turn": mean(asst_tok),
+        "tokens_per_utterance": mean(user_tok + asst_tok),
+        "tokens_per_conversation": mean(conv_tok),
+        "stop_reasons": dict(sorted(stop.items(), key=lambda kv: -kv[1])),
+        "failed": stop.get("failed", 0),
+        "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+        "token_counter": "simulator tokenizer" if count else "whitespace words",
+    }
