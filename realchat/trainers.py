@@ -57,6 +57,12 @@ def _bf16(setting: str) -> bool:
     return available
 
 
+def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
 def last_checkpoint(work: Path) -> str | None:
     cks = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(cks[-1]) if cks else None
@@ -71,6 +77,12 @@ def train_sft(cfg: TrainStage, *, base_model: str, train_convs: list[list[dict[s
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    if not show_progress:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -108,17 +120,18 @@ def train_sft(cfg: TrainStage, *, base_model: str, train_convs: list[list[dict[s
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=bf16,
         seed=seed,
         data_seed=seed,
         report_to="none",
         disable_tqdm=not show_progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         include_num_input_tokens_seen=True,
         fsdp=cfg.fsdp or "",
         deepspeed=cfg.deepspeed,
         dataset_num_proc=None,
+        **_checkpointing_kwarg(SFTConfig, cfg.gradient_checkpointing),
     )
     trainer = SFTTrainer(
         model=model,
@@ -129,6 +142,10 @@ def train_sft(cfg: TrainStage, *, base_model: str, train_convs: list[list[dict[s
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if not show_progress:  # the per-step log dicts: the card's loss table has them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")
