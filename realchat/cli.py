@@ -153,6 +153,48 @@ def lineage(
                   highlight=False)
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation helpers (MT-Bench / Vicuna-Bench judgments).")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("show")
+def eval_show(
+    judgments: Annotated[list[Path], typer.Argument(help="FastChat-format judgment JSONL file(s).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per-model scores (turn 1, turn 2, overall) and pairwise win rates from judgment files."""
+    from realchat.judge import read_jsonl, summarize
+
+    try:
+        rows = []
+        for path in judgments:
+            if not path.is_file():
+                raise RealChatError("judgment file not found", file=str(path))
+            rows += read_jsonl(path)
+        result = summarize(rows, ", ".join(map(str, judgments)))
+    except RealChatError as e:
+        _fail(e)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    if result["single"]:
+        t = Table(title="single-answer grading (mean of valid scores, 1-10)")
+        for col in ("model", "turn 1", "turn 2", "overall", "n", "unparsable"):
+            t.add_column(col, justify="left" if col == "model" else "right")
+        for model, r in result["single"].items():
+            t.add_row(model, *(f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("turn_1", "turn_2", "overall")),
+                      str(r["n"]), str(r["invalid"]))
+        out.print(t)
+    if result["pairwise"]:
+        t = Table(title="pairwise (a verdict counts when both orders agree; otherwise a tie)")
+        for col in ("model", "win", "tie", "loss", "win rate", "adjusted"):
+            t.add_column(col, justify="left" if col == "model" else "right")
+        for model, r in result["pairwise"].items():
+            t.add_row(model, str(r["win"]), str(r["tie"]), str(r["loss"]), f"{r['win_rate']:.3f}",
+                      f"{r['win_rate_adjusted']:.3f}")
+        out.print(t)
+
+
 @app.command(name="plan")
 def plan_cmd(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Show the stages, their inputs and outputs, and which are done already."""
