@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def test_default_recipe_on_all_shipped_conversations(tmp_path):
     result = CliRunner().invoke(
-        app, ["build", "recipes/realchat.yaml", "--no-progress", "--set", f"run_root={tmp_path}"])
+        app, ["build", "recipes/realchat.yaml", "--only", "curate", "--no-progress", "--no-push",
+                   "--set", f"run_root={tmp_path}"])
     assert result.exit_code == 0, result.output
     folder = tmp_path / "realchat" / "curate"
     stats = json.loads((folder / "stats.json").read_text())
