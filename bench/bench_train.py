@@ -59,7 +59,8 @@ def main() -> None:
             cfg = SFTConfig(output_dir=out, max_length=args.max_length, packing=packing, packing_strategy="bfd",
                             per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
                             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                            include_num_input_tokens_seen="non_padding", seed=0, shuffle_dataset=True)
+                            include_num_input_tokens_seen="non_padding", seed=0, shuffle_dataset=True,
+                            bf16=torch.cuda.is_available(), dataloader_pin_memory=False)
             trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok)
             t0 = time.perf_counter()
             trainer.train()
