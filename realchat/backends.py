@@ -29,7 +29,25 @@ class Generation:
     error: str | None = None
 
 
-class LocalModel:
+class TemplateModel:
+    """A model whose prompts this process renders with its tokenizer's chat template (local, vLLM)."""
+
+    tokenizer: Any
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
+        raise NotImplementedError
+
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams) -> list[Generation]:
+        return self.generate([self.render(c) for c in conversations], sampling)
+
+
+class LocalModel(TemplateModel):
     """A transformers causal LM on this machine (CPU or one GPU)."""
 
     def __init__(self, path: str, batch_size: int = 16) -> None:
@@ -47,12 +65,6 @@ class LocalModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.name = path
-
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
         import torch
@@ -78,9 +90,6 @@ class LocalModel:
                     ids = ids[: ids.index(self.tokenizer.eos_token_id)]
                 out.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)))
         return out
-
-    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams) -> list[Generation]:
-        return self.generate([self.render(c) for c in conversations], sampling)
 
 
 class OpenAIChat:
@@ -133,7 +142,7 @@ class OpenAIChat:
             return list(pool.map(lambda c: self._one(c, sampling), conversations))
 
 
-class VLLMModel:
+class VLLMModel(TemplateModel):
     """vLLM's offline engine (``pip install realchat[vllm]``; a GPU)."""
 
     def __init__(self, cfg: VLLMBackend, path: str) -> None:
@@ -147,18 +156,9 @@ class VLLMModel:
         self.tokenizer = self.llm.get_tokenizer()
         self.name = path
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
         from vllm import SamplingParams as VSampling
 
         params = VSampling(temperature=sampling.temperature, top_p=sampling.top_p,
                            max_tokens=sampling.max_new_tokens, repetition_penalty=sampling.repetition_penalty)
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in self.llm.generate(prompts, params)]
-
-    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams) -> list[Generation]:
-        return self.generate([self.render(c) for c in conversations], sampling)

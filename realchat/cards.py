@@ -18,6 +18,13 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from realchat.recipe import LoadedRecipe
 
 
+#: ``configs`` of a dataset card: the kept rows as the default config, what was removed as ``rejected``.
+DATA_CONFIGS = [
+    {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "data/*.parquet"}]},
+    {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
+]
+
+
 def templates_dir() -> Path:
     """``cards/`` of the source tree, or its copy inside the installed wheel (``realchat/_cards``)."""
     packaged = Path(str(resources.files("realchat"))) / "_cards"
@@ -98,10 +105,7 @@ def render_dataset_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, An
         size_categories=[size_category(stats.get("kept_rows", stats.get("rows", 0)))],
         source_datasets=(sources + _dataset_parents(manifest)) or None,
         tags=["realchat", "conversational", "user-simulator", stage],
-        configs=manifest.get("configs") or [
-            {"config_name": "default", "default": True,
-             "data_files": [{"split": "train", "path": "data/*.parquet"}]},
-        ],
+        configs=manifest.get("configs") or DATA_CONFIGS[:1],
         realchat=block,
     )
     card = DatasetCard.from_template(

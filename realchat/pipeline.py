@@ -132,8 +132,14 @@ def select(plans: list[StagePlan], only: str | None, start: str | None) -> list[
 
 
 def build_stage(loaded: LoadedRecipe, p: StagePlan, ctx: StageContext) -> dict[str, Any]:
+    """Run one stage into its atomic output; its work folder (checkpoints, part files) is kept for a
+    resume until the output is in place, then removed."""
+    import shutil
+
     with atomic_output(p.output) as tmp:
-        return runner(p.name)(ctx, tmp, p.fingerprint, p.input_fingerprint)
+        stats = runner(p.name)(ctx, tmp, p.fingerprint, p.input_fingerprint)
+    shutil.rmtree(ctx.work_dir(p.fingerprint), ignore_errors=True)
+    return stats
 
 
 def finished_stats(p: StagePlan) -> dict[str, Any] | None:

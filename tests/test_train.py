@@ -64,7 +64,6 @@ def train_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir
 
 
 def test_train_user_learns_saves_reloads_generates_and_publishes(train_recipe, tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = train_recipe()

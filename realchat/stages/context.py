@@ -70,6 +70,25 @@ class StageContext:
 
         return {"source": ref, **model_identity(ref, self.loaded.base_dir), "repo": upstream_repo(ref)}
 
+    def manifest(self, fingerprint: str, **fields: Any) -> dict[str, Any]:
+        """A stage's ``manifest.json``: the lineage header every stage shares, then its own fields."""
+        import platform
+        from datetime import datetime, timezone
+
+        from realchat import __version__
+
+        return {
+            "stage": self.stage,
+            "fingerprint": fingerprint,
+            "recipe": self.loaded.name,
+            "recipe_file": str(self.loaded.path),
+            "recipe_sha256": self.loaded.sha256,
+            "realchat_version": __version__,
+            "python": platform.python_version(),
+            **fields,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
     def work_dir(self, fingerprint: str) -> Path:
         """Checkpoints and other resumable state of this stage's run (kept across interruptions)."""
         return Path(self.loaded.recipe.run_root) / self.loaded.name / ".work" / f"{self.stage}-{fingerprint[:16]}"

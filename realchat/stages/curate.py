@@ -14,16 +14,13 @@ exactly one of two places:
 
 from __future__ import annotations
 
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from realchat import __version__
-from realchat.cards import render_card
+from realchat.cards import DATA_CONFIGS, render_card
 from realchat.conversations import normalize
 from realchat.filters import REGISTRY
 from realchat.filters.base import MESSAGES_DTYPE
@@ -114,25 +111,14 @@ def run(ctx: StageContext, out: Path, fingerprint: str, source_revision: str) ->
     _write_shards(table, out / "data", cfg.shard_rows)
     _write_shards(rejected_df, out / "rejected", cfg.shard_rows)
     write_json(out / "stats.json", stats)
-    manifest = {
-        "stage": "curate",
-        "fingerprint": fingerprint,
-        "recipe": ctx.loaded.name,
-        "recipe_file": str(ctx.loaded.path),
-        "recipe_sha256": ctx.loaded.sha256,
-        "realchat_version": __version__,
-        "python": platform.python_version(),
-        "source": {"path": cfg.source.path, "format": cfg.source.format, "revision": report.revision},
-        "parents": [{"source": cfg.source.path, "format": cfg.source.format, "revision": report.revision}],
-        "configs": [
-            {"config_name": "default", "default": True,
-             "data_files": [{"split": "train", "path": "data/*.parquet"}]},
-            {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
-        ],
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "outputs": {"data": "data/*.parquet", "rejected": "rejected/*.parquet", "stats": "stats.json",
-                    "card": "README.md"},
-    }
+    manifest = ctx.manifest(
+        fingerprint,
+        source={"path": cfg.source.path, "format": cfg.source.format, "revision": report.revision},
+        parents=[{"source": cfg.source.path, "format": cfg.source.format, "revision": report.revision}],
+        configs=DATA_CONFIGS,
+        outputs={"data": "data/*.parquet", "rejected": "rejected/*.parquet", "stats": "stats.json",
+                 "card": "README.md"},
+    )
     (out / "README.md").write_text(render_card(ctx.loaded, "curate", manifest, stats))
     write_json(out / MANIFEST, manifest)  # last: its presence marks the output complete
     return stats

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import random
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from realchat import __version__
 from realchat.backends import LocalModel, OpenAIChat, VLLMModel
-from realchat.cards import render_card
+from realchat.cards import DATA_CONFIGS, render_card
 from realchat.datasets_io import is_held_out, read_conversations
 from realchat.recipe import STAGE_REF, DEFAULT_USER_SYSTEM_PROMPT, SimulateStage
 from realchat.runs import MANIFEST, write_json
@@ -219,25 +216,14 @@ def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) 
             parents.append(ctx.parent_ref(ref))
     if cfg.mode == "seeded" and cfg.seeds.data_format == "stage":
         parents.append(ctx.parent_ref(cfg.seeds.dataset))
-    manifest = {
-        "stage": "simulate", "fingerprint": fingerprint, "recipe": ctx.loaded.name,
-        "recipe_file": str(ctx.loaded.path), "recipe_sha256": ctx.loaded.sha256,
-        "realchat_version": __version__, "python": platform.python_version(),
-        "parents": parents,
-        "models": {"simulator": ctx.model_ref_lineage(cfg.simulator_backend.model),
-                   "answerer": (ctx.model_ref_lineage(cfg.answerer.model) if cfg.answerer.kind != "openai"
-                                else {"source": f"{cfg.answerer.model} @ {cfg.answerer.base_url}"})},
-        "configs": [
-            {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "data/*.parquet"}]},
-            {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
-        ],
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    answerer_lineage = (ctx.model_ref_lineage(cfg.answerer.model) if cfg.answerer.kind != "openai"
+                        else {"source": f"{cfg.answerer.model} @ {cfg.answerer.base_url}"})
+    manifest = ctx.manifest(
+        fingerprint, parents=parents, configs=DATA_CONFIGS,
+        models={"simulator": ctx.model_ref_lineage(cfg.simulator_backend.model), "answerer": answerer_lineage},
+    )
     (out / "README.md").write_text(render_card(ctx.loaded, "simulate", manifest, stats))
     write_json(out / MANIFEST, manifest)
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
     return stats
 
 

@@ -6,20 +6,17 @@ generation config) plus ``loss.png``, ``stats.json``, the model card and ``manif
 
 from __future__ import annotations
 
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from realchat import __version__
 from realchat.cards import render_card
 from realchat.chat_format import as_user_simulator
 from realchat.datasets_io import read_conversations, split_held_out
 from realchat.recipe import DEFAULT_USER_SYSTEM_PROMPT, TrainStage
 from realchat.runs import MANIFEST, write_json
 from realchat.stages.context import StageContext
-from realchat.trainers import TrainingDataError, remove_work, train_sft
+from realchat.trainers import TrainingDataError, train_sft
 
 LOSS_ROLE = {"train_user": "user", "train_assistant": "assistant"}
 
@@ -67,22 +64,10 @@ def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str,
     write_json(out / "stats.json", stats)
     parents = [ctx.parent_ref(cfg.dataset)] if cfg.data_format == "stage" else [
         {"source": cfg.dataset, "format": cfg.data_format, "revision": None}]
-    manifest = {
-        "stage": stage,
-        "fingerprint": fingerprint,
-        "recipe": ctx.loaded.name,
-        "recipe_file": str(ctx.loaded.path),
-        "recipe_sha256": ctx.loaded.sha256,
-        "realchat_version": __version__,
-        "python": platform.python_version(),
-        "versions": package_versions(),
-        "parents": parents,
-        "base_model": ctx.model_ref_lineage(cfg.base_model),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    manifest = ctx.manifest(fingerprint, versions=package_versions(), parents=parents,
+                            base_model=ctx.model_ref_lineage(cfg.base_model))
     (out / "README.md").write_text(render_card(ctx.loaded, stage, manifest, stats))
     write_json(out / MANIFEST, manifest)
-    remove_work(work)
     return stats
 
 
