@@ -55,7 +55,7 @@ MODEL_FIELDS = ("base_model", "model", "tokenizer")
 
 
 def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]:
-    """(parent stages, external model references) that stage ``name`` reads."""
+    """(parent stages, external model and data file references) that stage ``name`` reads."""
     cfg = loaded.stage_config(name).model_dump(mode="json")
     parents: list[str] = []
     models: list[str] = []
@@ -64,6 +64,8 @@ def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]
         if isinstance(node, dict):
             if node.get("data_format") == "stage" and isinstance(node.get("dataset"), str):
                 parents.append(node["dataset"])
+            elif node.get("data_format") not in (None, "hub") and isinstance(node.get("dataset"), str):
+                models.append(node["dataset"])  # a data file: its identity (size, mtime) enters the fingerprint
             for k, v in node.items():
                 walk(v, k)
         elif isinstance(node, list):

@@ -226,6 +226,10 @@ class VLLMBackend(Strict):
     dtype: str = "auto"
 
 
+#: Fields holding a backend, and the ``kind`` tags of the backend union (for error key paths).
+BACKEND_FIELDS = ("answerer", "simulator_backend")
+BACKEND_KINDS = ("local", "openai", "vllm")
+
 Backend = Annotated[Union[LocalBackend, OpenAIBackend, VLLMBackend], Field(discriminator="kind")]
 
 
@@ -451,7 +455,7 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(prev, int) and part in REGISTRY:
+        elif (isinstance(prev, int) and part in REGISTRY) or (prev in BACKEND_FIELDS and part in BACKEND_KINDS):
             pass  # pydantic's discriminated-union tag: not a key the user wrote
         else:
             out += ("." if out else "") + str(part)
@@ -572,6 +576,13 @@ def _check_model_ref(loaded: LoadedRecipe, ref: str | None, field: str) -> None:
                           file=str(loaded.path), field=field)
 
 
+def _check_dataset_file(loaded: LoadedRecipe, ref: str, field: str) -> None:
+    p = resolve_local(ref, loaded.base_dir)
+    if not p.exists():
+        raise RecipeError(f"file not found: {p}", file=str(loaded.path), field=field,
+                          hint="data_format: stage reads another stage; relative paths are relative to the recipe")
+
+
 def check_model_files(loaded: LoadedRecipe) -> None:
     """Model references of the later stages: local files must exist (Hub ids are checked when used)."""
     st = loaded.recipe.stages
@@ -579,7 +590,11 @@ def check_model_files(loaded: LoadedRecipe) -> None:
         cfg = getattr(st, name)
         if cfg is not None:
             _check_model_ref(loaded, cfg.base_model, f"stages.{name}.base_model")
+        if cfg is not None and cfg.data_format not in ("stage", "hub"):
+            _check_dataset_file(loaded, cfg.dataset, f"stages.{name}.dataset")
     if st.simulate is not None:
+        if st.simulate.mode == "seeded" and st.simulate.seeds.data_format not in ("stage", "hub"):
+            _check_dataset_file(loaded, st.simulate.seeds.dataset, "stages.simulate.seeds.dataset")
         _check_model_ref(loaded, st.simulate.simulator_backend.model, "stages.simulate.simulator_backend.model")
         if st.simulate.answerer.kind != "openai":
             _check_model_ref(loaded, st.simulate.answerer.model, "stages.simulate.answerer.model")

@@ -115,3 +115,15 @@ def test_schema_is_json_schema_of_the_recipe():
            for k, v in schema["$defs"].items() if "op" in v.get("properties", {})}
     assert {"language", "near_dedup", "split"} <= ops
     assert Recipe.model_json_schema()["required"] == ["name", "stages"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("stages.train_assistant.data_format=sharegpt", "stages.train_assistant.dataset: file not found"),
+    ("stages.simulate.answerer.kind=openai", "stages.simulate.answerer.base_url: required key is missing"),
+])
+def test_later_stage_inputs_named_in_errors(override, expected):
+    from realchat.errors import RecipeError
+
+    with pytest.raises(RecipeError) as err:
+        load_recipe("recipes/realchat.yaml", [override])
+    assert expected in " ".join(str(err.value).split())
