@@ -171,17 +171,45 @@ def _convert_gguf(path: Path, target: Path) -> None:
     _atomic_save(save, target)
 
 
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) in RealChat's cache so a large
+    model is read once; the digest itself depends on the content only, so fingerprints agree across
+    machines and virtual environments."""
+    import json
+
+    st = path.stat()
+    memo = cache_dir() / "digests.json"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    known[key] = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f"digests.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(known))
+    os.replace(tmp, memo)
+    return known[key]
+
+
 def model_identity(ref: str, base_dir: Path = Path(".")) -> dict[str, Any]:
-    """What goes into a fingerprint and a card for a model reference: file identity or Hub id."""
+    """What goes into a fingerprint and a card for a model or data reference: the sha256 of its
+    content (a file; a model folder's config and weights; every file of another folder), or the Hub id."""
     path = resolve_local(ref, base_dir)
     if path.is_file():
-        return {"ref": ref, "key": _ref_key(path), "size": path.stat().st_size}
+        return {"ref": ref, "sha256": content_digest(path), "size": path.stat().st_size}
     if path.is_dir():
         cfg = path / "config.json"
-        weights = sorted(path.glob("*.safetensors"))
-        key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
-                                      for p in [cfg, *weights] if p.exists()).encode()).hexdigest()[:16]
-        return {"ref": ref, "key": key}
+        files = [cfg, *sorted(path.glob("*.safetensors"))] if cfg.exists() else sorted(
+            p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        key = hashlib.sha256("|".join(f"{p.relative_to(path)}:{content_digest(p)}" for p in files).encode())
+        return {"ref": ref, "sha256": key.hexdigest()}
     return {"ref": ref, "hub": True}
 
 
