@@ -63,6 +63,19 @@ def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
+def micro_batches(packing: bool, batch: int, accumulation: int, attn_implementation: str | None) -> tuple[int, int]:
+    """(rows per forward pass, accumulation steps) for the recipe's batch.
+
+    TRL's padding-free packing flattens a micro-batch into one sequence; varlen attention kernels
+    (flash-attention, on GPUs) keep its documents apart at no cost, but other attention (SDPA, eager:
+    CPUs) then attends over the whole flattened length, quadratic in the micro-batch, and packing ends
+    up slower than padding. There, a packed micro-batch is one row and the batch is made up by gradient
+    accumulation: the same rows and tokens per optimiser step."""
+    if packing and batch > 1 and not (attn_implementation or "").startswith(("flash", "kernels")):
+        return 1, batch * accumulation
+    return batch, accumulation
+
+
 def last_checkpoint(work: Path) -> str | None:
     cks = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(cks[-1]) if cks else None
@@ -100,14 +113,16 @@ def train_sft(cfg: TrainStage, *, base_model: str, train_convs: list[list[dict[s
         peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                  target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     eval_on = bool(eval_rows)
+    micro, accumulation = micro_batches(cfg.packing, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                                        getattr(model.config, "_attn_implementation", None))
     args = SFTConfig(
         output_dir=str(work / "checkpoints"),
         max_length=cfg.max_length,
         packing=cfg.packing,
         packing_strategy="bfd",
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,

@@ -150,3 +150,13 @@ def test_train_errors(train_recipe, tmp_path, write_json_array):
     no_user = train_recipe(dataset=str(only_gpt), data_format="sharegpt")
     code, out = invoke(no_user)
     assert code == 2 and "no user turns to train on" in out and "Traceback" not in out
+
+
+def test_packed_micro_batches_are_single_rows_without_varlen_attention():
+    from realchat.trainers import micro_batches
+
+    # SDPA/eager (CPU): one packed row per forward pass, the batch made up by accumulation
+    assert micro_batches(True, 4, 2, "sdpa") == (1, 8)
+    # flash-attention keeps packed documents apart in one flattened sequence: batch as written
+    assert micro_batches(True, 4, 2, "flash_attention_2") == (4, 2)
+    assert micro_batches(False, 4, 2, "sdpa") == (4, 2)
