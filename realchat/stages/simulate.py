@@ -22,7 +22,6 @@ from typing import Any
 
 import polars as pl
 
-from realchat.backends import LocalModel, OpenAIChat, VLLMModel
 from realchat.cards import DATA_CONFIGS, render_card
 from realchat.datasets_io import is_held_out, read_conversations
 from realchat.recipe import STAGE_REF, DEFAULT_USER_SYSTEM_PROMPT, SimulateStage
@@ -112,15 +111,6 @@ def raise_no_seeds(ctx: StageContext, cfg: SimulateStage) -> None:
                       file=str(ctx.loaded.path), field="stages.simulate.seeds.dataset")
 
 
-def make_backend(ctx: StageContext, backend: Any, field_path: str) -> Any:
-    if backend.kind == "openai":
-        return OpenAIChat(backend)
-    path = ctx.resolve_model(backend.model, f"{field_path}.model")
-    if backend.kind == "vllm":
-        return VLLMModel(backend, path)
-    return LocalModel(path, backend.batch_size)
-
-
 def simulator_prompt_and_marker(ctx: StageContext, cfg: SimulateStage) -> tuple[str | None, str | None]:
     """The simulator's system prompt and end marker: as the recipe says, else as UserGPT was trained."""
     trained: dict[str, Any] = {}
@@ -159,10 +149,10 @@ def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) 
         ctx.console.print(f"simulate: resuming, {len(done):,} conversations already finished, {len(todo):,} to go")
     torch.manual_seed(seed + len(done))
 
-    sim_backend = make_backend(ctx, cfg.simulator_backend, "stages.simulate.simulator_backend")
+    sim_backend = ctx.open_backend(cfg.simulator_backend, "stages.simulate.simulator_backend")
     same = (cfg.answerer.kind == cfg.simulator_backend.kind != "openai"
             and cfg.answerer.model == cfg.simulator_backend.model)
-    answerer = sim_backend if same else make_backend(ctx, cfg.answerer, "stages.simulate.answerer")
+    answerer = sim_backend if same else ctx.open_backend(cfg.answerer, "stages.simulate.answerer")
     user_prompt, marker = simulator_prompt_and_marker(ctx, cfg)
     sid = settings_id(cfg)
 
