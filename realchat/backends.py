@@ -43,8 +43,16 @@ class TemplateModel:
     def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
         raise NotImplementedError
 
-    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams) -> list[Generation]:
-        return self.generate([self.render(c) for c in conversations], sampling)
+    def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams,
+             answer_prefix: str = "") -> list[Generation]:
+        """Answer each conversation; ``answer_prefix`` opens the answer (the model continues it, and
+        the returned text starts with it): a small local judge can be made to give its verdict in
+        FastChat's format right away."""
+        gens = self.generate([self.render(c) + answer_prefix for c in conversations], sampling)
+        if answer_prefix:
+            for g in gens:
+                g.text = answer_prefix + g.text
+        return gens
 
 
 class LocalModel(TemplateModel):

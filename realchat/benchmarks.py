@@ -186,9 +186,18 @@ def _judge_messages(prompt: dict[str, Any], values: dict[str, str]) -> list[dict
     return msgs + [{"role": "user", "content": _fill(prompt["prompt_template"], values)}]
 
 
+#: Verdict-first judging (``judge_mode: verdict_only``): the judge's answer is opened with these, so
+#: it writes the verdict in FastChat's format at once instead of an explanation first.
+VERDICT_PREFIX = {"single": "Rating: [[", "pair": "Verdict: [["}
+
+
+def _ask(chat: ChatFn, convs: list[list[dict[str, str]]], sampling: SamplingParams, prefix: str | None) -> list[Any]:
+    return chat(convs, sampling, answer_prefix=prefix) if prefix else chat(convs, sampling)  # type: ignore[call-arg]
+
+
 def judge_single(chat: ChatFn, judge_name: str, prompts: dict[str, dict[str, Any]], questions: list[Question],
                  refs: dict[Any, list[str]], answers: dict[str, dict[Any, list[str]]],
-                 max_new_tokens: int) -> list[dict[str, Any]]:
+                 max_new_tokens: int, verdict_first: bool = False) -> list[dict[str, Any]]:
     """One FastChat single-grading row per (model, question, turn)."""
     jobs = []
     for model, by_q in answers.items():
@@ -197,7 +206,8 @@ def judge_single(chat: ChatFn, judge_name: str, prompts: dict[str, dict[str, Any
                 name = _prompt_name("single", q["category"], q["question_id"] in refs, turn)
                 values = _values(q, refs.get(q["question_id"]), answer=by_q[q["question_id"]])
                 jobs.append((model, q, turn, name, _judge_messages(prompts[name], values)))
-    gens = chat([j[4] for j in jobs], SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    gens = _ask(chat, [j[4] for j in jobs], SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                VERDICT_PREFIX["single"] if verdict_first else None)
     now = time.time()
     rows = []
     for (model, q, turn, name, msgs), g in zip(jobs, gens):
@@ -210,7 +220,7 @@ def judge_single(chat: ChatFn, judge_name: str, prompts: dict[str, dict[str, Any
 
 def judge_pairwise(chat: ChatFn, judge_name: str, prompts: dict[str, dict[str, Any]], questions: list[Question],
                    refs: dict[Any, list[str]], answers: dict[str, dict[Any, list[str]]], baseline: str,
-                   max_new_tokens: int) -> list[dict[str, Any]]:
+                   max_new_tokens: int, verdict_first: bool = False) -> list[dict[str, Any]]:
     """One FastChat pairwise row per (model vs baseline, question, turn), judged in both orders."""
     jobs = []
     for model in answers:
@@ -225,7 +235,8 @@ def judge_pairwise(chat: ChatFn, judge_name: str, prompts: dict[str, dict[str, A
                 g2 = _judge_messages(prompts[name], _values(q, ref, answer_a=b, answer_b=a))
                 jobs.append((model, q, turn, name, g1, g2))
     flat = [m for j in jobs for m in (j[4], j[5])]
-    gens = chat(flat, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    gens = _ask(chat, flat, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                VERDICT_PREFIX["pair"] if verdict_first else None)
     now = time.time()
     g1_map = {"A": "model_1", "B": "model_2"}
     g2_map = {"A": "model_2", "B": "model_1"}

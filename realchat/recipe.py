@@ -352,6 +352,10 @@ class BenchmarkConfig(Strict):
     max_new_tokens: int = Field(1024, ge=1)
     judge: Backend = OpenAIBackend(base_url="https://api.openai.com/v1", model="gpt-4")
     judge_max_new_tokens: int = Field(2048, ge=1)
+    #: ``explain``: FastChat's way (an explanation, then the verdict). ``verdict_only``: the judge's
+    #: answer is opened with "Rating: [[" / "Verdict: [[" so it states the verdict at once: for small
+    #: local judges that otherwise never reach FastChat's format (local or vLLM judges only).
+    judge_mode: Literal["explain", "verdict_only"] = "explain"
     #: ``single``: 1-10 grades; ``pairwise``: each model against ``baseline`` in both orders.
     modes: list[Literal["single", "pairwise"]] = Field(default_factory=lambda: ["single"])
     #: The reference model of pairwise comparisons (a name from ``models``).
@@ -398,6 +402,9 @@ class EvaluateStage(Strict):
             models = [m.name for m in b.models]
             if not models:
                 raise ValueError("benchmark.models: name at least one model to answer the questions")
+            if b.judge_mode == "verdict_only" and b.judge.kind == "openai":
+                raise ValueError("benchmark.judge_mode: verdict_only needs a local or vllm judge "
+                                 "(an endpoint renders its own chat template)")
             if b.questions_format == "hub" and not b.judge_prompts:
                 raise ValueError("benchmark.judge_prompts: name FastChat's judge_prompts.jsonl when questions come from the Hub")
             if len(set(models)) != len(models):

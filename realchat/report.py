@@ -225,9 +225,9 @@ def make_plots(folder: Path, results: dict[str, Any], series: dict[str, dict[str
             lengths = np.asarray(s["user_turn_tokens"]) + 1
             if len(lengths):
                 axes[1].hist(lengths, bins=np.logspace(0, np.log10(max(lengths.max(), 10)), 30), alpha=0.55,
-                             density=True, label=name)
+                             weights=np.full(len(lengths), 1 / len(lengths)), label=name)
         axes[0].set(title="rounds per conversation", xlabel="rounds", ylabel="share")
-        axes[1].set(title="user-turn length", xlabel="tokens + 1 (log)", xscale="log")
+        axes[1].set(title="user-turn length", xlabel="tokens + 1 (log bins)", ylabel="share", xscale="log")
         axes[0].legend()
         fig.tight_layout()
         fig.savefig(folder / "distributions.png", dpi=110)

@@ -338,3 +338,33 @@ def test_interrupted_evaluation_resumes_without_new_answers(eval_recipe, tmp_pat
     assert made == []  # every answer came from the interrupted run's work folder
     assert json.loads((out / "stats.json").read_text())["report"]["benchmarks"]["benchmarks"]["mt_bench"]["single"]
     assert not (tmp_path / "runs" / "ev" / ".work").exists() or not list((tmp_path / "runs" / "ev" / ".work").rglob("*.jsonl"))
+
+
+def test_verdict_first_judging_with_a_local_model(tiny_model_dir):
+    from realchat.backends import LocalModel
+
+    prompts = bm.load_judge_prompts(bench_cfg(), Path("."))
+    questions, refs = bm.load_questions(bench_cfg(), "vicuna_bench", Path("."))
+    qs = questions[:2]
+    answers = {"m": {q["question_id"]: ["Sleep more."] for q in qs}, "b": {q["question_id"]: ["No."] for q in qs}}
+    judge = LocalModel(str(tiny_model_dir), batch_size=2)
+    rows = bm.judge_single(judge.chat, "tiny", prompts, qs, refs, answers, 3, verdict_first=True)
+    assert len(rows) == 4 and all(r["judgment"].startswith("Rating: [[") for r in rows)
+    pair = bm.judge_pairwise(judge.chat, "tiny", prompts, qs, refs, answers, "b", 3, verdict_first=True)
+    assert all(r["g1_judgment"].startswith("Verdict: [[") for r in pair)
+
+    def continues(convs, sampling, answer_prefix=""):  # a judge that completes the opened verdict
+        return [Generation(answer_prefix + ("8]] fine" if "Rating" in answer_prefix else "B]]")) for _ in convs]
+
+    assert {r["score"] for r in bm.judge_single(continues, "j", prompts, qs, refs, answers, 3, True)} == {8.0}
+    assert {(r["g1_winner"], r["g2_winner"]) for r in
+            bm.judge_pairwise(continues, "j", prompts, qs, refs, answers, "b", 3, True)} == {("model_2", "model_1")}
+
+
+def test_verdict_only_needs_a_local_judge():
+    from pydantic import ValidationError
+
+    from realchat.recipe import EvaluateStage
+
+    with pytest.raises(ValidationError, match="verdict_only needs a local or vllm judge"):
+        EvaluateStage(fidelity=None, benchmark=bench_cfg(judge_mode="verdict_only"))

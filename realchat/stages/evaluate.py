@@ -210,11 +210,12 @@ def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path)
                 if judge is None:
                     judge = ctx.open_backend(b.judge, "stages.evaluate.benchmark.judge")
                 ctx.console.print(f"evaluate: judge {judge_name} grades {bench} ({mode})")
+                first = b.judge_mode == "verdict_only"
                 if mode == "single":
                     return bm.judge_single(judge.chat, judge_name, prompts, questions, refs, answers[bench],
-                                           b.judge_max_new_tokens)
+                                           b.judge_max_new_tokens, first)
                 return bm.judge_pairwise(judge.chat, judge_name, prompts, questions, refs, answers[bench],
-                                         str(b.pairwise_baseline), b.judge_max_new_tokens)
+                                         str(b.pairwise_baseline), b.judge_max_new_tokens, first)
 
             rows.extend(_cached(path, make))
         summary = summarize(rows, path=bench)
