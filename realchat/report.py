@@ -88,8 +88,10 @@ def fidelity_section(results: dict[str, Any]) -> str:
                      f"total-variation distance {_fmt(rd.get('total_variation'))} (simulations are capped by "
                      "`max_rounds`).")
     if f.get("ended_by"):
-        parts.append("How simulated conversations ended: " + ", ".join(
-            f"{k} {v:.0%}" for k, v in f["ended_by"].items()) + " (`simulator` = it wrote its end marker).")
+        ended = dict(f["ended_by"])
+        own = ended.pop("simulator", 0.0)
+        parts.append(f"How simulated conversations ended: by the simulator itself (its end marker) {own:.0%}; "
+                     + ", ".join(f"{k} {v:.0%}" for k, v in ended.items()) + ".")
     return "\n\n".join(parts) + "\n"
 
 
