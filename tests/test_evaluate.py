@@ -368,3 +368,21 @@ def test_verdict_only_needs_a_local_judge():
 
     with pytest.raises(ValidationError, match="verdict_only needs a local or vllm judge"):
         EvaluateStage(fidelity=None, benchmark=bench_cfg(judge_mode="verdict_only"))
+
+
+def test_broken_question_file_names_file_line_and_field(tmp_path):
+    from realchat.errors import RealChatError
+
+    root = tmp_path / "eval"
+    (root / "mt_bench").mkdir(parents=True)
+    (root / "mt_bench" / "question.jsonl").write_text(
+        '{"question_id": 1, "category": "math", "turns": ["1+1?"]}\n{"question_id": 2, "turns": "not a list"}\n')
+    cfg = BenchmarkConfig(questions=str(root), models=[{"name": "m", "backend": {"kind": "local", "model": "x"}}])
+    with pytest.raises(RealChatError) as e:
+        bm.load_questions(cfg, "mt_bench", Path("."))
+    msg = e.value.render()
+    assert "question.jsonl" in msg and "line 2" in msg and "turns" in msg
+    (root / "mt_bench" / "question.jsonl").write_text('{"question_id": 1, "turns": ["ok"]}\n{oops\n')
+    with pytest.raises(RealChatError, match="not JSON") as e:
+        bm.load_questions(cfg, "mt_bench", Path("."))
+    assert "line 2" in e.value.render()
