@@ -264,10 +264,11 @@ def per_category(rows: list[dict[str, Any]], categories: dict[Any, str]) -> dict
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON lines, written whole or not at all (a resumed evaluation trusts any file it finds)."""
+    from realchat.runs import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def safe_name(name: str) -> str:

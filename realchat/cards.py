@@ -99,11 +99,9 @@ def render_card(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any], stat
 def evaluation_section(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any]) -> str:
     """The evaluation figures for the card of ``simulate`` (RealChat) or ``train_assistant`` (ReaLM):
     present once the recipe's evaluate stage has been built on exactly this output (same fingerprint)."""
-    import json
-
     from realchat.publish import repo_id
     from realchat.report import card_section
-    from realchat.runs import read_manifest, stage_dir
+    from realchat.runs import read_manifest, read_stats, stage_dir
 
     if stage not in ("simulate", "train_assistant") or loaded.recipe.stages.evaluate is None:
         return ""
@@ -112,11 +110,7 @@ def evaluation_section(loaded: LoadedRecipe, stage: str, manifest: dict[str, Any
     if ev is None or not any(p.get("stage") == stage and p.get("fingerprint") == manifest.get("fingerprint")
                              for p in ev.get("parents") or []):
         return ""
-    try:
-        results = json.loads((folder / "stats.json").read_text()).get("report") or {}
-    except (OSError, ValueError):
-        return ""
-    return card_section(results, stage, repo_id(loaded, "evaluate"))
+    return card_section(read_stats(folder).get("report") or {}, stage, repo_id(loaded, "evaluate"))
 
 
 def _dataset_parents(manifest: dict[str, Any]) -> list[str]:

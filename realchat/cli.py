@@ -86,14 +86,13 @@ def refresh_cards(loaded: Any, stages: tuple[str, ...]) -> list[Any]:
     """Re-render the cards of finished ``stages`` in their run folders; returns their plans."""
     from realchat.cards import render_card
     from realchat.pipeline import plan
-    from realchat.runs import atomic_write_text, read_manifest
+    from realchat.runs import atomic_write_text, read_manifest, read_stats
 
     done = []
     for p in plan(loaded):
         if p.name in stages and p.done:
-            stats_file = p.output / "stats.json"
-            stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-            atomic_write_text(p.output / "README.md", render_card(loaded, p.name, read_manifest(p.output) or {}, stats))
+            card = render_card(loaded, p.name, read_manifest(p.output) or {}, read_stats(p.output))
+            atomic_write_text(p.output / "README.md", card)
             done.append(p)
     return done
 

@@ -177,6 +177,8 @@ def content_digest(path: Path) -> str:
     machines and virtual environments."""
     import json
 
+    from realchat.runs import atomic_write_text
+
     st = path.stat()
     memo = cache_dir() / "digests.json"
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -192,9 +194,7 @@ def content_digest(path: Path) -> str:
             h.update(block)
     known[key] = h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"digests.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(known))
-    os.replace(tmp, memo)
+    atomic_write_text(memo, json.dumps(known))
     return known[key]
 
 

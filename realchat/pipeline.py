@@ -152,13 +152,4 @@ def build_stage(loaded: LoadedRecipe, p: StagePlan, ctx: StageContext) -> dict[s
     return stats
 
 
-def finished_stats(p: StagePlan) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((p.output / "stats.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-__all__ = ["StagePlan", "plan", "select", "build_stage", "finished_stats", "read_manifest"]
+__all__ = ["StagePlan", "plan", "select", "build_stage", "read_manifest"]

@@ -28,7 +28,7 @@ from typing import Any
 
 from realchat.errors import RealChatError
 from realchat.recipe import STAGE_KIND, STAGE_ORDER, LoadedRecipe, PublishConfig
-from realchat.runs import MANIFEST, atomic_output, read_manifest, stage_dir, write_json
+from realchat.runs import MANIFEST, atomic_output, read_manifest, read_stats, stage_dir, write_json
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -132,7 +132,7 @@ def publish_stage(loaded: LoadedRecipe, stage: str, folder: Path, log: Any = pri
     cfg = loaded.recipe.publish
     kind = STAGE_KIND[stage]
     repo = repo_id(loaded, stage)
-    stats = json.loads((folder / "stats.json").read_text()) if (folder / "stats.json").exists() else {}
+    stats = read_stats(folder)
     manifest = {**manifest, "parents": resolve_parents(loaded, manifest.get("parents") or [])}
     card = render_card(loaded, stage, manifest, stats, published_as=repo)
 

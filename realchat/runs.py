@@ -25,6 +25,7 @@ from typing import Any
 from realchat import __version__
 
 MANIFEST = "manifest.json"
+STATS = "stats.json"
 
 
 def fingerprint(stage: str, config: dict[str, Any], inputs: list[str]) -> str:
@@ -45,6 +46,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_stats(folder: Path) -> dict[str, Any]:
+    """A finished stage's ``stats.json`` ({} when it has none)."""
+    try:
+        return json.loads((folder / STATS).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def is_done(folder: Path, fp: str) -> bool:
@@ -89,9 +98,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace a file in a finished folder in one rename (a crash leaves the old or the new one)."""
-    import os
-
+    """Replace a file in one rename (a crash leaves the old or the new one, never half of one)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

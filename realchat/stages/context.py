@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from realchat.errors import ModelError, RecipeError
 from realchat.models import TokenCounter, token_counter
-from realchat.recipe import STAGE_REF, LoadedRecipe
+from realchat.recipe import DEFAULT_USER_SYSTEM_PROMPT, STAGE_REF, LoadedRecipe
 from realchat.runs import read_manifest, stage_dir
 
 T = TypeVar("T")
@@ -48,6 +48,24 @@ class StageContext:
         folder = self.stage_output(name)
         return {"stage": name, "fingerprint": (read_manifest(folder) or {}).get("fingerprint"),
                 "path": str(folder)}
+
+    def stage_stats(self, name: str) -> dict[str, Any]:
+        """The ``stats.json`` of finished stage ``name`` (or ``stage:name``)."""
+        from realchat.runs import read_stats
+
+        return read_stats(self.stage_output(name))
+
+    def parent_refs(self) -> list[dict[str, Any]]:
+        """Lineage of every stage this stage reads, as the engine finds them in its config."""
+        from realchat.pipeline import stage_inputs
+
+        return [self.parent_ref(name) for name in stage_inputs(self.loaded, self.stage)[0]]
+
+    def trained_simulator(self, ref: str) -> tuple[str | None, str | None]:
+        """(system prompt, end marker) a simulator model was trained with: from its train stage's
+        stats when ``ref`` names a stage, else RealChat's default prompt and no marker."""
+        stats = self.stage_stats(ref) if ref.startswith(STAGE_REF) else {}
+        return stats.get("system_prompt", DEFAULT_USER_SYSTEM_PROMPT), stats.get("end_marker")
 
     def resolve_model(self, ref: str, field_path: str) -> str:
         """A model reference → a loadable folder or Hub id (``stage:`` refs → that stage's output)."""

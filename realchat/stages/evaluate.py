@@ -22,15 +22,13 @@ interrupted run resumes without regenerating them.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from realchat.datasets_io import Conversation, read_conversations, split_held_out
 from realchat.errors import RecipeError
-from realchat.recipe import STAGE_REF, DEFAULT_USER_SYSTEM_PROMPT, EvalDataset, EvaluateStage
+from realchat.recipe import EvalDataset, EvaluateStage
 from realchat.runs import MANIFEST, write_json
 from realchat.stages.context import StageContext
 
@@ -70,6 +68,7 @@ def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> t
     import numpy as np
 
     from realchat.embeddings import encode
+    from realchat.fidelity import rounds_of
     from realchat.langid import LanguageIdentifier
     from realchat.metrics import conversation_stats, distinct_n, mean_pairwise_cosine, user_turns
 
@@ -92,20 +91,10 @@ def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> t
     stats["first_turn_cosine"] = round(mean_pairwise_cosine(first_emb), 4) if len(firsts) > 1 else None
     stats["first_turn_distinct_2"] = round(distinct_n(firsts, 2), 4)
     stats["user_turns"] = len(users)
-    return stats, {"user_turn_tokens": lengths, "rounds": [sum(1 for m in c if m["role"] == "user") for c in msgs],
-                   "user_embeddings": user_emb}
+    return stats, {"user_turn_tokens": lengths, "rounds": rounds_of(msgs), "user_embeddings": user_emb}
 
 
 # -- fidelity ---------------------------------------------------------------------------------------
-
-
-def simulator_system_prompt(ctx: StageContext, ref: str) -> str:
-    """The prompt the simulator was trained with (train_user's stats), else RealChat's default."""
-    if ref.startswith(STAGE_REF):
-        stats = ctx.stage_output(ref) / "stats.json"
-        if stats.exists():
-            return json.loads(stats.read_text()).get("system_prompt") or DEFAULT_USER_SYSTEM_PROMPT
-    return DEFAULT_USER_SYSTEM_PROMPT
 
 
 def run_fidelity(ctx: StageContext, cfg: EvaluateStage, convs: dict[str, list[Conversation]],
@@ -117,7 +106,7 @@ def run_fidelity(ctx: StageContext, cfg: EvaluateStage, convs: dict[str, list[Co
     fid = cfg.fidelity
     assert fid is not None
     real = convs[fid.real][: fid.perplexity_conversations]
-    prompt = simulator_system_prompt(ctx, fid.simulator_model)
+    prompt, _marker = ctx.trained_simulator(fid.simulator_model)
     out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "simulated": fid.simulated}
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
@@ -141,8 +130,7 @@ def run_fidelity(ctx: StageContext, cfg: EvaluateStage, convs: dict[str, list[Co
     out["rounds"] = fm.rounds_comparison(series[fid.real]["rounds"], series[fid.simulated]["rounds"])
     sim_ds = next(d for d in cfg.datasets if d.name == fid.simulated)
     if sim_ds.data_format == "stage":
-        stats_file = ctx.stage_output(sim_ds.dataset) / "stats.json"
-        reasons = json.loads(stats_file.read_text()).get("stop_reasons") if stats_file.exists() else None
+        reasons = ctx.stage_stats(sim_ds.dataset).get("stop_reasons")
         if reasons:
             out["stop_reasons"] = reasons
             out["ended_by"] = fm.end_shares(reasons)
@@ -153,20 +141,22 @@ def run_fidelity(ctx: StageContext, cfg: EvaluateStage, convs: dict[str, list[Co
 
 
 def _cached(path: Path, make: Any) -> list[dict[str, Any]]:
-    """Rows from ``path`` if a previous (interrupted) run finished them, else ``make()`` written atomically."""
+    """Rows from ``path`` if a previous (interrupted) run finished them, else ``make()``, written at once."""
     from realchat.benchmarks import write_jsonl
     from realchat.judge import read_jsonl
 
     if path.exists():
         return read_jsonl(path)
     rows = make()
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    write_jsonl(tmp, rows)
-    os.replace(tmp, path)
+    write_jsonl(path, rows)
     return rows
 
 
 def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path) -> dict[str, Any]:
+    """Answers of every model, then the judge's verdicts; a model or the judge is loaded only when
+    some of its files are not already in ``work`` from an interrupted run."""
+    import shutil
+
     from realchat import benchmarks as bm
     from realchat.judge import summarize
 
@@ -181,49 +171,40 @@ def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path)
 
     answers: dict[str, dict[str, dict[Any, list[str]]]] = {bench: {} for bench in b.benchmarks}
     for i, m in enumerate(b.models):
+        paths = {bench: work / bench / "model_answer" / f"{bm.safe_name(m.name)}.jsonl" for bench in selected}
         backend = None
+        if not all(p.exists() for p in paths.values()):
+            backend = ctx.open_backend(m.backend, f"stages.evaluate.benchmark.models[{i}].backend")
         for bench, (questions, _refs) in selected.items():
-            path = work / bench / "model_answer" / f"{bm.safe_name(m.name)}.jsonl"
-
-            def make(m=m, questions=questions, bench=bench) -> list[dict[str, Any]]:
-                nonlocal backend
-                if backend is None:
-                    backend = ctx.open_backend(m.backend, f"stages.evaluate.benchmark.models[{i}].backend")
-                ctx.console.print(f"evaluate: {m.name} answers {len(questions)} {bench} questions")
-                return bm.generate_answers(backend.chat, m.name, questions, b.max_new_tokens)
-
-            rows = _cached(path, make)
+            ctx.console.print(f"evaluate: {m.name} answers {len(questions)} {bench} questions")
+            rows = _cached(paths[bench], lambda: bm.generate_answers(backend.chat, m.name, questions, b.max_new_tokens))
             answers[bench][m.name] = {r["question_id"]: r["choices"][0]["turns"] for r in rows}
-        del backend
+        backend = None  # one model in memory at a time (the judge comes next)
 
     judge_name = bm.safe_name(b.judge.model if b.judge.kind == "openai" else Path(str(b.judge.model)).name)
+    suffix = {"single": "single", "pairwise": "pair"}
+    paths = {(bench, mode): work / bench / "model_judgment" / f"{judge_name}_{suffix[mode]}.jsonl"
+             for bench in selected for mode in b.modes}
     judge = None
+    if not all(p.exists() for p in paths.values()):
+        judge = ctx.open_backend(b.judge, "stages.evaluate.benchmark.judge")
+    first = b.judge_mode == "verdict_only"
     results: dict[str, Any] = {"judge": b.judge.model, "judge_name": judge_name, "benchmarks": {}}
     for bench, (questions, refs) in selected.items():
         rows: list[dict[str, Any]] = []
         for mode in b.modes:
-            suffix = "single" if mode == "single" else "pair"
-            path = work / bench / "model_judgment" / f"{judge_name}_{suffix}.jsonl"
-
-            def make(mode=mode, questions=questions, refs=refs, bench=bench) -> list[dict[str, Any]]:
-                nonlocal judge
-                if judge is None:
-                    judge = ctx.open_backend(b.judge, "stages.evaluate.benchmark.judge")
-                ctx.console.print(f"evaluate: judge {judge_name} grades {bench} ({mode})")
-                first = b.judge_mode == "verdict_only"
-                if mode == "single":
-                    return bm.judge_single(judge.chat, judge_name, prompts, questions, refs, answers[bench],
-                                           b.judge_max_new_tokens, first)
-                return bm.judge_pairwise(judge.chat, judge_name, prompts, questions, refs, answers[bench],
-                                         str(b.pairwise_baseline), b.judge_max_new_tokens, first)
-
-            rows.extend(_cached(path, make))
+            ctx.console.print(f"evaluate: judge {judge_name} grades {bench} ({mode})")
+            if mode == "single":
+                rows += _cached(paths[bench, mode], lambda: bm.judge_single(
+                    judge.chat, judge_name, prompts, questions, refs, answers[bench], b.judge_max_new_tokens, first))
+            else:
+                rows += _cached(paths[bench, mode], lambda: bm.judge_pairwise(
+                    judge.chat, judge_name, prompts, questions, refs, answers[bench], str(b.pairwise_baseline),
+                    b.judge_max_new_tokens, first))
         summary = summarize(rows, path=bench)
         summary["questions"] = len(questions)
         summary["per_category"] = bm.per_category(rows, {q["question_id"]: q["category"] for q in questions})
         results["benchmarks"][bench] = summary
-    import shutil
-
     shutil.copytree(work, out / "benchmarks")
     return results
 
@@ -232,6 +213,7 @@ def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path)
 
 
 def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) -> dict[str, Any]:
+    from realchat.benchmarks import write_jsonl
     from realchat.embeddings import load_encoder
     from realchat.models import token_counter
     from realchat.report import headline, metric_rows, write_report
@@ -269,28 +251,15 @@ def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) 
     results["plots"] = write_report(out, results, series, ctx.loaded.name)
     stats = {**headline(results), "report": results}
     write_json(out / "stats.json", stats)
-    _write_metrics(out, metric_rows(results))
+    # JSON lines like the FastChat files beside it: a Hub repo's configs are read by one builder
+    write_jsonl(out / "data" / "metrics.jsonl", metric_rows(results))
 
     from realchat.cards import render_card
 
-    parents = [ctx.parent_ref(d.dataset) for d in cfg.datasets if d.data_format == "stage"]
-    for ref in ([cfg.fidelity.simulator_model] if cfg.fidelity else []) + (
-            [m.backend.model for m in cfg.benchmark.models if m.backend.kind != "openai"] if cfg.benchmark else []):
-        if ref.startswith(STAGE_REF):
-            parents.append(ctx.parent_ref(ref))
-    unique = list({p["stage"]: p for p in parents}.values())
-    manifest = ctx.manifest(fingerprint, parents=unique, configs=evaluation_configs(out))
+    manifest = ctx.manifest(fingerprint, parents=ctx.parent_refs(), configs=evaluation_configs(out))
     (out / "README.md").write_text(render_card(ctx.loaded, "evaluate", manifest, stats))
     write_json(out / MANIFEST, manifest)
     return stats
-
-
-def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    """``data/metrics.jsonl``: JSON lines like the FastChat files beside it (a Hub repo's configs are
-    read by one builder, so every data file of the repo is JSON)."""
-    from realchat.benchmarks import write_jsonl
-
-    write_jsonl(out / "data" / "metrics.jsonl", rows)
 
 
 def evaluation_configs(out: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import polars as pl
 
 from realchat.cards import DATA_CONFIGS, render_card
 from realchat.datasets_io import is_held_out, read_conversations
-from realchat.recipe import STAGE_REF, DEFAULT_USER_SYSTEM_PROMPT, SimulateStage
+from realchat.recipe import SimulateStage
 from realchat.runs import MANIFEST, write_json
 from realchat.simulator import Session, Simulation
 from realchat.stages.context import StageContext
@@ -113,15 +113,9 @@ def raise_no_seeds(ctx: StageContext, cfg: SimulateStage) -> None:
 
 def simulator_prompt_and_marker(ctx: StageContext, cfg: SimulateStage) -> tuple[str | None, str | None]:
     """The simulator's system prompt and end marker: as the recipe says, else as UserGPT was trained."""
-    trained: dict[str, Any] = {}
-    ref = cfg.simulator_backend.model
-    if ref.startswith(STAGE_REF):
-        stats = ctx.stage_output(ref) / "stats.json"
-        if stats.exists():
-            trained = json.loads(stats.read_text())
-    prompt = cfg.user_system_prompt if cfg.user_system_prompt is not None else trained.get(
-        "system_prompt", DEFAULT_USER_SYSTEM_PROMPT)
-    marker = cfg.end_marker if cfg.end_marker is not None else trained.get("end_marker")
+    trained_prompt, trained_marker = ctx.trained_simulator(cfg.simulator_backend.model)
+    prompt = cfg.user_system_prompt if cfg.user_system_prompt is not None else trained_prompt
+    marker = cfg.end_marker if cfg.end_marker is not None else trained_marker
     return prompt, marker
 
 
@@ -200,12 +194,7 @@ def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) 
                  answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
                  end_marker=marker)
     write_json(out / "stats.json", stats)
-    parents = []
-    for ref in (cfg.simulator_backend.model, getattr(cfg.answerer, "model", "")):
-        if ref.startswith(STAGE_REF):
-            parents.append(ctx.parent_ref(ref))
-    if cfg.mode == "seeded" and cfg.seeds.data_format == "stage":
-        parents.append(ctx.parent_ref(cfg.seeds.dataset))
+    parents = ctx.parent_refs()
     answerer_lineage = (ctx.model_ref_lineage(cfg.answerer.model) if cfg.answerer.kind != "openai"
                         else {"source": f"{cfg.answerer.model} @ {cfg.answerer.base_url}"})
     manifest = ctx.manifest(
