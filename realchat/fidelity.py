@@ -78,17 +78,11 @@ def perplexity_with_ci(per_conversation: Sequence[tuple[float, int]], bootstrap:
 
 def model_user_perplexity(model_path: str, conversations: Sequence[Messages], system_prompt: str | None,
                           max_length: int, bootstrap: int, seed: int) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from realchat.backends import LocalModel
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-    result = perplexity_with_ci(user_turn_nll(model, tokenizer, conversations, system_prompt, max_length),
-                                bootstrap, seed)
-    del model
-    return result
+    local = LocalModel(model_path)  # the device, dtype and load errors of every local model
+    return perplexity_with_ci(user_turn_nll(local.model, local.tokenizer, conversations, system_prompt, max_length),
+                              bootstrap, seed)
 
 
 # -- embedding-space distances --------------------------------------------------------------------

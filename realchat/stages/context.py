@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,8 +74,14 @@ class StageContext:
 
         if ref.startswith(STAGE_REF):
             return str(self.stage_output(ref))
-        try:
+        with self.blame(field_path):
             return materialize_model(ref, self.loaded.base_dir)
+
+    @contextmanager
+    def blame(self, field_path: str) -> Iterator[None]:
+        """A model that cannot be resolved or loaded is reported against the recipe key that named it."""
+        try:
+            yield
         except ModelError as e:
             e.file, e.field = str(self.loaded.path), field_path
             raise
@@ -86,9 +93,10 @@ class StageContext:
         if backend.kind == "openai":
             return OpenAIChat(backend)
         path = self.resolve_model(backend.model, f"{field_path}.model")
-        if backend.kind == "vllm":
-            return VLLMModel(backend, path)
-        return LocalModel(path, backend.batch_size)
+        with self.blame(f"{field_path}.model"):
+            if backend.kind == "vllm":
+                return VLLMModel(backend, path)
+            return LocalModel(path, backend.batch_size)
 
     def model_ref_lineage(self, ref: str) -> dict[str, Any]:
         from realchat.models import model_identity

@@ -114,9 +114,11 @@ def run_fidelity(ctx: StageContext, cfg: EvaluateStage, convs: dict[str, list[Co
         if ref is None:
             continue
         ctx.console.print(f"evaluate: perplexity of {label} ({ref}) on {len(real)} held-out real conversations")
-        path = ctx.resolve_model(ref, f"stages.evaluate.fidelity.{key}")
-        ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
-                                                                fid.max_length, fid.bootstrap, seed)}
+        field = f"stages.evaluate.fidelity.{key}"
+        path = ctx.resolve_model(ref, field)
+        with ctx.blame(field):
+            ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
+                                                                    fid.max_length, fid.bootstrap, seed)}
     out["user_turn_perplexity"] = ppl
     rng = np.random.default_rng(seed)
 
@@ -215,13 +217,11 @@ def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path)
 def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) -> dict[str, Any]:
     from realchat.benchmarks import write_jsonl
     from realchat.embeddings import load_encoder
-    from realchat.models import token_counter
     from realchat.report import headline, metric_rows, write_report
 
     cfg: EvaluateStage = ctx.loaded.stage_config("evaluate")  # type: ignore[assignment]
     started = time.perf_counter()
     seed = ctx.loaded.recipe.seed
-    base = str(ctx.loaded.base_dir)
     work = ctx.work_dir(fingerprint)
     results: dict[str, Any] = {"datasets": {}, "fidelity": None, "benchmarks": None, "timings_s": {}}
 
@@ -231,8 +231,9 @@ def run(ctx: StageContext, out: Path, fingerprint: str, input_fingerprint: str) 
     convs = {k: v[: sizes[k]] for k, v in full.items()}
     series: dict[str, dict[str, Any]] = {}
     if convs:
-        counter = token_counter(cfg.tokenizer, base)
-        encoder = load_encoder(cfg.embedding_model, base)
+        counter = ctx.token_counter()
+        with ctx.blame("stages.evaluate.embedding_model"):
+            encoder = load_encoder(cfg.embedding_model, str(ctx.loaded.base_dir))
         for name, cs in convs.items():
             ctx.console.print(f"evaluate: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
             stats, series[name] = describe_dataset(cs, counter, encoder)
