@@ -386,3 +386,15 @@ def test_broken_question_file_names_file_line_and_field(tmp_path):
     with pytest.raises(RealChatError, match="not JSON") as e:
         bm.load_questions(cfg, "mt_bench", Path("."))
     assert "line 2" in e.value.render()
+
+
+def test_sampled_answers_are_reproducible(tiny_model_dir):
+    from realchat.backends import LocalModel
+    from realchat.stages.evaluate import seeded
+
+    questions, _ = bm.load_questions(bench_cfg(), "mt_bench", Path("."))
+    writing = [q for q in questions if q["category"] == "writing"][:2]  # FastChat samples these at 0.7
+    model = LocalModel(str(tiny_model_dir), batch_size=2)
+    runs = [seeded(7, bm.generate_answers, model.chat, "m", writing, 12) for _ in range(2)]
+    assert [r["choices"] for r in runs[0]] == [r["choices"] for r in runs[1]]
+    assert runs[0][0]["choices"][0]["turns"][0]  # something was generated

@@ -154,6 +154,15 @@ def _cached(path: Path, make: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def seeded(seed: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with torch's generator reset first: sampled answers (FastChat samples writing and
+    roleplay at 0.7) are the same on every run, and a resumed run's missing files match a fresh run's."""
+    import torch
+
+    torch.manual_seed(seed)
+    return fn(*args)
+
+
 def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path) -> dict[str, Any]:
     """Answers of every model, then the judge's verdicts; a model or the judge is loaded only when
     some of its files are not already in ``work`` from an interrupted run."""
@@ -165,6 +174,7 @@ def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path)
     b = cfg.benchmark
     assert b is not None
     base = ctx.loaded.base_dir
+    seed = ctx.loaded.recipe.seed
     prompts = bm.load_judge_prompts(b, base)
     selected: dict[str, tuple[list[dict[str, Any]], dict[Any, list[str]]]] = {}
     for bench in b.benchmarks:
@@ -179,7 +189,8 @@ def run_benchmarks(ctx: StageContext, cfg: EvaluateStage, out: Path, work: Path)
             backend = ctx.open_backend(m.backend, f"stages.evaluate.benchmark.models[{i}].backend")
         for bench, (questions, _refs) in selected.items():
             ctx.console.print(f"evaluate: {m.name} answers {len(questions)} {bench} questions")
-            rows = _cached(paths[bench], lambda: bm.generate_answers(backend.chat, m.name, questions, b.max_new_tokens))
+            rows = _cached(paths[bench], lambda: seeded(seed, bm.generate_answers, backend.chat, m.name, questions,
+                                                        b.max_new_tokens))
             answers[bench][m.name] = {r["question_id"]: r["choices"][0]["turns"] for r in rows}
         backend = None  # one model in memory at a time (the judge comes next)
 
