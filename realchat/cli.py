@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 
 from realchat import __version__
 from realchat.errors import RealChatError
+
+if TYPE_CHECKING:
+    from realchat.recipe import LoadedRecipe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RealChat: realistic multi-turn chat data from a user simulator.")
@@ -82,7 +85,7 @@ def build(
         raise typer.Exit(130)
 
 
-def refresh_cards(loaded: Any, stages: tuple[str, ...]) -> list[Any]:
+def refresh_cards(loaded: "LoadedRecipe", stages: tuple[str, ...]) -> list[Any]:
     """Re-render the cards of finished ``stages`` in their run folders; returns their plans."""
     from realchat.cards import render_card
     from realchat.pipeline import plan

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,15 @@ def content_digest(path: Path) -> str:
     return known[key]
 
 
+def files_digest(root: Path, files: Iterable[Path]) -> str:
+    """One sha256 over files below ``root``: each one's relative path and content digest, in order."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode())
+        h.update(content_digest(p).encode())
+    return h.hexdigest()
+
+
 def model_identity(ref: str, base_dir: Path = Path(".")) -> dict[str, Any]:
     """What goes into a fingerprint and a card for a model or data reference: the sha256 of its
     content (a file; a model folder's config and weights; every file of another folder), or the Hub id."""
@@ -208,8 +218,7 @@ def model_identity(ref: str, base_dir: Path = Path(".")) -> dict[str, Any]:
         cfg = path / "config.json"
         files = [cfg, *sorted(path.glob("*.safetensors"))] if cfg.exists() else sorted(
             p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        key = hashlib.sha256("|".join(f"{p.relative_to(path)}:{content_digest(p)}" for p in files).encode())
-        return {"ref": ref, "sha256": key.hexdigest()}
+        return {"ref": ref, "sha256": files_digest(path, files)}
     return {"ref": ref, "hub": True}
 
 

@@ -53,7 +53,7 @@ def runner(stage: str) -> Runner:
     raise RecipeError(f"no runner for stage {stage!r}")
 
 
-#: Config fields holding model references whose identity (file size/mtime, Hub id) enters the
+#: Config fields holding model references whose identity (content sha256, or the Hub id) enters the
 #: fingerprint when they do not name a stage.
 MODEL_FIELDS = ("base_model", "model", "tokenizer", "embedding_model", "simulator_model", "baseline_model")
 
@@ -69,7 +69,7 @@ def stage_inputs(loaded: LoadedRecipe, name: str) -> tuple[list[str], list[str]]
             if node.get("data_format") == "stage" and isinstance(node.get("dataset"), str):
                 parents.append(node["dataset"])
             elif node.get("data_format") not in (None, "hub") and isinstance(node.get("dataset"), str):
-                models.append(node["dataset"])  # a data file: its identity (size, mtime) enters the fingerprint
+                models.append(node["dataset"])  # a data file: its content sha256 enters the fingerprint
             if node.get("questions_format") == "fastchat_dir":
                 models.append(node["questions"])  # benchmark questions, references and judge prompts
             if node.get("judge_prompts"):

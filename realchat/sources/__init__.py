@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from realchat.models import content_digest, files_digest
 from realchat.recipe import SourceConfig, resolve_local
 from realchat.sources.base import RawRecord, ReadReport
 from realchat.sources.json_stream import iter_json_records
 from realchat.sources.tables import iter_datasets, iter_parquet
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_revision(cfg: SourceConfig, base_dir: Path) -> str:
-    """A revision identifying the exact input: the file's sha256, or the Hub revision asked for."""
+    """A revision identifying the exact input: the file's sha256 (read once, then remembered per path,
+    size and mtime by :func:`~realchat.models.content_digest`), or the Hub revision asked for."""
     if cfg.format == "hub":
         return cfg.revision or "main"
     path = resolve_local(cfg.path, base_dir)
     if path.is_dir():
-        h = hashlib.sha256()
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                h.update(str(p.relative_to(path)).encode())
-                h.update(file_sha256(p).encode())
-        return "sha256:" + h.hexdigest()
-    return "sha256:" + file_sha256(path)
+        return "sha256:" + files_digest(path, sorted(p for p in path.rglob("*") if p.is_file()))
+    return "sha256:" + content_digest(path)
 
 
 def open_source(cfg: SourceConfig, base_dir: Path) -> tuple[Iterator[RawRecord], ReadReport]:
@@ -59,4 +47,4 @@ def open_source(cfg: SourceConfig, base_dir: Path) -> tuple[Iterator[RawRecord],
     return limited(), report
 
 
-__all__ = ["RawRecord", "ReadReport", "open_source", "source_revision", "file_sha256"]
+__all__ = ["RawRecord", "ReadReport", "open_source", "source_revision"]
