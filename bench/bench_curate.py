@@ -1,6 +1,6 @@
-"""Benchmark: the curate stage of the default recipe on all shipped ShareGPT conversations.
+"""Benchmark: the curate step of the default recipe on all shipped ShareGPT conversations.
 
-Prints conversations per second, wall time per op and peak RSS. Target (issue 2): the whole stage
+Prints conversations per second, wall time per op and peak RSS. Target (issue 2): the whole step
 in under 60 s on a 2-core machine, peak RSS under 2 GB. Not a test: figures vary with the machine.
 
     python bench/bench_curate.py [--recipe recipes/realchat.yaml]
@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from realchat.langid import LanguageIdentifier
-from realchat.pipeline import build_stage, plan
-from realchat.recipe import load_recipe
-from realchat.stages.context import StageContext
+from realchat.curation.langid import LanguageIdentifier
+from realchat.engine.build import build_step, graph_of, plan
+from realchat.engine.context import StepContext
+from realchat.recipe.load import load_recipe
 
 
 def main() -> None:
@@ -28,13 +28,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="realchat-bench-"))
     try:
         loaded = load_recipe(args.recipe, [f"run_root={root}"])
-        # warm the converted-tokenizer cache so the figure is the stage, not a one-off conversion
+        # warm the converted-tokenizer cache so the figure is the step, not a one-off conversion
         from realchat.models import token_counter
 
-        token_counter(loaded.recipe.stages.curate.tokenizer, str(loaded.base_dir))
-        p = plan(loaded)[0]
+        token_counter(loaded.config("curate").tokenizer, str(loaded.base_dir))  # type: ignore[attr-defined]
+        graph = graph_of(loaded)
+        plans = plan(loaded, graph)
+        p = plans[0]
         t0 = time.perf_counter()
-        stats = build_stage(loaded, p, StageContext(loaded, "curate", show_progress=False))
+        stats = build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False),
+                           {q.name: q.fingerprint for q in plans})
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -23,14 +23,15 @@ def main() -> None:
 
     import torch
 
-    from realchat.backends import LocalModel
+    from realchat.models.backends import LocalModel
     from realchat.models import materialize_model
-    from realchat.recipe import DEFAULT_MODEL, SamplingParams, SimulateStage
-    from realchat.simulator import Session, Simulation
+    from realchat.recipe.base import DEFAULT_MODEL, SamplingParams
+    from realchat.simulation.simulator import SimulationSettings
+    from realchat.simulation.simulator import Session, Simulation
 
     path = materialize_model(DEFAULT_MODEL)
     sampling = SamplingParams(temperature=0.7, max_new_tokens=args.max_new_tokens)
-    cfg = SimulateStage(simulator="magpie", max_rounds=args.rounds, user_sampling=sampling,
+    cfg = SimulationSettings(simulator="magpie", max_rounds=args.rounds, user_sampling=sampling,
                         assistant_sampling=sampling, stop_on_degenerate=False)
     results = {}
     for batch in (1, args.batch):

@@ -29,12 +29,12 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from realchat.chat_format import as_user_simulator, tokenize_with_mask
-    from realchat.conversations import normalize
+    from realchat.training.chat_format import as_user_simulator, tokenize_with_mask
+    from realchat.curation.conversations import normalize
     from realchat.models import materialize_model
     from realchat.recipe import DEFAULT_MODEL, DEFAULT_ROLES, DEFAULT_USER_SYSTEM_PROMPT, SourceConfig
-    from realchat.sources import open_source
-    from realchat.trainers import micro_batches
+    from realchat.curation.sources import open_source
+    from realchat.training.trainer import micro_batches
 
     torch.set_num_threads(torch.get_num_threads())
     path = materialize_model(DEFAULT_MODEL)

@@ -1,7 +1,7 @@
-"""``realchat`` command line: build, plan, schema.
+"""``realchat`` command line: build, plan, push, lineage, schema, eval show.
 
 User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C exits
-130 and leaves no half-written output (stages write atomically).
+130 and leaves no half-written output (steps write atomically).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -17,9 +17,6 @@ from rich.table import Table
 
 from realchat import __version__
 from realchat.errors import RealChatError
-
-if TYPE_CHECKING:
-    from realchat.recipe import LoadedRecipe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RealChat: realistic multi-turn chat data from a user simulator.")
@@ -45,39 +42,22 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: ke
 @app.command()
 def build(
     recipe: RecipeArg,
-    only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="Run this stage and the ones after it.")] = None,
-    force: Annotated[bool, typer.Option(help="Rebuild even when a finished output matches.")] = False,
+    only: Annotated[Optional[list[str]], typer.Option(help="Run only this step (repeatable); its parents must be built.")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Run this step and every step downstream of it.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild the selected steps even when a finished output matches.")] = False,
     set_: SetOpt = None,
     no_progress: Annotated[bool, typer.Option(help="No progress bars.")] = False,
-    no_push: Annotated[bool, typer.Option(help="Do not publish stages after building them.")] = False,
+    no_push: Annotated[bool, typer.Option(help="Do not publish steps after building them.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another build of this recipe to finish.")] = 0.0,
 ) -> None:
-    """Run the recipe's stages in order, skipping those whose finished output matches; publish each."""
-    from realchat.pipeline import build_stage, plan, select
-    from realchat.publish import published_record, publish_stage
-    from realchat.recipe import load_recipe
-    from realchat.stages.context import StageContext
+    """Build the recipe's steps in graph order, skipping those whose finished output matches; publish each."""
+    from realchat.engine.build import build as run_build
+    from realchat.recipe.load import load_recipe
 
     try:
         loaded = load_recipe(recipe, set_)
-        plans = select(plan(loaded), only, from_)
-        for p in plans:
-            if p.done and not force:
-                console.print(f"[green]✓[/green] {p.name}: up to date ({p.output}, fingerprint {p.fingerprint})")
-            else:
-                console.rule(f"stage {p.name}")
-                ctx = StageContext(loaded, p.name, console=console, show_progress=not no_progress)
-                stats = build_stage(loaded, p, ctx)
-                summary(p.name, stats, p.output)
-            if loaded.recipe.publish.push and not no_push:
-                if published_record(loaded, p.name, p.fingerprint) is None or not p.done or force:
-                    publish_stage(loaded, p.name, p.output, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
-            if p.name == "evaluate" and (not p.done or force):
-                # the evaluation's figures go into the cards of RealChat and ReaLM: re-render, republish
-                for evaluated in refresh_cards(loaded, ("simulate", "train_assistant")):
-                    if loaded.recipe.publish.push and not no_push:
-                        publish_stage(loaded, evaluated.name, evaluated.output,
-                                      log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
+        run_build(loaded, only=only, start=from_, force=force, push=not no_push, console=console,
+                  show_progress=not no_progress, wait_s=wait, on_built=lambda p, stats: summary(p.name, stats, p.output))
     except RealChatError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -85,25 +65,10 @@ def build(
         raise typer.Exit(130)
 
 
-def refresh_cards(loaded: "LoadedRecipe", stages: tuple[str, ...]) -> list[Any]:
-    """Re-render the cards of finished ``stages`` in their run folders; returns their plans."""
-    from realchat.cards import render_card
-    from realchat.pipeline import plan
-    from realchat.runs import atomic_write_text, read_manifest, read_stats
-
-    done = []
-    for p in plan(loaded):
-        if p.name in stages and p.done:
-            card = render_card(loaded, p.name, read_manifest(p.output) or {}, read_stats(p.output))
-            atomic_write_text(p.output / "README.md", card)
-            done.append(p)
-    return done
-
-
-def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
-    """One screen at the end of a stage."""
+def summary(step: str, stats: dict[str, Any], folder: Path) -> None:
+    """One screen at the end of a step."""
     if "rules" not in stats:
-        t = Table(title=f"{stage}: {folder}", show_header=False)
+        t = Table(title=f"{step}: {folder}", show_header=False)
         for key, value in stats.items():
             if isinstance(value, (str, int, float, bool)) or value is None:
                 t.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
@@ -111,7 +76,7 @@ def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
                 t.add_row(key.replace("_", " "), ", ".join(f"{k} {v}" for k, v in value.items()))
         out.print(t)
         return
-    t = Table(title=f"{stage}: {folder}", show_lines=False)
+    t = Table(title=f"{step}: {folder}", show_lines=False)
     t.add_column("rule", no_wrap=True)
     t.add_column("in", justify="right")
     t.add_column("out", justify="right")
@@ -137,16 +102,16 @@ def summary(stage: str, stats: dict[str, Any], folder: Path) -> None:
 @app.command(name="push")
 def push_cmd(
     recipe: RecipeArg,
-    stage: Annotated[Optional[list[str]], typer.Option(help="Publish only this stage (repeatable).")] = None,
+    step: Annotated[Optional[list[str]], typer.Option(help="Publish only this step (repeatable).")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Publish finished stages to the recipe's publish target (the Hub or a local folder)."""
-    from realchat.publish import push
-    from realchat.recipe import load_recipe
+    """Publish finished steps to the recipe's publish target (the Hub or a local folder)."""
+    from realchat.engine.build import push
+    from realchat.recipe.load import load_recipe
 
     try:
         loaded = load_recipe(recipe, set_)
-        push(loaded, stage or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
+        push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
     except RealChatError as e:
         _fail(e)
 
@@ -158,8 +123,8 @@ def lineage(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision to start from.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Print the chain from an artifact back to the raw source, read from the cards."""
-    from realchat.publish import follow_lineage
+    """Print the lineage graph of an artifact back to its raw sources, read card by card."""
+    from realchat.hub.publish import follow_lineage
 
     try:
         chain = follow_lineage(ref, repo_type, revision)
@@ -168,12 +133,15 @@ def lineage(
     if as_json:
         sys.stdout.write(json.dumps(chain, indent=2) + "\n")
         return
-    for depth, link in enumerate(chain):
+    for link in chain:
+        depth = link["depth"]
         rev = f" @ {str(link['revision'])[:12]}" if link.get("revision") else ""
         fp = f"  fingerprint {link['fingerprint'][:12]}" if link.get("fingerprint") else ""
-        note = f"  ({link['note']})" if link.get("note") else ""
+        via = f"{link['key']}: " if link.get("key") else ""
+        label = link.get("step") or link.get("kind") or "?"
+        note = "  (see above)" if link.get("seen") else (f"  ({link['note']})" if link.get("note") else "")
         arrow = "  " * depth + ("└─ " if depth else "")
-        out.print(f"{arrow}[bold]{link.get('stage')}[/bold]  {link.get('repo') or link['where']}{rev}{fp}{note}",
+        out.print(f"{arrow}{via}[bold]{label}[/bold]  {link.get('repo') or link['where']}{rev}{fp}{note}",
                   highlight=False)
 
 
@@ -187,7 +155,7 @@ def eval_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Per-model scores (turn 1, turn 2, overall) and pairwise win rates from judgment files."""
-    from realchat.judge import read_jsonl, summarize
+    from realchat.evaluation.judge import read_jsonl, summarize
 
     try:
         rows = []
@@ -220,21 +188,28 @@ def eval_show(
 
 
 @app.command(name="plan")
-def plan_cmd(recipe: RecipeArg, set_: SetOpt = None) -> None:
-    """Show the stages, their inputs and outputs, and which are done already."""
-    from realchat.pipeline import plan
-    from realchat.recipe import load_recipe
+def plan_cmd(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list: name, kind, parents, fingerprint, done, output.")] = False,
+) -> None:
+    """Show the steps in build order: kind, parents, output, fingerprint, and which are done already."""
+    from realchat.engine.build import plan
+    from realchat.recipe.load import load_recipe
 
     try:
         loaded = load_recipe(recipe, set_)
         plans = plan(loaded)
     except RealChatError as e:
         _fail(e)
+    if as_json:
+        sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2) + "\n")
+        return
     t = Table(title=f"recipe {loaded.name} ({loaded.path}, sha256 {loaded.sha256[:12]})")
-    for col in ("stage", "inputs", "output", "fingerprint", "status"):
-        t.add_column(col)
+    for col in ("step", "kind", "parents", "output", "fingerprint", "status"):
+        t.add_column(col, overflow="fold")
     for p in plans:
-        t.add_row(p.name, p.inputs, str(p.output), p.fingerprint[:12],
+        t.add_row(p.name, p.kind, ", ".join(p.parents) or "-", str(p.output), p.fingerprint[:12],
                   "[green]done[/green]" if p.done else "[yellow]to build[/yellow]")
     out.print(t)
 
@@ -242,7 +217,7 @@ def plan_cmd(recipe: RecipeArg, set_: SetOpt = None) -> None:
 @app.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion: yaml-language-server)."""
-    from realchat.recipe import json_schema
+    from realchat.recipe.load import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 

@@ -23,7 +23,8 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="realchat-tests-hf-home-")  # no
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from realchat.recipe import DEFAULT_SHAREGPT, resolve_package_path
+from realchat.recipe.base import DEFAULT_SHAREGPT
+from realchat.recipe.refs import resolve_package_path
 
 SHAREGPT = resolve_package_path(DEFAULT_SHAREGPT)
 
@@ -54,8 +55,7 @@ def hub(hub_server, monkeypatch):
 @pytest.fixture(scope="session")
 def sharegpt_records() -> list[dict]:
     """The first 600 complete records of the shipped ShareGPT V3 file (real data, real mess)."""
-    from realchat.sources import open_source
-    from realchat.recipe import SourceConfig
+    from realchat.curation.sources import SourceConfig, open_source
 
     it, _ = open_source(SourceConfig(limit=600), Path("."))
     return [r.data for r in it]
@@ -100,13 +100,15 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_recipe(tmp_path, tiny_tokenizer_dir):
-    """Write a recipe for the curate stage; defaults to a tiny tokenizer and a tmp run root."""
+    """Write a recipe with one curate step named ``curate``; defaults to a tiny tokenizer and a tmp
+    run root. Tests add further steps to ``doc["steps"]``."""
 
     def make(source_path, filters=None, tokenizer=None, fmt="sharegpt", name="t", **curate) -> Path:
         doc = {
             "name": name,
             "run_root": str(tmp_path / "runs"),
-            "stages": {"curate": {
+            "steps": {"curate": {
+                "kind": "curate",
                 "source": {"format": fmt, "path": str(source_path)},
                 "tokenizer": str(tokenizer or tiny_tokenizer_dir),
                 "filters": filters if filters is not None else [],

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from realchat.cli import app
-from realchat.pipeline import plan
-from realchat.recipe import load_recipe
+from realchat.engine.build import plan
+from realchat.recipe.load import load_recipe
 
 runner = CliRunner()
 
@@ -107,14 +107,14 @@ def test_rerun_skips_then_force_and_changes_rebuild(make_recipe, messy_source, t
     code, out = build(recipe)
     assert code == 0 and "up to date" in out
     assert (tmp_path / "runs" / "t" / "curate" / "manifest.json").read_text() == manifest
-    changed = load_recipe(recipe, ["stages.curate.filters[3].min_user_turns=2"])
+    changed = load_recipe(recipe, ["steps.curate.filters[3].min_user_turns=2"])
     assert not plan(changed)[0].done
     code, out = build(recipe, "--force")
     assert code == 0 and "up to date" not in out
 
 
 def test_interrupt_leaves_nothing_half_written_and_rerun_resumes(make_recipe, messy_source, tmp_path, monkeypatch):
-    from realchat.filters.shape import Shape
+    from realchat.curation.ops.shape import Shape
 
     recipe = make_recipe(messy_source, filters=FILTERS[:4])
     original = Shape.apply
@@ -127,7 +127,7 @@ def test_interrupt_leaves_nothing_half_written_and_rerun_resumes(make_recipe, me
     assert code == 130 and "interrupted" in out
     run_dir = tmp_path / "runs" / "t"
     assert not (run_dir / "curate").exists()
-    assert list(run_dir.iterdir()) == []  # no temporary folder left behind either
+    assert [p.name for p in run_dir.iterdir()] == [".lock"]  # no temporary folder left behind either
     monkeypatch.setattr(Shape, "apply", original)
     code, out = build(recipe)
     assert code == 0 and (run_dir / "curate" / "manifest.json").exists()

@@ -36,3 +36,11 @@ def test_default_recipe_on_all_shipped_conversations(tmp_path):
     # SmolLM2's tokenizer (converted from the shipped GGUF) counted every kept segment into budget
     assert kept["segment"].max() >= 1
     assert (kept["user_tokens"].list.max() <= 1536).all()
+    # the held_out split: by the hash of the conversation id, so all segments of a conversation share
+    # one split, and about the declared share of conversations is held out
+    assert set(kept["split"].unique()) == {"train", "held_out"}
+    per_conv = kept.group_by("conversation_id").agg(pl.col("split").n_unique().alias("n"), pl.col("split").first())
+    assert (per_conv["n"] == 1).all()
+    share = per_conv.filter(pl.col("split") == "held_out").height / per_conv.height
+    assert stats["held_out_share"] == 0.02 and 0.015 <= share <= 0.025
+    assert stats["split_rows"] == dict(kept.group_by("split").len().iter_rows())

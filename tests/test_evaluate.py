@@ -1,6 +1,6 @@
 """Evaluation: fidelity metrics on hand-computed inputs, FastChat prompts on the real judge prompts and
-questions, the judge client against a local OpenAI-compatible server, and the whole evaluate stage
-on tiny models (report, plots, metrics table, FastChat files, cards of RealChat and ReaLM)."""
+questions, the judge client against a local OpenAI-compatible server, and the whole evaluate step
+on tiny models (report, plots, metrics table, FastChat files, cards of the simulations and ReaLMs)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from realchat import benchmarks as bm
-from realchat import fidelity as fm
-from realchat.backends import Generation
+from realchat.evaluation import benchmarks as bm
 from realchat.cli import app
-from realchat.recipe import BenchmarkConfig
+from realchat.evaluation import fidelity as fm
+from realchat.evaluation.benchmarks import BenchmarkConfig
+from realchat.models.backends import Generation
 
 runner = CliRunner()
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
@@ -72,7 +72,7 @@ def test_user_turn_nll_equals_the_models_masked_loss(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from realchat.chat_format import as_user_simulator, tokenize_with_mask
+    from realchat.training.chat_format import as_user_simulator, tokenize_with_mask
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -160,8 +160,7 @@ def judge_url():
 
 
 def test_judge_client_over_http_writes_fastchat_files_that_eval_show_reads(judge_url, tmp_path):
-    from realchat.backends import OpenAIChat
-    from realchat.recipe import OpenAIBackend
+    from realchat.models.backends import OpenAIBackend, OpenAIChat
 
     judge = OpenAIChat(OpenAIBackend(base_url=judge_url, model="judge-1", max_retries=0))
     prompts = bm.load_judge_prompts(bench_cfg(), Path("."))
@@ -187,36 +186,54 @@ def test_judge_client_over_http_writes_fastchat_files_that_eval_show_reads(judge
     assert pairwise["good"] == {"win": 0, "tie": 3, "loss": 0, "win_rate": 0.0, "win_rate_adjusted": 0.5}
 
 
-# -- the stage ------------------------------------------------------------------------------------
+# -- the step -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def eval_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, tmp_path, judge_url):
+    """The paper's comparison on tiny models: curate (a quarter held out) → usergpt (sft, loss on user)
+    → two simulations of the same size (UserGPT, and the tiny model role-playing the user) → one ReaLM
+    each (sft, loss on assistant) → evaluate: both simulations against the held-out real conversations,
+    both ReaLMs pairwise."""
+
     def make(**evaluate) -> Path:
         src = write_json_array(sharegpt_records[:120])
-        path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="ev")
+        path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="ev",
+                           held_out_share=0.25)
         doc = yaml.safe_load(path.read_text())
         tiny = str(tiny_model_dir)
         local = {"kind": "local", "model": tiny, "batch_size": 8}
-        doc["stages"]["train_user"] = {
-            "base_model": tiny, "max_length": 256, "max_steps": 2, "per_device_train_batch_size": 2,
-            "learning_rate": 1e-3, "save_steps": 2, "eval_share": 0.2}
-        doc["stages"]["simulate"] = {
-            "simulator_backend": {"kind": "local", "model": "stage:train_user", "batch_size": 8}, "answerer": local,
-            "conversations": 12, "max_rounds": 3, "stop_on_degenerate": False,
-            "user_sampling": {"max_new_tokens": 8}, "assistant_sampling": {"max_new_tokens": 8}, "context_budget": 512}
-        doc["stages"]["train_assistant"] = {
-            "base_model": tiny, "dataset": "simulate", "max_length": 256, "max_steps": 2,
-            "per_device_train_batch_size": 2, "save_steps": 2, "eval_share": 0.0}
-        doc["stages"]["evaluate"] = {
-            "tokenizer": tiny, "max_conversations": 40,
-            "fidelity": {"baseline_model": tiny, "perplexity_conversations": 6, "max_length": 256,
-                         "bootstrap": 20, "frechet_dims": 4, "cv_folds": 3},
+        sim = {"kind": "simulate", "answerer": local, "conversations": 12, "max_rounds": 3,
+               "stop_on_degenerate": False, "user_sampling": {"max_new_tokens": 8},
+               "assistant_sampling": {"max_new_tokens": 8}, "context_budget": 512}
+        realm = {"kind": "sft", "loss_on": "assistant", "base_model": tiny, "max_length": 256, "max_steps": 2,
+                 "per_device_train_batch_size": 2, "save_steps": 2}
+        doc["steps"].update({
+            "usergpt": {"kind": "sft", "loss_on": "user", "base_model": tiny, "dataset": "curate",
+                        "eval_dataset": {"step": "curate", "split": "held_out"}, "max_length": 256,
+                        "max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_steps": 2},
+            "sim_usergpt": {**sim, "simulator": "usergpt",
+                            "simulator_backend": {"kind": "local", "model": "usergpt", "batch_size": 8}},
+            "sim_roleplay": {**sim, "simulator": "roleplay", "simulator_backend": local},
+            "realm_usergpt": {**realm, "dataset": "sim_usergpt"},
+            "realm_roleplay": {**realm, "dataset": "sim_roleplay"},
+        })
+        doc["steps"]["evaluate"] = {
+            "kind": "evaluate", "tokenizer": tiny, "max_conversations": 40,
+            "datasets": [{"name": "sharegpt", "dataset": {"step": "curate", "split": "held_out"}},
+                         {"name": "usergpt", "dataset": "sim_usergpt"},
+                         {"name": "roleplay", "dataset": "sim_roleplay"}],
+            "fidelity": {"simulator_model": "usergpt", "baseline_model": tiny, "real": "sharegpt",
+                         "simulated": ["usergpt", "roleplay"], "perplexity_conversations": 6,
+                         "max_length": 256, "bootstrap": 20, "frechet_dims": 4, "cv_folds": 3},
             "benchmark": {"questions": str(EVAL), "max_questions": 3, "max_new_tokens": 6,
-                          "models": [{"name": "realm", "backend": {"kind": "local", "model": "stage:train_assistant"}},
-                                     {"name": "base", "backend": local}],
+                          "models": [{"name": "realm-usergpt",
+                                      "backend": {"kind": "local", "model": "realm_usergpt"}},
+                                     {"name": "realm-roleplay",
+                                      "backend": {"kind": "local", "model": "realm_roleplay"}}],
                           "judge": {"kind": "openai", "base_url": judge_url, "model": "judge-1", "max_retries": 0},
-                          "judge_max_new_tokens": 16, "modes": ["single", "pairwise"], "pairwise_baseline": "base"},
+                          "judge_max_new_tokens": 16, "modes": ["single", "pairwise"],
+                          "pairwise_baseline": "realm-roleplay"},
             **evaluate}
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
@@ -224,7 +241,7 @@ def eval_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir,
     return make
 
 
-def test_evaluate_stage_end_to_end(eval_recipe, tmp_path):
+def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     import polars as pl
     from datasets import load_dataset
 
@@ -233,59 +250,91 @@ def test_evaluate_stage_end_to_end(eval_recipe, tmp_path):
     out = tmp_path / "runs" / "ev" / "evaluate"
     stats = json.loads((out / "stats.json").read_text())
     rep = stats["report"]
-    # statistics of both datasets, with the paper's metrics
-    real, sim = rep["datasets"]["sharegpt"], rep["datasets"]["realchat"]
-    assert 0 < real["conversations"] <= 40 and sim["conversations"] >= 1
-    for d in (real, sim):
+    # statistics of every dataset, with the paper's metrics; the real ones are curate's held_out split
+    real = rep["datasets"]["sharegpt"]
+    sims = {name: rep["datasets"][name] for name in ("usergpt", "roleplay")}
+    curated = pl.read_parquet(tmp_path / "runs" / "ev" / "curate" / "data")
+    assert 0 < real["conversations"] <= min(40, curated.filter(pl.col("split") == "held_out").height)
+    for d in (real, *sims.values()):
+        assert d["conversations"] >= 1
         assert d["mtld_user"] > 0 and -1 <= d["topic_diversity_cosine"] <= 1 and 0 < d["distinct_1_user"] <= 1
     assert "en" in real["languages"]
-    # fidelity: both models scored on the same real tokens; distances with intervals
-    ppl = rep["fidelity"]["user_turn_perplexity"]
+    assert rep["dataset_steps"] == {"sharegpt": "curate", "usergpt": "sim_usergpt", "roleplay": "sim_roleplay"}
+    # fidelity: both models scored on the same real tokens; one row per simulated dataset
+    fid = rep["fidelity"]
+    ppl = fid["user_turn_perplexity"]
     assert ppl["simulator"]["tokens"] == ppl["baseline"]["tokens"] > 0
     assert ppl["simulator"]["perplexity"] != ppl["baseline"]["perplexity"]  # trained differs from base
-    fr = rep["fidelity"]["frechet"]
-    assert fr["distance"] is not None and fr["ci95"][0] <= fr["ci95"][1]
-    assert 0 <= rep["fidelity"]["classifier"]["accuracy"] <= 1
-    assert sum(rep["fidelity"]["ended_by"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert fid["real"] == "sharegpt" and set(fid["simulated"]) == {"usergpt", "roleplay"}
+    for name, row in fid["simulated"].items():
+        assert set(row) >= {"frechet", "classifier", "rounds", "stop_reasons", "ended_by"}, name
+        fr = row["frechet"]
+        assert fr["distance"] is not None and fr["ci95"][0] <= fr["ci95"][1]
+        assert 0 <= row["classifier"]["accuracy"] <= 1
+        assert sum(row["ended_by"].values()) == pytest.approx(1.0, abs=1e-3)
+        sim_stats = json.loads((tmp_path / "runs" / "ev" / f"sim_{name}" / "stats.json").read_text())
+        assert row["stop_reasons"] == sim_stats["stop_reasons"]  # from the simulate step that made it
+        assert row["rounds"]["real_mean"] == fid["simulated"]["usergpt"]["rounds"]["real_mean"]
     # benchmarks: FastChat files; turn 2 of MT-Bench; judge verdicts as the server gave them
     mt = rep["benchmarks"]["benchmarks"]["mt_bench"]
-    assert mt["questions"] == 3 and mt["single"]["realm"]["turn_2"] == 7.0 and mt["single"]["base"]["n"] == 6
-    answers = [json.loads(x) for x in (out / "benchmarks" / "mt_bench" / "model_answer" / "realm.jsonl").open()]
+    assert mt["questions"] == 3 and mt["single"]["realm-usergpt"]["turn_2"] == 7.0
+    assert mt["single"]["realm-roleplay"]["n"] == 6
+    answers = [json.loads(x) for x in (out / "benchmarks" / "mt_bench" / "model_answer" / "realm-usergpt.jsonl").open()]
     assert len(answers) == 3 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
     pair = (out / "benchmarks" / "vicuna_bench" / "model_judgment" / "judge-1_pair.jsonl").read_text().splitlines()
-    assert len(pair) == 3 and json.loads(pair[0])["model_2"] == "base"
+    assert len(pair) == 3 and json.loads(pair[0])["model_1"] == "realm-usergpt"
+    assert json.loads(pair[0])["model_2"] == "realm-roleplay"
     # report, plots, metrics table; the published repo loads with datasets (default and judgment configs)
     md = (out / "report.md").read_text()
     assert "## Simulator fidelity" in md and "mt_bench" in md and (out / "plots" / "distributions.png").stat().st_size > 1000
+    rows = [line.split(" | ")[0] for line in md[md.index("## Simulator fidelity"):].splitlines()]
+    assert "| usergpt" in rows and "| roleplay" in rows  # a fidelity row for each simulation
     assert (out / "plots" / "mt_bench.png").exists()
     metrics = pl.read_ndjson(out / "data" / "metrics.jsonl")
     got = metrics.filter((pl.col("metric") == "user_turn_perplexity") & (pl.col("subject") == "simulator"))
     assert got["value"][0] == pytest.approx(ppl["simulator"]["perplexity"])
+    frechet = metrics.filter(pl.col("metric") == "frechet_distance")
+    assert sorted(frechet["subject"].to_list()) == ["roleplay", "usergpt"]
     hub = tmp_path / "hub" / "datasets" / "realchat" / "ev-evaluate"
     assert load_dataset(str(hub), split="train").num_rows == metrics.height
     single = load_dataset(str(hub), "judgments_single", split="train")
     assert single.num_rows == 2 * (3 * 2 + 3)  # two models × (3 MT-Bench × 2 turns + 3 Vicuna)
-    # the RealChat dataset card and the ReaLM model card now show the figures
-    sim_card = (tmp_path / "hub" / "datasets" / "realchat" / "ev-simulate" / "README.md").read_text()
-    realm_card = (tmp_path / "hub" / "realchat" / "ev-train_assistant" / "README.md").read_text()
-    assert "## Evaluation" in sim_card and "Fréchet" in sim_card
-    assert "## Evaluation" in realm_card and "mt_bench" in realm_card
-    assert "## Evaluation" in (tmp_path / "runs" / "ev" / "simulate" / "README.md").read_text()
+    # the simulation dataset cards and the ReaLM model cards now show the figures: each its own
+    for sim, name, other in (("sim_usergpt", "usergpt", "roleplay"), ("sim_roleplay", "roleplay", "usergpt")):
+        card = (tmp_path / "hub" / "datasets" / "realchat" / f"ev-{sim}" / "README.md").read_text()
+        evaluation = card[card.index("## Evaluation"):]
+        rows = [line.split(" | ")[0] for line in evaluation[evaluation.index("Fréchet"):].splitlines()]
+        assert f"| {name}" in rows and f"| {other}" not in rows  # its own fidelity row only
+        assert "## Evaluation" in (tmp_path / "runs" / "ev" / sim / "README.md").read_text()
+    for realm in ("realm_usergpt", "realm_roleplay"):
+        card = (tmp_path / "hub" / "realchat" / f"ev-{realm}" / "README.md").read_text()
+        assert "## Evaluation" in card and "mt_bench" in card[card.index("## Evaluation"):]
+        assert "## Evaluation" in (tmp_path / "runs" / "ev" / realm / "README.md").read_text()
     # a rebuild does nothing
     r = runner.invoke(app, ["build", str(eval_recipe()), "--no-progress"])
     assert r.exit_code == 0 and "evaluate: up to date" in " ".join(r.output.split())
 
 
 def test_evaluate_recipe_errors_name_the_key(eval_recipe, tmp_path):
-    r = runner.invoke(app, ["plan", str(eval_recipe(fidelity={"real": "nope"}))])
-    assert r.exit_code == 2 and "fidelity.real" in r.output and "nope" in r.output
     path = eval_recipe()
     doc = yaml.safe_load(path.read_text())
-    doc["stages"]["evaluate"]["benchmark"]["questions"] = str(tmp_path / "missing")
+    doc["steps"]["evaluate"]["fidelity"]["real"] = "nope"
+    path.write_text(yaml.safe_dump(doc))
+    r = runner.invoke(app, ["plan", str(path)])
+    assert r.exit_code == 2 and "fidelity.real" in r.output and "nope" in r.output
+    doc["steps"]["evaluate"]["fidelity"]["real"] = "sharegpt"
+    doc["steps"]["evaluate"]["fidelity"]["simulated"] = "roleplay"  # one name alone is accepted
+    doc["steps"]["evaluate"]["benchmark"]["questions"] = str(tmp_path / "missing")
     path.write_text(yaml.safe_dump(doc))
     r = runner.invoke(app, ["plan", str(path)])
     out = " ".join(r.output.split())
-    assert r.exit_code == 2 and "stages.evaluate.benchmark.questions" in out and "mt_bench" in out
+    assert r.exit_code == 2 and "steps.evaluate.benchmark.questions" in out and "not found" in out
+    (tmp_path / "partial").mkdir()  # the folder is there, FastChat's files are not
+    doc["steps"]["evaluate"]["benchmark"]["questions"] = str(tmp_path / "partial")
+    path.write_text(yaml.safe_dump(doc))
+    r = runner.invoke(app, ["plan", str(path)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "steps.evaluate.benchmark.questions" in out and "mt_bench" in out
 
 
 def test_questions_from_a_hub_dataset(hub, tmp_path):
@@ -341,7 +390,7 @@ def test_interrupted_evaluation_resumes_without_new_answers(eval_recipe, tmp_pat
 
 
 def test_verdict_first_judging_with_a_local_model(tiny_model_dir):
-    from realchat.backends import LocalModel
+    from realchat.models.backends import LocalModel
 
     prompts = bm.load_judge_prompts(bench_cfg(), Path("."))
     questions, refs = bm.load_questions(bench_cfg(), "vicuna_bench", Path("."))
@@ -364,10 +413,10 @@ def test_verdict_first_judging_with_a_local_model(tiny_model_dir):
 def test_verdict_only_needs_a_local_judge():
     from pydantic import ValidationError
 
-    from realchat.recipe import EvaluateStage
+    from realchat.steps.evaluate import EvaluateConfig
 
     with pytest.raises(ValidationError, match="verdict_only needs a local or vllm judge"):
-        EvaluateStage(fidelity=None, benchmark=bench_cfg(judge_mode="verdict_only"))
+        EvaluateConfig(fidelity=None, benchmark=bench_cfg(judge_mode="verdict_only"))
 
 
 def test_broken_question_file_names_file_line_and_field(tmp_path):
@@ -389,8 +438,8 @@ def test_broken_question_file_names_file_line_and_field(tmp_path):
 
 
 def test_sampled_answers_are_reproducible(tiny_model_dir):
-    from realchat.backends import LocalModel
-    from realchat.stages.evaluate import seeded
+    from realchat.models.backends import LocalModel
+    from realchat.steps.evaluate import seeded
 
     questions, _ = bm.load_questions(bench_cfg(), "mt_bench", Path("."))
     writing = [q for q in questions if q["category"] == "writing"][:2]  # FastChat samples these at 0.7

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from realchat.cli import app
-from realchat.judge import parse_pair, parse_score, summarize
-from realchat.metrics import conversation_stats, distinct_n, mean_pairwise_cosine, mtld
+from realchat.evaluation.judge import parse_pair, parse_score, summarize
+from realchat.evaluation.statistics import conversation_stats, distinct_n, mean_pairwise_cosine, mtld
 
 
 def test_distinct_n_by_hand():

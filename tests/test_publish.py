@@ -8,6 +8,7 @@ revision, and follows the lineage in the cards.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from realchat.cli import app
-from realchat.publish import follow_lineage
+from realchat.hub.publish import follow_lineage
 
 runner = CliRunner()
 
@@ -41,7 +42,7 @@ def small_recipe(make_recipe, write_json_array, sharegpt_records):
     return make
 
 
-def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path):
+def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path, tiny_tokenizer_dir):
     recipe = small_recipe()
     code, out = invoke("build", str(recipe), "--no-progress")
     assert code == 0, out
@@ -49,6 +50,7 @@ def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path):
     assert (repo / "README.md").is_file() and list((repo / "data").glob("*.parquet"))
     record = json.loads((tmp_path / "runs" / "pub" / "published" / "curate.json").read_text())
     assert record["target"] == "local" and record["repo_id"] == "realchat/pub-curate"
+    assert record["repo_type"] == "dataset" and record["repo_path"] == "datasets/realchat/pub-curate"
     assert record["revision"] == json.loads((repo / "manifest.json").read_text())["fingerprint"]
 
     from datasets import load_dataset
@@ -64,8 +66,17 @@ def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path):
     assert code == 0 and "unchanged, no new commit" in out
 
     chain = follow_lineage(str(repo))
-    assert [c["stage"] for c in chain] == ["curate", "source"]
-    assert chain[1]["repo"] == str(recipe.parent / "data.json")
+    assert [(c["depth"], c["key"], c["step"], c["kind"]) for c in chain] == [
+        (0, None, "curate", "curate"), (1, "source", None, "source"), (1, "tokenizer", None, "model")]
+    assert chain[2]["where"] == str(tiny_tokenizer_dir) and re.fullmatch(r"(sha256:)?[0-9a-f]{64}", chain[2]["revision"])
+    assert chain[0]["repo"] == "realchat/pub-curate" and chain[0]["where"] == str(repo)
+    assert chain[0]["fingerprint"] == record["fingerprint"]
+    assert chain[1]["key"] == "source" and chain[1]["repo"] == str(recipe.parent / "data.json")
+    assert str(chain[1]["revision"]).startswith("sha256:")
+    from huggingface_hub import DatasetCard
+
+    block = DatasetCard.load(repo / "README.md").data.to_dict()["realchat"]
+    assert block["step"] == "curate" and block["kind"] == "curate" and block["repo_path"] == record["repo_path"]
 
 
 def test_hub_push_read_back_at_recorded_revision(hub, small_recipe, tmp_path):
@@ -89,8 +100,10 @@ def test_hub_push_read_back_at_recorded_revision(hub, small_recipe, tmp_path):
 
     card = DatasetCard.load(repo, repo_type="dataset")
     block = card.data.to_dict()["realchat"]
-    assert block["fingerprint"] == record["fingerprint"] and block["stage"] == "curate"
+    assert block["fingerprint"] == record["fingerprint"] and block["step"] == "curate" and block["kind"] == "curate"
     assert block["repo"] == repo and block["parents"][0]["revision"].startswith("sha256:")
+    assert [p["key"] for p in block["parents"]] == ["source", "tokenizer"]
+    assert block["repo_path"] is None  # a path below the publish root: local targets only
     card.validate(repo_type="dataset")  # huggingface_hub's own metadata validation (server-side rules)
 
     # unchanged: no new commit; the token never reaches a file or the output
@@ -105,7 +118,7 @@ def test_hub_push_read_back_at_recorded_revision(hub, small_recipe, tmp_path):
     assert {"README.md", "manifest.json", "stats.json"} <= files and any(f.startswith("data/") for f in files)
 
 
-def test_changed_stage_one_commit_and_interrupted_upload_keeps_head(hub, small_recipe, tmp_path):
+def test_changed_step_one_commit_and_interrupted_upload_keeps_head(hub, small_recipe, tmp_path):
     recipe = small_recipe({"target": "hub", "namespace": "tester", "repos": {"curate": "chat"}})
     assert invoke("build", str(recipe), "--no-progress")[0] == 0
     repo = "tester/chat"
@@ -113,10 +126,10 @@ def test_changed_stage_one_commit_and_interrupted_upload_keeps_head(hub, small_r
     n = len(hub.history("dataset", repo))
 
     hub.state.fail_next_commit = True  # uploads go through, then the commit fails (as a dropped upload)
-    code, out = invoke("build", str(recipe), "--no-progress", "--set", "stages.curate.filters[1].op=near_dedup")
+    code, out = invoke("build", str(recipe), "--no-progress", "--set", "steps.curate.filters[1].op=near_dedup")
     assert code == 2 and "500" in out
     assert hub.head("dataset", repo) == first  # previous revision intact
-    code, out = invoke("push", str(recipe), "--set", "stages.curate.filters[1].op=near_dedup")
+    code, out = invoke("push", str(recipe), "--set", "steps.curate.filters[1].op=near_dedup")
     assert code == 0, out
     assert len(hub.history("dataset", repo)) == n + 1 and hub.head("dataset", repo) != first
 
@@ -126,8 +139,8 @@ def test_model_folder_push_and_from_pretrained(hub, tiny_tokenizer_dir, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from realchat.publish import HubPublisher
-    from realchat.recipe import PublishConfig
+    from realchat.hub.publish import HubPublisher
+    from realchat.recipe.schema import PublishConfig
 
     folder = tmp_path / "model"
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
@@ -138,9 +151,9 @@ def test_model_folder_push_and_from_pretrained(hub, tiny_tokenizer_dir, tmp_path
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 32}))
-    card = "---\nlicense: apache-2.0\nlibrary_name: transformers\nrealchat:\n  stage: train_user\n---\n# m\n"
+    card = "---\nlicense: apache-2.0\nlibrary_name: transformers\nrealchat:\n  step: usergpt\n  kind: sft\n---\n# m\n"
     sha, changed = HubPublisher(PublishConfig(target="hub", namespace="tester")).publish(
-        "tester/tiny", "model", folder, card, "train_user", "f" * 32)
+        "tester/tiny", "model", folder, card, "usergpt", "f" * 32)
     assert changed and sha == hub.head("model", "tester/tiny")
     loaded = AutoModelForCausalLM.from_pretrained("tester/tiny", revision=sha)
     loaded_tok = AutoTokenizer.from_pretrained("tester/tiny", revision=sha)
@@ -148,7 +161,7 @@ def test_model_folder_push_and_from_pretrained(hub, tiny_tokenizer_dir, tmp_path
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
     sha2, changed = HubPublisher(PublishConfig(target="hub", namespace="tester")).publish(
-        "tester/tiny", "model", folder, card, "train_user", "f" * 32)
+        "tester/tiny", "model", folder, card, "usergpt", "f" * 32)
     assert not changed and sha2 == sha
 
 
@@ -177,7 +190,7 @@ def test_publish_errors_are_clear(case, hub, small_recipe, monkeypatch, tmp_path
     recipe = small_recipe(publish)
     if case == "bad_card":
         doc = yaml.safe_load(recipe.read_text())
-        doc["stages"]["curate"]["license"] = "my-own-licence"
+        doc["steps"]["curate"]["license"] = "my-own-licence"
         recipe.write_text(yaml.safe_dump(doc))
     if case == "other_type":
         from huggingface_hub import HfApi
@@ -190,13 +203,18 @@ def test_publish_errors_are_clear(case, hub, small_recipe, monkeypatch, tmp_path
     assert not (tmp_path / "runs" / "pub" / "published" / "curate.json").exists()
 
 
-def test_lineage_cli_on_hub_repo(hub, small_recipe):
+def test_lineage_cli_on_hub_repo(hub, small_recipe, tiny_tokenizer_dir):
     recipe = small_recipe({"target": "hub", "namespace": "tester", "repos": {"curate": "lin"}})
     assert invoke("build", str(recipe), "--no-progress")[0] == 0
     code, out = invoke("lineage", "tester/lin", "--json")
     assert code == 0, out
     chain = json.loads(out)
-    assert [c["stage"] for c in chain] == ["curate", "source"]
-    assert chain[0]["repo"] == "tester/lin"
+    assert [(c["depth"], c["key"], c["step"], c["kind"]) for c in chain] == [
+        (0, None, "curate", "curate"), (1, "source", None, "source"), (1, "tokenizer", None, "model")]
+    assert chain[2]["where"] == str(tiny_tokenizer_dir)
+    assert chain[0]["repo"] == "tester/lin" and chain[0]["where"] == "dataset tester/lin@main"
+    assert chain[1]["repo"] == str(recipe.parent / "data.json") and chain[1]["revision"].startswith("sha256:")
+    code, out = invoke("lineage", "tester/lin")
+    assert code == 0 and "curate" in out and "tester/lin" in out and "data.json" in out
     code, out = invoke("lineage", "tester/does-not-exist")
     assert code == 2 and "not a folder with a card" in out

@@ -18,8 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 from realchat.cli import app
-from realchat.recipe import SimulateStage
-from realchat.simulator import Session, Simulation
+from realchat.simulation.simulator import Session, Simulation
+from realchat.steps.simulate import SimulateConfig
 
 runner = CliRunner()
 
@@ -31,8 +31,8 @@ def sim_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, 
         path = make_recipe(src, filters=[{"op": "shape"}], name="sim")
         doc = yaml.safe_load(path.read_text())
         local = {"kind": "local", "model": str(tiny_model_dir), "batch_size": 4}
-        doc["stages"]["simulate"] = {
-            "simulator_backend": local, "answerer": local, "conversations": 10, "max_rounds": 2,
+        doc["steps"]["simulate"] = {
+            "kind": "simulate", "simulator_backend": local, "answerer": local, "conversations": 10, "max_rounds": 2,
             "user_sampling": {"max_new_tokens": 6}, "assistant_sampling": {"max_new_tokens": 6},
             "context_budget": 512, **simulate,
         }
@@ -79,10 +79,13 @@ def test_seeded_mode_starts_from_real_first_turns(sim_recipe, tmp_path):
         firsts[cid] = [m for m in msgs if m["role"] != "system"][:2]
     for seed_id, msgs in zip(kept["seed_id"].to_list(), kept["messages"].to_list()):
         assert msgs[:2] == firsts[seed_id]
+    # seeded mode without seeds is a recipe error before anything runs
+    r = runner.invoke(app, ["plan", str(sim_recipe(mode="seeded"))])
+    assert r.exit_code == 2 and "steps.simulate" in " ".join(r.output.split()) and "seeds" in r.output
 
 
 def test_stop_rules():
-    cfg = SimulateStage()
+    cfg = SimulateConfig()
     sim = Simulation.__new__(Simulation)
     sim.cfg, sim.end_marker = cfg, "<|endconversation|>"
     s = Session("x", "free", None, [{"role": "user", "content": "What is  Rust?"},
@@ -99,7 +102,7 @@ def test_kill_mid_run_then_resume_no_duplicates_no_gaps(sim_recipe, tmp_path):
     recipe = sim_recipe(conversations=48, max_rounds=3,
                         simulator_backend={"kind": "local", "model": "", "batch_size": 2})
     doc = yaml.safe_load(recipe.read_text())
-    doc["stages"]["simulate"]["simulator_backend"]["model"] = doc["stages"]["simulate"]["answerer"]["model"]
+    doc["steps"]["simulate"]["simulator_backend"]["model"] = doc["steps"]["simulate"]["answerer"]["model"]
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert runner.invoke(app, ["build", str(recipe), "--only", "curate", "--no-push"]).exit_code == 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -7,12 +7,11 @@ import json
 import polars as pl
 import pytest
 
-from realchat.conversations import normalize
+from realchat.curation.conversations import normalize
 from realchat.errors import SourceError
-from realchat.recipe import DEFAULT_ROLES, SourceConfig
-from realchat.sources import open_source
-from realchat.sources.base import ReadReport
-from realchat.sources.json_stream import iter_json_records
+from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source
+from realchat.curation.sources.base import ReadReport
+from realchat.curation.sources.json_stream import iter_json_records
 
 from conftest import SHAREGPT
 

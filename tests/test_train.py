@@ -1,4 +1,4 @@
-"""Training stages on a tiny model built from a config: the loss mask, learning, reload, resume, errors."""
+"""The sft step on a tiny model built from a config: the loss mask, learning, reload, resume, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from realchat.chat_format import as_user_simulator, decode_loss_tokens, tokenize_with_mask
+from realchat.training.chat_format import as_user_simulator, decode_loss_tokens, tokenize_with_mask
 from realchat.cli import app
 
 runner = CliRunner()
@@ -51,8 +51,9 @@ def train_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir
         src = write_json_array(sharegpt_records[:80])
         path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="tr")
         doc = yaml.safe_load(path.read_text())
-        doc["stages"]["train_user"] = {
-            "base_model": str(tiny_model_dir), "max_length": 256, "max_steps": 6,
+        doc["steps"]["usergpt"] = {
+            "kind": "sft", "loss_on": "user", "base_model": str(tiny_model_dir), "dataset": "curate",
+            "max_length": 256, "max_steps": 6,
             "per_device_train_batch_size": 2, "learning_rate": 5e-3, "warmup_ratio": 0.0,
             "lr_scheduler_type": "constant", "save_steps": 2, "eval_share": 0.1, "eval_steps": 3,
             "end_marker": "<|endconversation|>", **train,
@@ -63,13 +64,13 @@ def train_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir
     return make
 
 
-def test_train_user_learns_saves_reloads_generates_and_publishes(train_recipe, tmp_path):
+def test_usergpt_learns_saves_reloads_generates_and_publishes(train_recipe, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = train_recipe()
     result = runner.invoke(app, ["build", str(recipe), "--no-progress"])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "runs" / "tr" / "train_user"
+    out = tmp_path / "runs" / "tr" / "usergpt"
     stats = json.loads((out / "stats.json").read_text())
     train_losses = [r["train_loss"] for r in stats["losses"] if "train_loss" in r]
     assert stats["steps"] == 6 and len(train_losses) == 6
@@ -78,7 +79,7 @@ def test_train_user_learns_saves_reloads_generates_and_publishes(train_recipe, t
     assert (out / "loss.png").stat().st_size > 1000
     assert not (tmp_path / "runs" / "tr" / ".work").exists() or not any((tmp_path / "runs" / "tr" / ".work").iterdir())
 
-    published = tmp_path / "hub" / "realchat" / "tr-train_user"  # models: <root>/<ns>/<name>
+    published = tmp_path / "hub" / "realchat" / "tr-usergpt"  # models: <root>/<ns>/<recipe>-<step>
     model = AutoModelForCausalLM.from_pretrained(published)
     tok = AutoTokenizer.from_pretrained(published)
     assert tok.chat_template and (published / "generation_config.json").exists()
@@ -92,39 +93,52 @@ def test_train_user_learns_saves_reloads_generates_and_publishes(train_recipe, t
     card = ModelCard.load(published / "README.md")
     meta = card.data.to_dict()
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
-    assert meta["realchat"]["parents"][0]["stage"] == "curate"
-    assert meta["realchat"]["parents"][0]["repo"] == "realchat/tr-curate"  # parent by published repo id
+    parents = {p["key"]: p for p in meta["realchat"]["parents"]}
+    assert set(parents) == {"base_model", "dataset"}  # all parents: the data step and the base model
+    assert parents["dataset"]["step"] == "curate"
+    assert parents["dataset"]["repo"] == "realchat/tr-curate"  # parent by published repo id
+    assert parents["base_model"]["role"] == "model" and "step" not in parents["base_model"]
     assert "| step | train loss | eval loss |" in card.text and "loss.png" in card.text
-    from realchat.publish import follow_lineage
+    from realchat.hub.publish import follow_lineage
 
-    assert [c["stage"] for c in follow_lineage(str(published))] == ["train_user", "curate", "source"]
+    nodes = follow_lineage(str(published))
+    assert nodes[0]["step"] == "usergpt" and nodes[0]["kind"] == "sft" and nodes[0]["depth"] == 0
+    below = [(n["depth"], n["step"], n["kind"]) for n in nodes[1:]]
+    curate = below.index((1, "curate", "curate"))
+    # depth first: curate's own inputs (its source file and its tokenizer) right below it
+    assert sorted(below[curate + 1 : curate + 3]) == [(2, None, "model"), (2, None, "source")]
+    assert (1, None, "model") in below and len(below) == 4  # + usergpt's base model
 
 
 def test_interrupted_training_resumes_from_checkpoint(train_recipe, tmp_path):
     from transformers import TrainerCallback
 
-    from realchat.pipeline import build_stage, plan
-    from realchat.recipe import load_recipe
-    from realchat.stages import train
-    from realchat.stages.context import StageContext
+    from realchat.engine.build import build_step, graph_of, plan
+    from realchat.engine.context import StepContext
+    from realchat.recipe.load import load_recipe
+    from realchat.steps import registry
 
     recipe = train_recipe()
     assert runner.invoke(app, ["build", str(recipe), "--only", "curate", "--no-progress"]).exit_code == 0
     loaded = load_recipe(recipe)
-    p = [x for x in plan(loaded) if x.name == "train_user"][0]
+    graph = graph_of(loaded)
+    plans = plan(loaded, graph)
+    p = [x for x in plans if x.name == "usergpt"][0]
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == 3:
                 raise KeyboardInterrupt
 
-    original = train.run
+    sft = registry.get("sft")
+    original = sft.run
     try:
-        train.run = lambda *a, **k: original(*a, callbacks=[Interrupt()], **k)
+        sft.run = lambda ctx, out, **k: original(ctx, out, callbacks=[Interrupt()])
         with pytest.raises(KeyboardInterrupt):
-            build_stage(loaded, p, StageContext(loaded, "train_user", show_progress=False))
+            build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False),
+                       {x.name: x.fingerprint for x in plans})
     finally:
-        train.run = original
+        del sft.run  # back to the class's method
     assert not (p.output / "manifest.json").exists()  # nothing half-written
     result = runner.invoke(app, ["build", str(recipe), "--no-progress", "--no-push"])
     assert result.exit_code == 0, result.output
@@ -139,7 +153,7 @@ def test_train_errors(train_recipe, tmp_path, write_json_array):
 
     bad_model = train_recipe(base_model=str(tmp_path / "nope"))
     code, out = invoke(bad_model)
-    assert code == 2 and "model not found" in out and "stages.train_user.base_model" in out
+    assert code == 2 and "model not found" in out and "steps.usergpt.base_model" in out
 
     too_short = train_recipe(max_length=8)
     code, out = invoke(too_short)
@@ -147,13 +161,13 @@ def test_train_errors(train_recipe, tmp_path, write_json_array):
 
     only_gpt = write_json_array([{"id": f"x{i}", "conversations": [{"from": "gpt", "value": "hi there"}]}
                                  for i in range(5)], name="gpt.json")
-    no_user = train_recipe(dataset=str(only_gpt), data_format="sharegpt")
+    no_user = train_recipe(dataset={"path": str(only_gpt), "format": "sharegpt"})
     code, out = invoke(no_user)
     assert code == 2 and "no user turns to train on" in out and "Traceback" not in out
 
 
 def test_packed_micro_batches_are_single_rows_without_varlen_attention():
-    from realchat.trainers import micro_batches
+    from realchat.training.trainer import micro_batches
 
     # SDPA/eager (CPU): one packed row per forward pass, the batch made up by accumulation
     assert micro_batches(True, 4, 2, "sdpa") == (1, 8)

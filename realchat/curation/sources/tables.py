@@ -1,0 +1,53 @@
+"""Readers for tabular sources: parquet files, ``datasets`` folders, and Hub dataset ids.
+
+Hub ids go through ``datasets.load_dataset`` (with the recipe's revision), which needs network; the
+resolved commit is recorded for lineage when the Hub reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from realchat.errors import SourceError
+from realchat.curation.sources.base import RawRecord, ReadReport
+
+
+def iter_parquet(path: Path, report: ReadReport) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise SourceError("no .parquet files found", file=str(path))
+    index = 0
+    for file in files:
+        try:
+            pf = pq.ParquetFile(file)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise SourceError(f"not a readable parquet file: {e}", file=str(file)) from None
+        row = 0
+        for batch in pf.iter_batches(batch_size=4096):
+            for obj in batch.to_pylist():
+                yield RawRecord(index=index, data=obj, position=f"{file.name} row {row}")
+                index += 1
+                row += 1
+
+
+def iter_datasets(path_or_id: str, split: str, revision: str | None, from_hub: bool,
+                  report: ReadReport) -> Iterator[RawRecord]:
+    import datasets
+
+    try:
+        if from_hub:
+            ds = datasets.load_dataset(path_or_id, split=split, revision=revision)
+        else:
+            ds = datasets.load_from_disk(path_or_id)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+    except Exception as e:  # network, missing split, wrong folder: all reported the same way
+        raise SourceError(f"cannot load dataset: {e}", file=path_or_id) from None
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if from_hub and report.revision is None:
+        report.revision = revision or fingerprint
+    for i, obj in enumerate(ds):
+        yield RawRecord(index=i, data=obj, position=f"row {i}")

@@ -1,0 +1,91 @@
+"""Reading conversation datasets named by a recipe's dataset references.
+
+A step reads conversations from another step's output (its parquet ``data/``, a ``messages`` column
+of ``{role, content}``, and the ``split`` column that ``curate`` writes) or from any conversation
+dataset the recipe names (ShareGPT JSON/JSONL, OpenAI ``messages`` JSONL, parquet, a ``datasets``
+folder, a Hub id), through the same readers and role table as curation.
+
+The held-out split is a pure function of the conversation id (a hash), decided once by ``curate`` and
+stored in its ``split`` column: consumers ask for ``{step: curate, split: held_out}`` and never read
+another step's config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from realchat.errors import RealChatError
+from realchat.recipe.refs import FileData, HubData, ResolvedData, StepData
+
+Conversation = dict[str, Any]  # {"id": str, "base_id": str, "messages": [{"role", "content"}]}
+
+TRAIN, HELD_OUT = "train", "held_out"
+
+
+def is_held_out(conversation_id: str, share: float) -> bool:
+    """True for about ``share`` of all ids, the same ones on every machine."""
+    if share <= 0:
+        return False
+    h = int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < share
+
+
+def split_of(conversation_id: str, share: float) -> str:
+    return HELD_OUT if is_held_out(conversation_id, share) else TRAIN
+
+
+def read_step_conversations(folder: Path, split: str = "all", what: str = "") -> list[Conversation]:
+    """Rows of a step's ``data/`` (``split``: train, held_out, or all rows)."""
+    files = sorted((folder / "data").glob("*.parquet"))
+    if not files:
+        raise RealChatError(f"{folder}: no data/*.parquet (is the step built?)", field=what or None)
+    df = pl.read_parquet(files)
+    if split != "all":
+        if "split" in df.columns:
+            df = df.filter(pl.col("split") == split)
+        elif split == HELD_OUT:
+            raise RealChatError(f"{folder.name} has no held_out split: only a curate step with "
+                                "held_out_share > 0 writes one", field=what or None)
+    id_col = "conversation_id" if "conversation_id" in df.columns else "session_id"
+    out = []
+    seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height
+    for cid, s, msgs in zip(df[id_col].to_list(), seg, df["messages"].to_list()):
+        out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+    return out
+
+
+def read_conversations(ref: ResolvedData, base_dir: Path, step_folder: Callable[[str], Path],
+                       what: str = "") -> list[Conversation]:
+    """Conversations of a dataset reference; ``step_folder`` finds a finished step's output."""
+    if isinstance(ref, StepData):
+        return read_step_conversations(step_folder(ref.step), ref.split, what)
+    from realchat.curation.conversations import normalize
+    from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source
+
+    if isinstance(ref, HubData):
+        cfg = SourceConfig(format="hub", path=ref.hub, revision=ref.revision, split=ref.split)
+    else:
+        assert isinstance(ref, FileData)
+        cfg = SourceConfig(format=ref.format, path=ref.path)
+    records, _ = open_source(cfg, base_dir)
+    out = []
+    for rec in records:
+        row, _rej = normalize(rec, dict(DEFAULT_ROLES), "id", Path(cfg.path).stem or "record")
+        if row is not None:
+            out.append({"id": row["conversation_id"], "base_id": row["conversation_id"],
+                        "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
+    return out
+
+
+def split_held_out(convs: list[Conversation], share: float) -> tuple[list[Conversation], list[Conversation]]:
+    """(train, held out) of conversations by the hash of their base id."""
+    train, held = [], []
+    for c in convs:
+        (held if is_held_out(c.get("base_id", c["id"]), share) else train).append(c)
+    return train, held

@@ -1,0 +1,274 @@
+"""The build engine: plan the graph, skip what is done, run the rest in order, record and publish.
+
+For every step it runs, the engine owns what all steps share once the payload is written: the step's
+``stats.json``, ``manifest.json`` (lineage over all its parents), ``recipe.yaml`` (the whole recipe,
+so the artifact says how to rebuild it), the card, the atomic rename into place, removing the step's
+work folder, and publishing. A step kind only writes its payload (:mod:`realchat.steps.base`).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from realchat import __version__
+from realchat.engine.context import StepContext
+from realchat.engine.fingerprint import external_identity, fingerprint, input_parts
+from realchat.engine.graph import Graph, Node, build_graph
+from realchat.engine.lock import run_lock
+from realchat.engine.outputs import (
+    MANIFEST,
+    RECIPE_COPY,
+    STATS,
+    atomic_output,
+    is_done,
+    read_manifest,
+    read_stats,
+    recipe_dir,
+    step_dir,
+)
+from realchat.errors import RecipeError
+from realchat.files import atomic_write_text, write_json
+from realchat.recipe.schema import LoadedRecipe
+from realchat.steps import registry
+
+
+@dataclass
+class StepPlan:
+    name: str
+    kind: str
+    parents: list[str]
+    output: Path
+    fingerprint: str
+    done: bool
+    node: Node
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "parents": self.parents, "fingerprint": self.fingerprint,
+                "done": self.done, "output": str(self.output)}
+
+
+def graph_of(loaded: LoadedRecipe) -> Graph:
+    """The recipe's graph, every reference and every kind's own checks passed."""
+    graph = build_graph(loaded)
+    for name in graph.order:
+        node = graph.nodes[name]
+        try:
+            registry.get(node.kind).check(node.config, loaded.base_dir)
+        except RecipeError as e:
+            e.file, e.field = str(loaded.path), f"steps.{name}.{e.field}" if e.field else f"steps.{name}"
+            raise
+    return graph
+
+
+def plan(loaded: LoadedRecipe, graph: Graph | None = None) -> list[StepPlan]:
+    """Every step in build order with its fingerprint and whether a matching output exists."""
+    graph = graph or graph_of(loaded)
+    fps: dict[str, str] = {}
+    plans = []
+    for name in graph.order:
+        node = graph.nodes[name]
+        kind = registry.get(node.kind)
+        parts = input_parts(node, fps, loaded.base_dir, kind.external_inputs(node.config, loaded.base_dir))
+        fp = fingerprint(node.kind, node.config.model_dump(mode="json"), parts)
+        fps[name] = fp
+        out = step_dir(loaded.run_root, loaded.name, name)
+        plans.append(StepPlan(name, node.kind, node.parents, out, fp, is_done(out, fp), node))
+    return plans
+
+
+def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
+           start: str | None = None) -> list[StepPlan]:
+    """``--only`` these steps; ``--from`` this step and everything downstream of it."""
+    names = [p.name for p in plans]
+    for flag, values in (("--only", only or []), ("--from", [start] if start else [])):
+        for value in values:
+            if value not in names:
+                raise RecipeError(f"{flag} {value!r}: no such step in the recipe (steps: {', '.join(names)})")
+    keep = set(names)
+    if only:
+        keep &= set(only)
+    if start:
+        keep &= set(graph.downstream(start))
+    return [p for p in plans if p.name in keep]
+
+
+# -- one step ---------------------------------------------------------------------------------------
+
+
+def lineage(loaded: LoadedRecipe, p: StepPlan, fps: dict[str, str]) -> list[dict[str, Any]]:
+    """The step's parents for its manifest and card: every input, a step by its fingerprint, anything
+    else by its content identity. A step's own lineage-worthy inputs (curate's source) come first."""
+    from realchat.models import upstream_repo
+
+    kind = registry.get(p.kind)
+    parents: list[dict[str, Any]] = list(kind.external_inputs(p.node.config, loaded.base_dir))
+    for e in p.node.inputs:
+        if e.step:
+            parents.append({"key": e.key, "role": e.role, "step": e.step, "fingerprint": fps.get(e.step),
+                            "split": getattr(e.data, "split", None)})
+        else:
+            ident = external_identity(e, loaded.base_dir)
+            source = e.data.hub if e.role == "dataset" and hasattr(e.data, "hub") else (
+                e.data.path if e.role == "dataset" else str(e.value))  # type: ignore[union-attr]
+            parents.append({"key": e.key, "role": e.role, "source": source,
+                            "revision": ident.get("revision") or ident.get("sha256"),
+                            "repo": upstream_repo(source) if e.role == "model" else None})
+    return parents
+
+
+def manifest_for(loaded: LoadedRecipe, p: StepPlan, parents: list[dict[str, Any]],
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": p.name,
+        "kind": p.kind,
+        "fingerprint": p.fingerprint,
+        "recipe": loaded.name,
+        "recipe_file": str(loaded.path),
+        "recipe_sha256": loaded.sha256,
+        "realchat_version": __version__,
+        "python": platform.python_version(),
+        "parents": parents,
+        **extra,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def card_for(loaded: LoadedRecipe, graph: Graph, name: str, folder: Path, manifest: dict[str, Any],
+             stats: dict[str, Any], published_as: str | None = None, repo_path: str | None = None) -> str:
+    """The step's card from what is in its folder, with the evaluation figures of every evaluating
+    step built on exactly this output."""
+    from realchat.hub.cards import CardInput, render_card
+    from realchat.hub.publish import repo_id, resolve_parents
+
+    node = graph.nodes[name]
+    kind = registry.get(node.kind)
+    sections = []
+    for child in graph.children(name):
+        child_kind = registry.get(graph.nodes[child].kind)
+        child_dir = step_dir(loaded.run_root, loaded.name, child)
+        cm = read_manifest(child_dir)
+        if cm and any(pp.get("step") == name and pp.get("fingerprint") == manifest.get("fingerprint")
+                      for pp in cm.get("parents") or []):
+            sections.append(child_kind.section_for_parent(read_stats(child_dir), name, repo_id(loaded, child)))
+    return render_card(CardInput(
+        recipe_name=loaded.name, description=loaded.recipe.description, step=name, kind=node.kind,
+        card=kind.card, license=node.config.license, manifest={**manifest, "parents": resolve_parents(
+            loaded, manifest.get("parents") or [])},
+        stats=stats, excerpt=loaded.excerpt(name), evaluation="\n".join(s for s in sections if s),
+        repo=published_as or repo_id(loaded, name), repo_path=repo_path, extra=kind.card_context(stats)))
+
+
+def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext,
+               fps: dict[str, str]) -> dict[str, Any]:
+    """Run one step into its atomic output; its work folder (checkpoints, part files) is kept for a
+    resume until the output is in place, then removed."""
+    kind = registry.get(p.kind)
+    with atomic_output(p.output) as tmp:
+        result = kind.run(ctx, tmp)
+        write_json(tmp / STATS, result.stats)
+        manifest = manifest_for(loaded, p, lineage(loaded, p, fps), result.manifest)
+        atomic_write_text(tmp / RECIPE_COPY, loaded.as_published())
+        (tmp / "README.md").write_text(card_for(loaded, graph, p.name, tmp, manifest, result.stats))
+        write_json(tmp / MANIFEST, manifest)  # last: its presence marks the output complete
+    shutil.rmtree(ctx.work_dir(), ignore_errors=True)
+    return result.stats
+
+
+# -- the whole build --------------------------------------------------------------------------------
+
+
+def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | None = None, force: bool = False,
+          push: bool = True, console: Console | None = None, show_progress: bool = True, wait_s: float = 0.0,
+          on_built: Callable[[StepPlan, dict[str, Any]], None] | None = None) -> list[StepPlan]:
+    """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
+    from realchat.hub.publish import published_record
+
+    console = console or Console(stderr=True)
+    graph = graph_of(loaded)
+
+    def log(m: str) -> None:
+        console.print(f"[cyan]publish[/cyan] {m}")
+
+    with run_lock(recipe_dir(loaded.run_root, loaded.name), wait_s, log=console.print):
+        plans = plan(loaded, graph)
+        fps = {p.name: p.fingerprint for p in plans}
+        chosen = select(plans, graph, only, start)
+        chosen_names = {c.name for c in chosen}
+        for p in chosen:
+            missing = [q for q in p.parents if q not in chosen_names
+                       and not is_done(step_dir(loaded.run_root, loaded.name, q), fps[q])]
+            if missing:
+                raise RecipeError(f"step {p.name} needs {', '.join(missing)} built first (run without --only, "
+                                  f"or with --from {missing[0]})", file=str(loaded.path))
+            built, refreshed = False, []
+            if p.done and not force:
+                console.print(f"[green]✓[/green] {p.name}: up to date ({p.output}, fingerprint {p.fingerprint[:12]})")
+            else:
+                console.rule(f"step {p.name} ({p.kind})")
+                ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress)
+                stats = build_step(loaded, graph, p, ctx, fps)
+                p.done = built = True
+                if on_built:
+                    on_built(p, stats)
+                refreshed = refresh_parent_cards(loaded, graph, p)
+            if push and loaded.recipe.publish.push:
+                if built or published_record(loaded, p.name, p.fingerprint) is None:
+                    publish(loaded, graph, p.name, log=log)
+                for parent in refreshed:
+                    publish(loaded, graph, parent, log=log)
+    return chosen
+
+
+def refresh_parent_cards(loaded: LoadedRecipe, graph: Graph, p: StepPlan) -> list[str]:
+    """Re-render the cards of ``p``'s finished parents whose cards show ``p``'s figures (an evaluation
+    adds its tables to the cards of the datasets and models it evaluated); returns their names."""
+    kind = registry.get(p.kind)
+    if not kind.shows_in_parent_cards:
+        return []
+    done = []
+    for parent in p.parents:
+        folder = step_dir(loaded.run_root, loaded.name, parent)
+        m = read_manifest(folder)
+        if m is None:
+            continue
+        card = card_for(loaded, graph, parent, folder, m, read_stats(folder))
+        atomic_write_text(folder / "README.md", card)
+        done.append(parent)
+    return done
+
+
+def publish(loaded: LoadedRecipe, graph: Graph, name: str, log: Any = print) -> dict[str, Any]:
+    """Publish a finished step to the recipe's target, its card naming where its parents went."""
+    from realchat.hub.publish import publish_step
+
+    folder = step_dir(loaded.run_root, loaded.name, name)
+    m = read_manifest(folder) or {}
+
+    def render(repo: str, rel: str | None) -> str:
+        return card_for(loaded, graph, name, folder, m, read_stats(folder), published_as=repo, repo_path=rel)
+
+    return publish_step(loaded, name, folder, render, log)
+
+
+def push(loaded: LoadedRecipe, steps: list[str] | None = None, log: Any = print) -> list[dict[str, Any]]:
+    """Publish finished steps (all that are finished, or those named), under the run folder's lock."""
+    from realchat.hub.publish import PublishError
+
+    graph = graph_of(loaded)
+    with run_lock(recipe_dir(loaded.run_root, loaded.name)):
+        plans = {p.name: p for p in plan(loaded, graph)}
+        names = steps or [n for n in graph.order if plans[n].done]
+        for n in names:
+            if n not in plans:
+                raise PublishError(f"--step {n!r}: no such step in the recipe (steps: {', '.join(plans)})")
+            if not plans[n].done:
+                raise PublishError(f"step {n} is not built (or its recipe changed): run `realchat build` first")
+        return [publish(loaded, graph, n, log) for n in names]

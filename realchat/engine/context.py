@@ -1,0 +1,154 @@
+"""What a step gets from the engine: its config, its resolved inputs, a console, progress, models.
+
+A step never reads another step's config: it reads other steps' *outputs*, through the references
+the engine resolved when it built the graph (:class:`~realchat.engine.graph.Edge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from realchat.data import Conversation, read_conversations
+from realchat.engine.graph import Node
+from realchat.engine.outputs import read_manifest, read_stats, step_dir
+from realchat.errors import ModelError, RealChatError, RecipeError
+from realchat.models import TokenCounter, token_counter
+from realchat.recipe.base import DEFAULT_USER_SYSTEM_PROMPT, StepConfig
+from realchat.recipe.schema import LoadedRecipe
+
+T = TypeVar("T")
+
+
+@dataclass
+class StepContext:
+    loaded: LoadedRecipe
+    node: Node
+    fingerprint: str
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    show_progress: bool = True
+
+    # -- who am I ---------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def config(self) -> StepConfig:
+        return self.node.config
+
+    @property
+    def base_dir(self) -> Path:
+        return self.loaded.base_dir
+
+    @property
+    def seed(self) -> int:
+        return self.loaded.recipe.seed
+
+    def key(self, path: str) -> str:
+        """The full key path of one of this step's keys, for messages."""
+        return f"steps.{self.name}.{path}"
+
+    def work_dir(self) -> Path:
+        """Checkpoints and other resumable state of this step's run (kept across interruptions)."""
+        return self.loaded.run_root / self.loaded.name / ".work" / f"{self.name}-{self.fingerprint[:16]}"
+
+    # -- other steps' outputs ----------------------------------------------------------------------
+
+    def output_of(self, step: str) -> Path:
+        """The finished output folder of ``step`` (an error if it is not built)."""
+        folder = step_dir(self.loaded.run_root, self.loaded.name, step)
+        if read_manifest(folder) is None:
+            raise RecipeError(f"step {step} is not built; `realchat build` builds it before {self.name}",
+                              file=str(self.loaded.path), field=f"steps.{self.name}")
+        return folder
+
+    def stats_of(self, step: str) -> dict[str, Any]:
+        return read_stats(self.output_of(step))
+
+    def conversations(self, key: str) -> list[Conversation]:
+        """The conversations of this step's dataset reference at ``key`` (e.g. ``dataset``)."""
+        edge = self.node.edge(key)
+        with self.blame(key):
+            return read_conversations(edge.data, self.base_dir, self.output_of, self.key(key))  # type: ignore[arg-type]
+
+    def step_of(self, key: str) -> str | None:
+        """The step a reference at ``key`` names, or None for a file, folder or Hub id."""
+        return self.node.edge(key).step
+
+    # -- models -----------------------------------------------------------------------------------
+
+    def resolve_model(self, ref: str, key: str) -> str:
+        """A model reference → a loadable folder or Hub id (a step's name → that step's output)."""
+        from realchat.models import materialize_model
+
+        if ref in self.loaded.recipe.steps:
+            return str(self.output_of(ref))
+        with self.blame(key):
+            return materialize_model(ref, self.base_dir)
+
+    def token_counter(self, ref: str, key: str) -> TokenCounter:
+        path = self.resolve_model(ref, key) if ref in self.loaded.recipe.steps else ref
+        with self.blame(key):
+            return token_counter(path, str(self.base_dir))
+
+    def trained_simulator(self, ref: str) -> tuple[str, str | None]:
+        """(system prompt, end marker) a simulator model was trained with: from its sft step's stats
+        when ``ref`` names a step, else RealChat's default prompt and no marker."""
+        stats = self.stats_of(ref) if ref in self.loaded.recipe.steps else {}
+        return stats.get("system_prompt") or DEFAULT_USER_SYSTEM_PROMPT, stats.get("end_marker")
+
+    @contextmanager
+    def blame(self, key: str) -> Iterator[None]:
+        """An input that cannot be resolved or read is reported against the recipe key that named it."""
+        try:
+            yield
+        except RealChatError as e:
+            if isinstance(e, ModelError) or e.file is None:
+                e.file = str(self.loaded.path)
+                if not e.field:
+                    e.field = self.key(key)
+                elif not e.field.startswith("steps."):
+                    e.field = self.key(e.field)
+            raise
+
+    def open_backend(self, backend: Any, key: str) -> Any:
+        """A recipe backend (local / openai / vllm) → an object with ``chat`` (and ``generate``)."""
+        from realchat.models.backends import LocalModel, OpenAIChat, VLLMModel
+
+        if backend.kind == "openai":
+            return OpenAIChat(backend)
+        path = self.resolve_model(backend.model, f"{key}.model")
+        with self.blame(f"{key}.model"):
+            if backend.kind == "vllm":
+                return VLLMModel(backend, path)
+            return LocalModel(path, backend.batch_size)
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def progress(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        """Iterate with a progress bar on the console (transient; nothing when output is not a TTY)."""
+        if not self.show_progress or not self.console.is_terminal:
+            yield from items
+            return
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task)

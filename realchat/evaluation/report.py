@@ -1,0 +1,261 @@
+"""The evaluation report: markdown tables, PNG plots, a flat metrics table, and card sections.
+
+``write_report`` turns the evaluate stage's results into ``report.md`` and ``plots/*.png`` (rounds and
+user-turn length distributions of every dataset, MT-Bench/Vicuna-Bench scores per category);
+``metric_rows`` flattens every figure into rows (section, subject, metric, value, 95 % interval) for
+``data/metrics.jsonl``; ``card_section`` is the part of the report that the RealChat dataset card and
+the ReaLM model card show.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DATASET_METRICS = [
+    ("conversations", "conversations"), ("mean_rounds", "mean rounds"),
+    ("tokens_per_utterance", "tokens / utterance"), ("tokens_per_conversation", "tokens / conversation"),
+    ("mtld_user", "MTLD (user turns) ↑"), ("distinct_1_user", "distinct-1 ↑"), ("distinct_2_user", "distinct-2 ↑"),
+    ("topic_diversity_cosine", "topic cosine ↓"), ("first_turn_cosine", "first-turn cosine ↓"),
+    ("first_turn_distinct_2", "first-turn distinct-2 ↑"),
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _ci(d: dict[str, Any] | None, key: str) -> str:
+    if not d or d.get(key) is None:
+        return "–"
+    ci = d.get("ci95")
+    return f"{_fmt(d[key])} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(d[key])
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+
+def datasets_section(results: dict[str, Any]) -> str:
+    ds = results.get("datasets") or {}
+    if not ds:
+        return ""
+    names = list(ds)
+    rows = [[label] + [ds[n].get(key) for n in names] for key, label in DATASET_METRICS]
+    rows.append(["user-turn tokens p10 / median / p90"] + [
+        "{p10} / {median} / {p90}".format(**ds[n]["user_turn_tokens"]) if ds[n].get("user_turn_tokens") else None
+        for n in names])
+    rows.append(["languages (top 3)"] + [", ".join(f"{k} {v}" for k, v in list(ds[n].get("languages", {}).items())[:3])
+                                          for n in names])
+    return "## Dataset statistics\n\n" + table(["metric"] + names, rows) + (
+        "\n\nMTLD threshold 0.72 (lexicalrichness); cosine = mean pairwise cosine similarity of MiniLM "
+        "embeddings of the user turns (lower = more diverse), computed without an n×n matrix.\n")
+
+
+def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> str:
+    """Perplexity of the simulator and its baseline, then one row per simulated dataset (``only``:
+    those names) against the held-out real conversations."""
+    f = results.get("fidelity")
+    if not f:
+        return ""
+    parts = ["## Simulator fidelity"]
+    ppl = f.get("user_turn_perplexity") or {}
+    if ppl:
+        rows = [[label, f"`{v['model']}`", _ci(v, "perplexity"), v["tokens"], v["conversations"]]
+                for label, v in ppl.items()]
+        parts.append(f"Perplexity on the real user turns of held-out `{f['real']}` conversations (lower = more "
+                     "human-like), each turn given the real conversation so far:\n\n"
+                     + table(["model", "ref", "perplexity [95% CI]", "tokens", "conversations"], rows))
+    sims = {k: v for k, v in (f.get("simulated") or {}).items() if only is None or k in only}
+    if sims:
+        rows = []
+        for name, s in sims.items():
+            fr, cl, rd = s.get("frechet") or {}, s.get("classifier") or {}, s.get("rounds") or {}
+            ended = s.get("ended_by") or {}
+            rows.append([name, _ci(fr, "distance"), _ci(cl, "accuracy"), rd.get("simulated_mean"),
+                         rd.get("total_variation"), f"{ended['simulator']:.0%}" if "simulator" in ended else None])
+        any_fr = next(iter(sims.values())).get("frechet") or {}
+        parts.append(f"Each simulated dataset against the held-out real `{f['real']}` user turns (MiniLM embeddings; "
+                     f"Fréchet distance after PCA to {any_fr.get('dims')} dimensions, the real set's split-half "
+                     f"distance {_fmt(any_fr.get('real_split_half'))} is the noise floor; classifier accuracy 0.5 "
+                     "= indistinguishable):\n\n" + table(
+                         ["simulated", "Fréchet [95% CI] ↓", "classifier accuracy [95% CI] ↓", "mean rounds",
+                          "rounds TV distance ↓", "ended by the simulator"], rows))
+        real_mean = (next(iter(sims.values())).get("rounds") or {}).get("real_mean")
+        parts.append(f"Real conversations run {_fmt(real_mean)} rounds on average (simulations are capped by "
+                     "`max_rounds`).")
+    return "\n\n".join(parts) + "\n"
+
+
+def benchmark_section(results: dict[str, Any]) -> str:
+    b = results.get("benchmarks")
+    if not b:
+        return ""
+    parts = [f"## Benchmarks (judge: `{b['judge']}`)"]
+    for bench, s in b["benchmarks"].items():
+        parts.append(f"### {bench} ({s['questions']} questions)")
+        if s["single"]:
+            parts.append(table(["model", "turn 1", "turn 2", "overall", "valid", "unparsable"],
+                               [[m, v["turn_1"], v["turn_2"], v["overall"], v["n"], v["invalid"]]
+                                for m, v in s["single"].items()]))
+        if s["pairwise"]:
+            parts.append(table(["model", "win", "tie", "loss", "win rate", "win rate (ties ½)"],
+                               [[m, v["win"], v["tie"], v["loss"], v["win_rate"], v["win_rate_adjusted"]]
+                                for m, v in s["pairwise"].items()]))
+        invalid = {k: v for k, v in s["invalid"].items() if v}
+        if invalid:
+            parts.append("Unparsable verdicts (FastChat's -1 / error), excluded from the means: "
+                         + ", ".join(f"{k} {v}" for k, v in invalid.items()) + ".")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(out: Path, results: dict[str, Any], series: dict[str, dict[str, Any]], recipe: str) -> list[str]:
+    """Write ``report.md`` and ``plots/``; returns the plot names."""
+    plots = make_plots(out / "plots", results, series)
+    body = [f"# Evaluation report: {recipe}\n", report_markdown(results)]
+    body += [f"![{name}](plots/{name}.png)\n" for name in plots]
+    timings = ", ".join(f"{k} {v} s" for k, v in results.get("timings_s", {}).items())
+    body.append(f"Time: {timings}; total {results.get('seconds')} s.\n")
+    (out / "report.md").write_text("\n".join(s for s in body if s), encoding="utf-8")
+    return plots
+
+
+def report_markdown(results: dict[str, Any]) -> str:
+    """The report's sections (no title, no plots): the evaluation dataset card's body."""
+    sections = (datasets_section(results), fidelity_section(results), benchmark_section(results))
+    return "\n\n".join(s.strip() for s in sections if s.strip()) + "\n"
+
+
+def card_section(results: dict[str, Any], step: str, report_repo: str) -> str:
+    """What the card of an evaluated dataset or model shows, under one "Evaluation" heading: the
+    columns and rows that came from ``step`` (beside the others, for comparison)."""
+    datasets = [n for n, s in (results.get("dataset_steps") or {}).items() if s == step]
+    models = [n for n, s in (results.get("model_steps") or {}).items() if s == step]
+    sections = []
+    if datasets:
+        sections += [datasets_section(results), fidelity_section(results, only=datasets)]
+    if models:
+        sections.append(benchmark_section(results))
+    body = "\n\n".join(s.strip() for s in sections if s.strip())
+    if not body.strip():
+        return ""
+    body = "\n".join("#" + line if line.startswith("##") else line for line in body.splitlines())
+    named = ", ".join(f"`{n}`" for n in datasets + models)
+    return (f"## Evaluation\n\nFrom RealChat's evaluation in `{report_repo}`, where this artifact is {named}; "
+            f"the full report, answers and judgments are there.\n\n{body}\n")
+
+
+# -- flat figures -----------------------------------------------------------------------------------
+
+
+def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(section: str, subject: str, metric: str, value: Any, ci: list[float] | None = None) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append({"section": section, "subject": subject, "metric": metric, "value": float(value),
+                         "ci95_low": ci[0] if ci else None, "ci95_high": ci[1] if ci else None})
+
+    for name, d in (results.get("datasets") or {}).items():
+        for key, v in d.items():
+            add("dataset", name, key, v)
+        for key, v in (d.get("user_turn_tokens") or {}).items():
+            add("dataset", name, f"user_turn_tokens_{key}", v)
+    f = results.get("fidelity") or {}
+    for label, v in (f.get("user_turn_perplexity") or {}).items():
+        add("fidelity", label, "user_turn_perplexity", v.get("perplexity"), v.get("ci95"))
+    for name, s in (f.get("simulated") or {}).items():
+        fr, cl = s.get("frechet") or {}, s.get("classifier") or {}
+        add("fidelity", name, "frechet_distance", fr.get("distance"), fr.get("ci95"))
+        add("fidelity", f["real"], "frechet_real_split_half", fr.get("real_split_half"))
+        add("fidelity", name, "classifier_accuracy", cl.get("accuracy"), cl.get("ci95"))
+        for k, v in (s.get("ended_by") or {}).items():
+            add("fidelity", name, f"ended_by_{k}", v)
+        add("fidelity", name, "rounds_total_variation", (s.get("rounds") or {}).get("total_variation"))
+    for bench, s in ((results.get("benchmarks") or {}).get("benchmarks") or {}).items():
+        for model, v in s["single"].items():
+            for key in ("turn_1", "turn_2", "overall", "invalid"):
+                add(bench, model, f"score_{key}", v.get(key))
+        for model, v in s["pairwise"].items():
+            for key in ("win", "tie", "loss", "win_rate_adjusted"):
+                add(bench, model, f"pairwise_{key}", v.get(key))
+    return rows
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The few figures the CLI prints after the stage (and the card's summary table)."""
+    h: dict[str, Any] = {}
+    for name, d in (results.get("datasets") or {}).items():
+        h[f"{name}_conversations"] = d.get("conversations")
+        h[f"{name}_mtld"] = d.get("mtld_user")
+        h[f"{name}_topic_cosine"] = d.get("topic_diversity_cosine")
+    f = results.get("fidelity") or {}
+    for label, v in (f.get("user_turn_perplexity") or {}).items():
+        h[f"{label}_user_perplexity"] = v.get("perplexity")
+    for name, s in (f.get("simulated") or {}).items():
+        h[f"{name}_frechet_distance"] = (s.get("frechet") or {}).get("distance")
+        h[f"{name}_classifier_accuracy"] = (s.get("classifier") or {}).get("accuracy")
+    for bench, s in ((results.get("benchmarks") or {}).get("benchmarks") or {}).items():
+        for model, v in s["single"].items():
+            h[f"{bench}_{model}_score"] = v.get("overall")
+    h["seconds"] = results.get("seconds")
+    return h
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+
+def make_plots(folder: Path, results: dict[str, Any], series: dict[str, dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    if series:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        top = max((max(s["rounds"]) if s["rounds"] else 1) for s in series.values())
+        bins = np.arange(1, min(top, 30) + 2) - 0.5
+        for name, s in series.items():
+            axes[0].hist(np.clip(s["rounds"], 1, bins[-1] - 0.5), bins=bins, alpha=0.55, density=True, label=name)
+            lengths = np.asarray(s["user_turn_tokens"]) + 1
+            if len(lengths):
+                axes[1].hist(lengths, bins=np.logspace(0, np.log10(max(lengths.max(), 10)), 30), alpha=0.55,
+                             weights=np.full(len(lengths), 1 / len(lengths)), label=name)
+        axes[0].set(title="rounds per conversation", xlabel="rounds", ylabel="share")
+        axes[1].set(title="user-turn length", xlabel="tokens + 1 (log bins)", ylabel="share", xscale="log")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(folder / "distributions.png", dpi=110)
+        plt.close(fig)
+        made.append("distributions")
+    for bench, s in ((results.get("benchmarks") or {}).get("benchmarks") or {}).items():
+        cats = s.get("per_category") or {}
+        if not cats:
+            continue
+        names = sorted({c for v in cats.values() for c in v})
+        fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.6))
+        width = 0.8 / len(cats)
+        for k, (model, v) in enumerate(cats.items()):
+            ax.bar(np.arange(len(names)) + k * width, [v.get(c, 0) for c in names], width, label=model)
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right")
+        ax.set(title=f"{bench}: mean judge score per category", ylim=(0, 10), ylabel="score (1-10)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / f"{bench}.png", dpi=110)
+        plt.close(fig)
+        made.append(bench)
+    return made

@@ -1,0 +1,352 @@
+"""Publishing finished steps: to the Hugging Face Hub, or to a local folder laid out like it.
+
+Each step's run folder (``runs/<recipe>/<step>/``) is already what a Hub repo should hold: parquet
+shards or safetensors, ``README.md`` (the card), ``recipe.yaml``, ``stats.json`` and
+``manifest.json``. Publishing re-renders the card with the lineage resolved to published parents (repo
+id + commit revision on the Hub; a path relative to the publish root locally, so a copied or moved
+folder still resolves) and sends the folder as **one commit** whose message names the step and
+fingerprint.
+
+* Idempotent: when the target already holds this fingerprint with the same card, nothing is sent and
+  no commit is made; the existing revision is recorded.
+* Atomic: on the Hub a commit either lands whole or not at all (an interrupted upload leaves the
+  previous revision as it was); locally the new folder replaces the old one in one rename.
+* The token comes from ``HF_TOKEN`` or ``hf auth login`` (huggingface_hub's ``get_token``) and is
+  handed to the client only: never written to a card, a record, a log or the console.
+
+What was published is recorded in ``runs/<recipe>/published/<step>.json`` (target, repo id, repo
+type, revision, fingerprint, url, repo_path); a child step's card names its parents by those records,
+so a rebuild can fetch the exact parent revisions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from realchat.errors import RealChatError
+from realchat.files import write_json
+from realchat.recipe.schema import LoadedRecipe, PublishConfig
+
+MANIFEST = "manifest.json"
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class PublishError(RealChatError):
+    """Publishing failed for a reason the user can fix (token, rights, names, card metadata)."""
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def repo_id(loaded: LoadedRecipe, step: str) -> str:
+    cfg = loaded.recipe.publish
+    return f"{cfg.namespace}/{cfg.repos.get(step) or f'{loaded.name}-{step}'}"
+
+
+def repo_type(loaded: LoadedRecipe, step: str) -> str:
+    """``model`` for steps that make a model, ``dataset`` for the rest (data, reports)."""
+    return "model" if type(loaded.config(step)).produces == "model" else "dataset"
+
+
+def repo_path(repo: str, kind: str) -> str:
+    """Where a repo lives below a local publish root, as on the Hub: ``datasets/<ns>/<name>`` or ``<ns>/<name>``."""
+    return f"datasets/{repo}" if kind == "dataset" else repo
+
+
+def local_root(cfg: PublishConfig, run_root: str = "runs") -> Path:
+    return Path(cfg.local_root).expanduser() if cfg.local_root else Path(run_root).parent / "hub"
+
+
+def endpoint(cfg: PublishConfig) -> str:
+    return (cfg.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def repo_url(cfg: PublishConfig, repo: str, kind: str, revision: str | None = None,
+             run_root: str = "runs") -> str:
+    """Web address of a repo (Hub) or its folder (local target)."""
+    if cfg.target == "local":
+        return str(local_repo_dir(cfg, repo, kind, run_root).resolve())
+    base = f"{endpoint(cfg)}/{'datasets/' if kind == 'dataset' else ''}{repo}"
+    return f"{base}/tree/{revision}" if revision else base
+
+
+def local_repo_dir(cfg: PublishConfig, repo: str, kind: str, run_root: str = "runs") -> Path:
+    """``<root>/datasets/<ns>/<name>`` for datasets, ``<root>/<ns>/<name>`` for models (as on the Hub)."""
+    return local_root(cfg, run_root) / repo_path(repo, kind)
+
+
+def record_path(loaded: LoadedRecipe, step: str) -> Path:
+    return Path(loaded.recipe.run_root) / loaded.name / "published" / f"{step}.json"
+
+
+def published_record(loaded: LoadedRecipe, step: str, fingerprint: str | None = None) -> dict[str, Any] | None:
+    """The record of the last publish of ``step``; None if absent or of another fingerprint."""
+    try:
+        rec = json.loads(record_path(loaded, step).read_text())
+    except (OSError, ValueError):
+        return None
+    if fingerprint is not None and rec.get("fingerprint") != fingerprint:
+        return None
+    return rec
+
+
+# -- lineage ------------------------------------------------------------------------------------
+
+
+def resolve_parents(loaded: LoadedRecipe, parents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parents as a step's manifest lists them (``step`` + ``fingerprint``, or a ``source``), completed
+    with the repo id and revision they were published at (and, locally, their path below the root)."""
+    out = []
+    for p in parents:
+        p = dict(p)
+        if p.get("step"):
+            rec = published_record(loaded, p["step"], p.get("fingerprint"))
+            if rec is not None:
+                p.update(repo=rec["repo_id"], repo_type=rec["repo_type"], revision=rec["revision"],
+                         target=rec["target"], url=rec["url"] if rec["target"] == "hub" else None,
+                         repo_path=rec.get("repo_path"))
+        out.append(p)
+    return out
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Callable[[str, str | None], str],
+                 log: Any = print) -> dict[str, Any]:
+    """Publish a finished step folder; returns (and records) where it went.
+
+    ``render_card(repo_id, repo_path)`` gives the card as published (the engine renders it, with the
+    parents resolved to where they were published)."""
+    from realchat.files import read_json
+
+    manifest = read_json(folder / MANIFEST)
+    if not isinstance(manifest, dict):
+        raise PublishError(f"{folder} is not a finished step output (no {MANIFEST}); build it first")
+    cfg = loaded.recipe.publish
+    kind = repo_type(loaded, step)
+    repo = repo_id(loaded, step)
+    rel = repo_path(repo, kind) if cfg.target == "local" else None
+    card = render_card(repo, rel)
+
+    if cfg.target == "local":
+        dest = local_repo_dir(cfg, repo, kind, loaded.recipe.run_root)
+        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"])
+    else:
+        revision, changed = HubPublisher(cfg).publish(repo, kind, folder, card, step, manifest["fingerprint"])
+    record = {
+        "step": step,
+        "target": cfg.target,
+        "repo_id": repo,
+        "repo_type": kind,
+        "repo_path": rel,
+        "revision": revision,
+        "fingerprint": manifest["fingerprint"],
+        "url": repo_url(cfg, repo, kind, revision if cfg.target == "hub" else None, loaded.recipe.run_root),
+        "endpoint": endpoint(cfg) if cfg.target == "hub" else None,
+        "changed": changed,
+        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = record_path(loaded, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    what = "published" if changed else "unchanged, no new commit"
+    log(f"{step}: {what} → {record['url']} @ {revision[:12]}")
+    return record
+
+
+def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str) -> tuple[str, bool]:
+    """Copy the folder to the Hub-like local layout; the revision is the stage fingerprint."""
+    from realchat.files import atomic_folder, read_json
+
+    current = read_json(dest / MANIFEST)
+    readme = dest / "README.md"
+    if current and current.get("fingerprint") == fingerprint and readme.exists() and readme.read_text() == card:
+        return fingerprint, False
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        (tmp / "README.md").write_text(card)
+    return fingerprint, True
+
+
+class HubPublisher:
+    """One commit per changed stage through ``huggingface_hub``'s HfApi, with errors a user can act on."""
+
+    def __init__(self, cfg: PublishConfig) -> None:
+        from huggingface_hub import HfApi, get_token
+
+        self.cfg = cfg
+        self.endpoint = endpoint(cfg)
+        token = get_token()
+        if not token:
+            raise PublishError(
+                "no Hugging Face token: publishing to the Hub needs one with write access",
+                hint="set HF_TOKEN or run `hf auth login` (or set publish.target: local, or build --no-push)",
+            )
+        self.api = HfApi(endpoint=self.endpoint, token=token)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return fn(*args, **kwargs)
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            server = (e.server_message or str(e)).strip().splitlines()[0][:300]
+            if status == 401:
+                raise PublishError(f"{what}: the token was rejected by {self.endpoint} (401)",
+                                   hint="check HF_TOKEN / `hf auth login`") from None
+            if status == 403:
+                raise PublishError(f"{what}: no rights ({server})",
+                                   hint="use a token with write access to publish.namespace, or change it") from None
+            if status == 400 and "metadata" in server.lower():
+                raise PublishError(f"{what}: the Hub rejected the card metadata: {server}") from None
+            raise PublishError(f"{what}: {self.endpoint} answered {status}: {server}") from None
+        except RealChatError:
+            raise
+        except Exception as e:  # connection refused, DNS, TLS, timeouts: the transport's own types
+            if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "timeout" in type(e).__name__.lower():
+                raise PublishError(f"{what}: cannot reach {self.endpoint} ({type(e).__name__}: {e})",
+                                   hint="check the network, publish.endpoint or HF_ENDPOINT") from None
+            raise
+
+    def publish(self, repo: str, kind: str, folder: Path, card: str, stage: str,
+                fingerprint: str) -> tuple[str, bool]:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete, RepoCard
+
+        api, rev = self.api, self.cfg.revision
+        self._call("whoami", api.whoami)
+        other = "model" if kind == "dataset" else "dataset"
+        if self._call("repo check", api.repo_exists, repo, repo_type=other) and not self._call(
+                "repo check", api.repo_exists, repo, repo_type=kind):
+            raise PublishError(
+                f"{repo} exists on {self.endpoint} as a {other} repo, but stage {stage} publishes a {kind}",
+                hint=f"choose another name in publish.repos.{stage}",
+            )
+        try:
+            RepoCard(card).validate(repo_type=kind)
+        except ValueError as e:
+            raise PublishError(f"card metadata the Hub rejects ({stage}): {e}") from None
+        except Exception as e:  # validation endpoint unreachable: the commit below will say so
+            if "connect" not in type(e).__name__.lower():
+                raise
+        self._call(f"create {kind} repo {repo}", api.create_repo, repo, repo_type=kind,
+                   private=self.cfg.private, exist_ok=True)
+        if rev != "main":
+            self._call(f"create branch {rev}", api.create_branch, repo, repo_type=kind, branch=rev, exist_ok=True)
+        info = self._call(f"read {repo}", api.repo_info, repo, repo_type=kind, revision=rev, files_metadata=False)
+        remote_files = {s.rfilename for s in (info.siblings or [])}
+        if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files):
+            return info.sha, False
+
+        local_files = sorted(p for p in folder.rglob("*") if p.is_file())
+        rel = {p.relative_to(folder).as_posix() for p in local_files}
+        ops: list[Any] = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
+        ops += [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+                for p in local_files if p.name != "README.md" or p.parent != folder]
+        ops += [CommitOperationDelete(path_in_repo=f) for f in sorted(remote_files - rel - {".gitattributes"})]
+        commit = self._call(
+            f"commit to {repo}", api.create_commit, repo, ops, repo_type=kind, revision=rev,
+            commit_message=f"realchat {stage}: fingerprint {fingerprint}",
+            commit_description=f"Published by RealChat; stage `{stage}`, fingerprint `{fingerprint}`.",
+            parent_commit=info.sha,
+        )
+        return commit.oid, True
+
+    def _remote_matches(self, repo: str, kind: str, sha: str, fingerprint: str, card: str,
+                        remote_files: set[str]) -> bool:
+        if MANIFEST not in remote_files or "README.md" not in remote_files:
+            return False
+        from huggingface_hub import hf_hub_download
+
+        try:
+            m = json.loads(Path(hf_hub_download(repo, MANIFEST, repo_type=kind, revision=sha,
+                                                endpoint=self.endpoint, token=self.api.token)).read_text())
+            readme = Path(hf_hub_download(repo, "README.md", repo_type=kind, revision=sha,
+                                          endpoint=self.endpoint, token=self.api.token)).read_text()
+        except Exception:
+            return False
+        return m.get("fingerprint") == fingerprint and readme == card
+
+
+# -- reading lineage back -----------------------------------------------------------------------
+
+
+def _load_card_meta(ref: str, repo_type: str | None, revision: str | None, hub_endpoint: str | None) -> tuple[dict[str, Any], str]:
+    """YAML metadata of a card: from a folder (or README.md path), else a Hub repo at a revision."""
+    from huggingface_hub import RepoCard, hf_hub_download
+
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        p = p / "README.md"
+    if p.is_file():
+        return RepoCard.load(p).data.to_dict(), str(p.parent)
+    if p.exists() or ref.startswith((".", "/", "~")):
+        raise PublishError(f"{ref}: no README.md card there")
+    errors = []
+    for kind in [repo_type] if repo_type else ["dataset", "model"]:
+        try:
+            path = hf_hub_download(ref, "README.md", repo_type=kind, revision=revision, endpoint=hub_endpoint)
+            return RepoCard.load(path).data.to_dict(), f"{kind} {ref}@{revision or 'main'}"
+        except Exception as e:  # not found as this type: try the other
+            errors.append(f"{kind}: {type(e).__name__}")
+    raise PublishError(f"{ref}: not a folder with a card, nor a readable Hub repo ({'; '.join(errors)})")
+
+
+def _local_root_of(folder: Path, block: dict[str, Any]) -> Path | None:
+    """The publish root a local card lives under, from its own ``repo_path`` (relative to that root)."""
+    rel = block.get("repo_path")
+    if not rel:
+        return None
+    depth = len(Path(rel).parts)
+    return folder.parents[depth - 1] if len(folder.parents) >= depth else None
+
+
+def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None = None,
+                   hub_endpoint: str | None = None) -> list[dict[str, Any]]:
+    """The lineage graph of ``ref`` read card by card, as a depth-first list (``depth`` 0 = ``ref``).
+
+    Every parent of every card is visited (an evaluation has several); a node met again is listed with
+    ``seen: true`` and not expanded twice. Local cards name their parents by a path relative to the
+    publish root, so a copied or moved publish folder still resolves."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def visit(target: tuple[str, str | None, str | None], depth: int, key: str | None) -> None:
+        meta, where = _load_card_meta(*target, hub_endpoint)
+        block = meta.get("realchat") or {}
+        ident = f"{block.get('repo')}@{block.get('fingerprint')}"
+        node = {"depth": depth, "key": key, "where": where, "step": block.get("step"), "kind": block.get("kind"),
+                "repo": block.get("repo"), "fingerprint": block.get("fingerprint"), "revision": target[2],
+                "version": block.get("version"), "recipe_sha256": block.get("recipe_sha256")}
+        out.append(node)
+        if ident in seen:
+            node["seen"] = True
+            return
+        seen.add(ident)
+        folder = Path(where) if Path(where).is_dir() else None
+        root = _local_root_of(folder, block) if folder is not None else None
+        for parent in block.get("parents") or []:
+            if parent.get("source"):
+                out.append({"depth": depth + 1, "key": parent.get("key"), "where": parent["source"],
+                            "step": None, "kind": "source" if parent.get("role") == "dataset" else parent.get("role"),
+                            "repo": parent.get("repo") or parent["source"], "revision": parent.get("revision"),
+                            "fingerprint": None})
+            elif parent.get("repo_path") and root is not None:
+                visit((str(root / parent["repo_path"]), None, None), depth + 1, parent.get("key"))
+            elif parent.get("repo") and parent.get("target") == "hub":
+                visit((parent["repo"], parent.get("repo_type"), parent.get("revision")), depth + 1, parent.get("key"))
+            else:
+                out.append({"depth": depth + 1, "key": parent.get("key"), "where": "?", "step": parent.get("step"),
+                            "kind": None, "repo": None, "revision": None, "fingerprint": parent.get("fingerprint"),
+                            "note": "parent not published: lineage ends here"})
+
+    visit((ref, repo_type, revision), 0, None)
+    return out

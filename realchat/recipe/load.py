@@ -1,0 +1,151 @@
+"""Loading a recipe: YAML → ``--set`` overrides → each step validated by its kind's config.
+
+Validation is strict: an unknown key, a wrong type, a bad value, an unknown kind or a missing file is
+reported as one :class:`~realchat.errors.RecipeError` naming the recipe file, the key path
+(``steps.curate.filters[2].min_confidence``) and what was expected; the CLI prints it and exits 2.
+References between steps are checked when the engine builds the graph (:mod:`realchat.engine.graph`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from realchat.errors import RecipeError
+from realchat.recipe.base import StepConfig
+from realchat.recipe.messages import describe, format_errors
+from realchat.recipe.schema import LoadedRecipe, Recipe
+from realchat.steps import registry
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Read, override (``--set key.path=value``) and validate a recipe; raise RecipeError if bad."""
+    path = Path(path)
+    overrides = list(overrides or [])
+    if not path.is_file():
+        raise RecipeError("recipe file not found", file=str(path))
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(f"{where}not valid YAML ({getattr(e, 'problem', e)})", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise RecipeError("expected a mapping at the top level (name:, steps:)", file=str(path))
+    for item in overrides:
+        data = apply_override(data, item, str(path))
+    recipe = validate(data, str(path))
+    return LoadedRecipe(recipe, path, text, overrides, data)
+
+
+def validate(data: dict[str, Any], file: str) -> Recipe:
+    """The recipe model, each step validated by the config of its ``kind``; all errors at once."""
+    lines: list[str] = []
+    raw_steps = data.get("steps")
+    typed: dict[str, StepConfig] = {}
+    if isinstance(raw_steps, dict):
+        for name, raw in raw_steps.items():
+            where = f"steps.{name}"
+            if not isinstance(raw, dict):
+                lines.append(f"{where}: expected a mapping with a kind (got {raw!r})")
+                continue
+            kind = raw.get("kind")
+            if kind not in registry.KINDS:
+                said = "missing kind" if kind is None else f"unknown kind {kind!r}"
+                lines.append(f"{where}.kind: {said}; expected one of: {', '.join(registry.KINDS)}")
+                continue
+            config_cls = registry.get(kind).Config
+            try:
+                typed[str(name)] = config_cls.model_validate(raw)
+            except ValidationError as e:
+                lines += [describe(config_cls, err, where) for err in e.errors()]
+    if isinstance(raw_steps, dict) and not raw_steps:
+        lines.append("steps: a recipe needs at least one step")
+    shell = {**data, "steps": typed if isinstance(raw_steps, dict) else raw_steps}
+    try:
+        recipe = Recipe.model_validate(shell)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            if isinstance(raw_steps, dict) and loc[:1] == ("steps",):
+                if len(loc) == 3 and loc[2] == "[key]":  # a step name that is not a slug
+                    lines.append(f"steps.{loc[1]}: bad step name: {str(err['msg']).removeprefix('Value error, ')}")
+                # else: the steps' own errors are above; ``steps`` itself is only short of the steps
+                # that failed (or empty, said above)
+                continue
+            lines.append(describe(Recipe, err))
+    if lines:
+        raise RecipeError(format_errors(lines), file=file)
+    return recipe
+
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key_path(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index in _PATH_TOKEN.findall(key):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def apply_override(data: dict, item: str, file: str) -> dict:
+    """Apply one ``key.path[2].leaf=value`` override; the value is parsed as YAML."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected key.path=value", file=file)
+    key, raw = item.split("=", 1)
+    parts = parse_key_path(key.strip())
+    if not parts:
+        raise RecipeError(f"--set {item!r}: empty key path", file=file)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})",
+                          file=file, field=key) from None
+    data = copy.deepcopy(data)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        try:
+            if isinstance(part, int):
+                node = node[part]
+            else:
+                if node.get(part) is None:
+                    node[part] = [] if isinstance(nxt, int) else {}
+                node = node[part]
+        except (IndexError, KeyError, TypeError, AttributeError):
+            raise RecipeError(f"--set {item!r}: no such key path", file=file, field=key) from None
+    last = parts[-1]
+    try:
+        node[last] = value
+    except (IndexError, TypeError):
+        raise RecipeError(f"--set {item!r}: no such key path", file=file, field=key) from None
+    return data
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of recipes: the top level, and each registered kind's config under ``steps``."""
+    from typing import Annotated, Union
+
+    from pydantic import Field
+
+    configs = [registry.get(k).Config for k in registry.KINDS]
+    step_union = Annotated[Union[tuple(configs)], Field(discriminator="kind")]  # type: ignore[valid-type]
+    steps_schema = TypeAdapter(step_union).json_schema(ref_template="#/$defs/{model}")
+    schema = Recipe.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    defs.update(steps_schema.pop("$defs", {}))
+    schema["properties"]["steps"] = {"type": "object", "minProperties": 1, "additionalProperties": steps_schema,
+                                     "description": "Step name → its config; `kind` picks what the step does."}
+    defs.pop("StepConfig", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "RealChat recipe"
+    json.dumps(schema)  # fails loudly here if anything is not serialisable
+    return schema

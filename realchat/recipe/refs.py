@@ -1,0 +1,150 @@
+"""References from one step to its inputs: datasets and models, by step name, file or Hub id.
+
+One syntax for every input. A field typed :data:`ModelRef` or :data:`DatasetRef` is an edge of the
+recipe's graph when it names a step; the engine finds these fields by their type (the
+:class:`RefRole` marker), so a new step kind gets its inputs wired, fingerprinted and checked without
+any change to the engine.
+
+* A **model** reference is a string: a step name (an ``sft`` step's model), a folder, a ``.gguf``
+  file, ``pkg://<package>/<file>`` (a file inside an installed package) or a Hub model id.
+* A **dataset** reference is a step name (its ``train`` split), ``{step: name, split: held_out}``,
+  ``{path: file, format: sharegpt}`` for a file, or a Hub dataset id (``{hub: id, revision: …}``).
+
+A string that names a step of the recipe always means that step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import Discriminator, Tag
+
+from realchat.recipe.base import Strict
+
+PACKAGE_SCHEME = "pkg://"
+
+#: A step's rows by the ``split`` column that ``curate`` writes (train / held_out by the hash of the
+#: conversation id); ``all`` reads every row.
+Split = Literal["train", "held_out", "all"]
+
+#: Conversation file formats RealChat reads.
+FileFormat = Literal["sharegpt", "openai_messages", "parquet", "datasets_folder"]
+
+
+@dataclass(frozen=True)
+class RefRole:
+    """Marks a field as a reference to a ``model`` or a ``dataset`` (an edge when it names a step)."""
+
+    role: Literal["model", "dataset", "file"]
+
+
+class StepData(Strict):
+    """Conversations written by another step of the recipe."""
+
+    step: str
+    split: Split = "train"
+
+
+class FileData(Strict):
+    """Conversations in a local file or folder (relative to the recipe, or ``pkg://``)."""
+
+    path: str
+    format: FileFormat = "sharegpt"
+
+
+class HubData(Strict):
+    """A conversation dataset on the Hub (needs network), read through ``datasets``."""
+
+    hub: str
+    revision: str | None = None
+    split: str = "train"
+
+
+#: A model: step name, folder, ``.gguf``, ``pkg://`` or Hub id.
+ModelRef = Annotated[str, RefRole("model")]
+
+
+def _dataset_form(value: Any) -> str | None:
+    """Which form of dataset reference ``value`` is written in (the keys decide, not trial and error)."""
+    if isinstance(value, str):
+        return "name"
+    if isinstance(value, (StepData, FileData, HubData)):
+        return {StepData: "step", FileData: "path", HubData: "hub"}[type(value)]
+    if isinstance(value, dict):
+        for key in ("step", "path", "hub"):
+            if key in value:
+                return key
+    return None
+
+
+#: Conversations: step name, ``{step, split}``, ``{path, format}`` or a Hub id (``{hub, revision}``).
+DatasetRef = Annotated[
+    Union[Annotated[str, Tag("name")], Annotated[StepData, Tag("step")], Annotated[FileData, Tag("path")],
+          Annotated[HubData, Tag("hub")]],
+    Discriminator(_dataset_form, custom_error_type="dataset_ref",
+                  custom_error_message="expected a step name, {step: name, split: …}, {path: file, format: …} "
+                                       "or {hub: owner/name}"),
+    RefRole("dataset"),
+]
+#: A local file or folder whose content enters the fingerprint (benchmark questions, prompts).
+FileRef = Annotated[str, RefRole("file")]
+
+ResolvedData = Union[StepData, FileData, HubData]
+
+
+def ref_role(annotation: Any) -> str | None:
+    """The :class:`RefRole` of a field's annotation, looking inside ``Optional[...]``."""
+    if get_origin(annotation) is Annotated:
+        for meta in annotation.__metadata__:
+            if isinstance(meta, RefRole):
+                return meta.role
+    for arg in get_args(annotation):
+        role = ref_role(arg)
+        if role is not None:
+            return role
+    return None
+
+
+def resolve_package_path(ref: str) -> Path | None:
+    """``pkg://package/rel/path`` → the file inside the installed package (without importing it)."""
+    if not ref.startswith(PACKAGE_SCHEME):
+        return None
+    rest = ref[len(PACKAGE_SCHEME):]
+    package, _, rel = rest.partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        return Path(f"<package {package!r} is not installed>") / rel
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def resolve_local(ref: str, base_dir: Path) -> Path:
+    """A recipe path → absolute path: ``pkg://`` references, absolute paths, or recipe-relative."""
+    pkg = resolve_package_path(ref)
+    if pkg is not None:
+        return pkg
+    p = Path(ref).expanduser()
+    return p if p.is_absolute() else (base_dir / p).resolve()
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    """``owner/name`` and nothing that reads as a path."""
+    return (bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", ref))
+            and not ref.startswith((".", "/", "~")) and not ref.startswith(PACKAGE_SCHEME))
+
+
+def as_dataset(value: Any, steps: set[str]) -> ResolvedData | None:
+    """A dataset reference in its explicit form; None when a string is neither a step nor a Hub id."""
+    if isinstance(value, (StepData, FileData, HubData)):
+        return value
+    if value in steps:
+        return StepData(step=value)
+    if isinstance(value, str) and looks_like_hub_id(value):
+        return HubData(hub=value)
+    return None
+
+
+__all__ = ["DatasetRef", "FileData", "FileRef", "HubData", "ModelRef", "RefRole", "StepData"]

@@ -1,0 +1,129 @@
+"""The recipe: a name, named steps (each with a ``kind``), and where to publish.
+
+A recipe is the single source of truth for a build (in the manner of alignment-handbook's recipes/):
+each step's resolved config is hashed into its fingerprint and written into its card, and the whole
+recipe is uploaded beside every artifact, so an artifact can always be traced to the settings that
+made it. Steps name their inputs by step name; the engine builds the graph from those references.
+
+This module holds the top-level shape only; each kind's config lives beside its ``run`` in
+``realchat/steps`` and is chosen by ``kind`` when the recipe is loaded (:mod:`realchat.recipe.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
+
+from realchat.errors import RecipeError
+from realchat.recipe.base import SLUG, Slug, StepConfig, Strict
+
+
+class PublishConfig(Strict):
+    """Where finished steps are published: the Hugging Face Hub, or a local folder laid out like it.
+
+    The token is never part of the recipe: it comes from ``HF_TOKEN`` or ``hf auth login``.
+    """
+
+    target: Literal["local", "hub"] = "local"
+    #: For ``target: local``: root folder; datasets go to ``<root>/datasets/<ns>/<name>``, models to
+    #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``).
+    local_root: str | None = None
+    #: User or organisation that owns the repos.
+    namespace: str = "realchat"
+    #: Repo name per step; the default is ``<recipe name>-<step>``.
+    repos: dict[str, str] = Field(default_factory=dict)
+    private: bool = False
+    #: Branch to commit to (created from main if missing).
+    revision: str = "main"
+    #: Hub endpoint; default ``$HF_ENDPOINT`` or https://huggingface.co.
+    endpoint: str | None = None
+    #: Publish each step right after it is built (``realchat build --no-push`` turns it off).
+    push: bool = True
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not SLUG.fullmatch(v):
+            raise ValueError("must be a Hub user or organisation name")
+        return v
+
+    @field_validator("repos")
+    @classmethod
+    def _repos(cls, v: dict[str, str]) -> dict[str, str]:
+        for step, name in v.items():
+            if not SLUG.fullmatch(name):
+                raise ValueError(f"repo name {name!r} for {step}: letters, digits, '.', '_' or '-'")
+        return v
+
+
+class Recipe(Strict):
+    """A RealChat build: named steps of any kinds, wired by the references between them."""
+
+    #: Slug used for the run folder and default repo names.
+    name: Slug
+    description: str = ""
+    #: Folder holding run outputs: ``<run_root>/<name>/<step>/``. Relative paths are relative to the
+    #: current directory.
+    run_root: str = "runs"
+    seed: int = 42
+    #: Step name (a slug you choose) → its config; ``kind`` picks what the step does.
+    steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
+    publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _repos_name_steps(self) -> "Recipe":
+        unknown = sorted(set(self.publish.repos) - set(self.steps))
+        if unknown:
+            raise ValueError(f"publish.repos names no step of the recipe: {', '.join(unknown)} "
+                             f"(steps: {', '.join(self.steps)})")
+        return self
+
+
+class LoadedRecipe:
+    """A validated recipe with where it came from (path, text, overrides, hash) for lineage."""
+
+    def __init__(self, recipe: Recipe, path: Path, text: str, overrides: list[str], data: dict) -> None:
+        self.recipe = recipe
+        self.path = path
+        self.base_dir = path.parent
+        self.text = text
+        self.overrides = overrides
+        #: The recipe as a mapping after ``--set`` overrides (what ``recipe.yaml`` beside outputs holds).
+        self.data = data
+        self.sha256 = hashlib.sha256(
+            (text + "".join(f"\n#set {o}" for o in overrides)).encode()
+        ).hexdigest()
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def run_root(self) -> Path:
+        return Path(self.recipe.run_root)
+
+    def step_names(self) -> list[str]:
+        return list(self.recipe.steps)
+
+    def config(self, step: str) -> StepConfig:
+        try:
+            return self.recipe.steps[step]
+        except KeyError:
+            raise RecipeError(f"the recipe has no step {step!r} (steps: {', '.join(self.recipe.steps)})",
+                              file=str(self.path)) from None
+
+    def excerpt(self, step: str) -> str:
+        """The step's resolved config as YAML, for cards (defaults filled in, overrides applied)."""
+        data = {"steps": {step: self.config(step).model_dump(mode="json")}}
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+    def as_published(self) -> str:
+        """The recipe that rebuilds this build: its own text, or with overrides applied."""
+        if not self.overrides:
+            return self.text
+        head = "".join(f"# --set {o}\n" for o in self.overrides)
+        return head + yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,76 @@
+"""The contract of a step kind (in the manner of datatrove's blocks: one subclass, the base does the rest).
+
+A kind is one module in ``realchat/steps`` with
+
+* a pydantic ``Config`` (a :class:`~realchat.recipe.base.StepConfig` with ``kind: Literal[...]``):
+  its inputs are fields typed ``ModelRef`` / ``DatasetRef`` / ``FileRef``, which is all the engine
+  needs to wire the graph, check references and chain fingerprints;
+* a ``run(ctx, out)`` that writes the payload (data shards, a model folder, a report) into ``out``
+  and returns a :class:`StepResult`.
+
+The engine owns everything after the payload: ``stats.json``, ``manifest.json`` (lineage over all
+parents), ``recipe.yaml``, the card, the atomic rename and publishing. Adding a kind is one module
+and one :func:`~realchat.steps.registry.register` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from realchat.recipe.base import StepConfig
+
+if TYPE_CHECKING:  # the engine hands each run a context; steps never import the engine's build
+    from realchat.engine.context import StepContext
+
+#: ``configs`` of a conversation dataset's card: the kept rows, and what was removed as ``rejected``.
+DATA_CONFIGS = [
+    {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "data/*.parquet"}]},
+    {"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/*.parquet"}]},
+]
+
+
+@dataclass
+class StepResult:
+    """What a step's payload left for the engine to record."""
+
+    #: Every figure of the run: written to ``stats.json`` and shown in the card.
+    stats: dict[str, Any]
+    #: Extra manifest fields (dataset ``configs``, the models a simulation used, …).
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class StepKind:
+    """One kind of step. Subclasses set ``name``, ``Config`` and ``card``, and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[StepConfig]]
+    #: Card template family: ``dataset`` (the shared dataset card, with this kind's section from
+    #: ``cards/sections/<name>.md``) or ``model``.
+    card: ClassVar[str] = "dataset"
+    #: One-line description for ``realchat plan`` and the schema.
+    summary: ClassVar[str] = ""
+    #: True when this kind's figures belong in its parents' cards (an evaluation): the engine then
+    #: re-renders (and republishes) those cards after building it, with :meth:`section_for_parent`.
+    shows_in_parent_cards: ClassVar[bool] = False
+
+    def external_inputs(self, config: StepConfig, base_dir: Path) -> list[Any]:
+        """Inputs not written as references (curate's source file): their identity enters the
+        fingerprint and the lineage. Default: none."""
+        return []
+
+    def check(self, config: StepConfig, base_dir: Path) -> None:
+        """Checks of the config against the files it names, before anything runs (raise RecipeError
+        with ``field`` relative to the step); the engine adds the file and the step's key path."""
+
+    def section_for_parent(self, stats: dict[str, Any], parent: str, repo: str) -> str:
+        """Markdown this step adds to the card of ``parent`` (one of its inputs); default none."""
+        return ""
+
+    def card_context(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Extra values this kind's card section uses (``extra`` in the template); default none."""
+        return {}
+
+    def run(self, ctx: "StepContext", out: Path) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,404 @@
+"""Step kind ``evaluate``: dataset statistics, simulator fidelity and assistant benchmarks → a report.
+
+Three independent parts, each optional in the recipe:
+
+1. **Dataset statistics** (the paper's §4) for every dataset the recipe lists (curated, simulated,
+   any baseline file): rounds, tokens per utterance and conversation, user-turn lengths, languages,
+   MTLD, distinct-n, topic and first-turn diversity.
+2. **Simulator fidelity** (``realchat.evaluation.fidelity``): perplexity on held-out real user turns (simulator
+   vs the base model prompted as the user), Fréchet distance and a real-vs-simulated classifier in
+   embedding space, how conversations end, rounds against the real ones.
+3. **Benchmarks** (``realchat.evaluation.benchmarks``): MT-Bench / Vicuna-Bench answers and LLM-judge verdicts
+   in FastChat's file formats.
+
+Output: ``report.md`` (also the card's body), ``stats.json`` (every figure), ``data/metrics.jsonl``
+(one row per figure, the dataset's default config), ``plots/*.png``, ``benchmarks/<bench>/model_answer``
+and ``model_judgment`` (FastChat files, configs ``answers``, ``judgments_single``, ``judgments_pair``).
+
+Answers and judgments are kept in the stage's work folder as each model or judge pass finishes, so an
+interrupted run resumes without regenerating them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from realchat.data import Conversation
+from realchat.engine.context import StepContext
+from realchat.evaluation.benchmarks import BenchmarkConfig
+from realchat.evaluation.fidelity import FidelityConfig
+from realchat.files import write_json
+from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, Produces, Slug, StepConfig, Strict
+from realchat.recipe.refs import DatasetRef, ModelRef, resolve_local
+from realchat.steps.base import StepKind, StepResult
+
+
+class EvalDataset(Strict):
+    """A conversation dataset to describe (and, named in ``fidelity``, to compare)."""
+
+    #: Label in the report (``sharegpt``, ``usergpt``, ``roleplay``, …).
+    name: Slug
+    #: A step name (its train split), ``{step: curate, split: held_out}``, a file or a Hub id.
+    dataset: DatasetRef
+
+
+class EvaluateConfig(StepConfig):
+    """Dataset statistics, simulator fidelity and assistant benchmarks → one comparison report."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    produces: ClassVar[Produces] = "report"
+    datasets: list[EvalDataset] = Field(default_factory=list)
+    #: Conversations per dataset for the statistics (a fixed hash sample); null = all.
+    max_conversations: int | None = Field(500, ge=1)
+    #: Sample every dataset down to the smallest one's size (the paper compares at equal size).
+    equal_size: bool = False
+    #: Tokenizer for token statistics.
+    tokenizer: ModelRef = DEFAULT_MODEL
+    #: Sentence-embedding model for topic diversity and the fidelity distances (sentence-transformers).
+    embedding_model: ModelRef = DEFAULT_EMBEDDING_MODEL
+    fidelity: FidelityConfig | None = None
+    benchmark: BenchmarkConfig | None = None
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique(cls, v: list[EvalDataset]) -> list[EvalDataset]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> "EvaluateConfig":
+        names = [d.name for d in self.datasets]
+        if self.fidelity is not None:
+            for key, values in (("real", [self.fidelity.real]), ("simulated", self.fidelity.simulated)):
+                for v in values:
+                    if v not in names:
+                        raise ValueError(f"fidelity.{key}: {v!r} is not one of the datasets ({', '.join(names) or 'none'})")
+        b = self.benchmark
+        if b is not None:
+            models = [m.name for m in b.models]
+            if not models:
+                raise ValueError("benchmark.models: name at least one model to answer the questions")
+            if b.judge_mode == "verdict_only" and b.judge.kind == "openai":
+                raise ValueError("benchmark.judge_mode: verdict_only needs a local or vllm judge "
+                                 "(an endpoint renders its own chat template)")
+            if b.questions_format == "hub" and not b.judge_prompts:
+                raise ValueError("benchmark.judge_prompts: name FastChat's judge_prompts.jsonl when questions come from the Hub")
+            if len(set(models)) != len(models):
+                raise ValueError("benchmark.models: model names must be unique")
+            if "pairwise" in b.modes:
+                if b.pairwise_baseline not in models:
+                    raise ValueError(f"benchmark.pairwise_baseline: {b.pairwise_baseline!r} must be one of "
+                                     f"benchmark.models ({', '.join(models)}) for pairwise judging")
+                if len(models) < 2:
+                    raise ValueError("benchmark: pairwise judging needs at least two models")
+        return self
+
+
+# -- datasets ---------------------------------------------------------------------------------------
+
+
+def hash_order(convs: list[Conversation]) -> list[Conversation]:
+    """A fixed pseudo-random order (by id hash): samples are the same on every run and machine."""
+    return sorted(convs, key=lambda c: hashlib.sha256(c["id"].encode()).hexdigest())
+
+
+def load_dataset_for_eval(ctx: StepContext, i: int) -> list[Conversation]:
+    convs = ctx.conversations(f"datasets[{i}].dataset")
+    return hash_order([c for c in convs if any(m["role"] == "user" for m in c["messages"])])
+
+
+def sample_sizes(cfg: EvaluateConfig, sizes: dict[str, int]) -> dict[str, int]:
+    cap = min(sizes.values()) if cfg.equal_size and sizes else None
+    out = {}
+    for name, n in sizes.items():
+        for limit in (cap, cfg.max_conversations):
+            if limit is not None:
+                n = min(n, limit)
+        out[name] = n
+    return out
+
+
+def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(figures, raw series for plots and fidelity) of one dataset."""
+    import numpy as np
+
+    from realchat.evaluation.embeddings import encode
+    from realchat.evaluation.fidelity import rounds_of
+    from realchat.curation.langid import LanguageIdentifier
+    from realchat.evaluation.statistics import conversation_stats, distinct_n, mean_pairwise_cosine, user_turns
+
+    msgs = [c["messages"] for c in convs]
+    stats = conversation_stats(msgs, counter.count)
+    users = user_turns(msgs)
+    firsts = user_turns(msgs, first_only=True)
+    lengths = counter.count(users) if users else []
+    if lengths:
+        p10, p50, p90 = (int(x) for x in np.percentile(lengths, [10, 50, 90]))
+        stats["user_turn_tokens"] = {"mean": round(float(np.mean(lengths)), 1), "p10": p10, "median": p50, "p90": p90}
+    langs: dict[str, int] = {}
+    labels, _ = LanguageIdentifier.shared().predict([" ".join(u.split()) for u in users], clean=True)
+    for lang in labels:
+        langs[lang] = langs.get(lang, 0) + 1
+    stats["languages"] = dict(sorted(langs.items(), key=lambda kv: -kv[1])[:10])
+    user_emb = encode(encoder, users)
+    stats["topic_diversity_cosine"] = round(mean_pairwise_cosine(user_emb), 4) if len(users) > 1 else None
+    first_emb = encode(encoder, firsts)
+    stats["first_turn_cosine"] = round(mean_pairwise_cosine(first_emb), 4) if len(firsts) > 1 else None
+    stats["first_turn_distinct_2"] = round(distinct_n(firsts, 2), 4)
+    stats["user_turns"] = len(users)
+    return stats, {"user_turn_tokens": lengths, "rounds": rounds_of(msgs), "user_embeddings": user_emb}
+
+
+# -- fidelity ---------------------------------------------------------------------------------------
+
+
+def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Conversation]],
+                 series: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Perplexity of the simulator and the baseline on held-out real user turns, then every simulated
+    dataset against the real one: Fréchet distance, classifier, rounds, how conversations ended."""
+    import numpy as np
+
+    from realchat.evaluation import fidelity as fm
+
+    fid = cfg.fidelity
+    assert fid is not None
+    real = convs[fid.real][: fid.perplexity_conversations]
+    prompt, _marker = ctx.trained_simulator(fid.simulator_model)
+    out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "simulated": {}}
+    ppl = {}
+    for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
+                            ("baseline", fid.baseline_model, "baseline_model")):
+        if ref is None:
+            continue
+        ctx.console.print(f"{ctx.name}: perplexity of {label} ({ref}) on {len(real)} held-out real conversations")
+        path = ctx.resolve_model(ref, f"fidelity.{key}")
+        with ctx.blame(f"fidelity.{key}"):
+            ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
+                                                                    fid.max_length, fid.bootstrap, seed)}
+    out["user_turn_perplexity"] = ppl
+    rng = np.random.default_rng(seed)
+
+    def turns(name: str) -> np.ndarray:
+        emb = series[name]["user_embeddings"]
+        return emb[rng.choice(len(emb), fid.max_turns, replace=False)] if len(emb) > fid.max_turns else emb
+
+    r = turns(fid.real)
+    index = {d.name: i for i, d in enumerate(cfg.datasets)}
+    for name in fid.simulated:
+        s = turns(name)
+        one: dict[str, Any] = {
+            "frechet": fm.frechet_distance(r, s, fid.frechet_dims, fid.bootstrap, seed),
+            "classifier": fm.classifier_accuracy(r, s, fid.cv_folds, seed),
+            "rounds": fm.rounds_comparison(series[fid.real]["rounds"], series[name]["rounds"]),
+        }
+        step = ctx.step_of(f"datasets[{index[name]}].dataset")
+        reasons = ctx.stats_of(step).get("stop_reasons") if step else None
+        if reasons:
+            one["stop_reasons"] = reasons
+            one["ended_by"] = fm.end_shares(reasons)
+        out["simulated"][name] = one
+    return out
+
+
+# -- benchmarks -------------------------------------------------------------------------------------
+
+
+def _cached(path: Path, make: Any) -> list[dict[str, Any]]:
+    """Rows from ``path`` if a previous (interrupted) run finished them, else ``make()``, written at once."""
+    from realchat.evaluation.benchmarks import write_jsonl
+    from realchat.evaluation.judge import read_jsonl
+
+    if path.exists():
+        return read_jsonl(path)
+    rows = make()
+    write_jsonl(path, rows)
+    return rows
+
+
+def seeded(seed: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with torch's generator reset first: sampled answers (FastChat samples writing and
+    roleplay at 0.7) are the same on every run, and a resumed run's missing files match a fresh run's."""
+    import torch
+
+    torch.manual_seed(seed)
+    return fn(*args)
+
+
+def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path) -> dict[str, Any]:
+    """Answers of every model, then the judge's verdicts; a model or the judge is loaded only when
+    some of its files are not already in ``work`` from an interrupted run."""
+    import shutil
+
+    from realchat.evaluation import benchmarks as bm
+    from realchat.evaluation.judge import summarize
+
+    b = cfg.benchmark
+    assert b is not None
+    base = ctx.base_dir
+    seed = ctx.seed
+    prompts = bm.load_judge_prompts(b, base)
+    selected: dict[str, tuple[list[dict[str, Any]], dict[Any, list[str]]]] = {}
+    for bench in b.benchmarks:
+        questions, refs = bm.load_questions(b, bench, base)
+        selected[bench] = (bm.select_questions(questions, b.max_questions), refs)
+
+    answers: dict[str, dict[str, dict[Any, list[str]]]] = {bench: {} for bench in b.benchmarks}
+    for i, m in enumerate(b.models):
+        paths = {bench: work / bench / "model_answer" / f"{bm.safe_name(m.name)}.jsonl" for bench in selected}
+        backend = None
+        if not all(p.exists() for p in paths.values()):
+            backend = ctx.open_backend(m.backend, f"benchmark.models[{i}].backend")
+        for bench, (questions, _refs) in selected.items():
+            ctx.console.print(f"{ctx.name}: {m.name} answers {len(questions)} {bench} questions")
+            rows = _cached(paths[bench], lambda: seeded(seed, bm.generate_answers, backend.chat, m.name, questions,
+                                                        b.max_new_tokens))
+            answers[bench][m.name] = {r["question_id"]: r["choices"][0]["turns"] for r in rows}
+        backend = None  # one model in memory at a time (the judge comes next)
+
+    judge_name = bm.safe_name(b.judge.model if b.judge.kind == "openai" else Path(str(b.judge.model)).name)
+    suffix = {"single": "single", "pairwise": "pair"}
+    paths = {(bench, mode): work / bench / "model_judgment" / f"{judge_name}_{suffix[mode]}.jsonl"
+             for bench in selected for mode in b.modes}
+    judge = None
+    if not all(p.exists() for p in paths.values()):
+        judge = ctx.open_backend(b.judge, "benchmark.judge")
+    first = b.judge_mode == "verdict_only"
+    results: dict[str, Any] = {"judge": b.judge.model, "judge_name": judge_name, "benchmarks": {}}
+    for bench, (questions, refs) in selected.items():
+        rows: list[dict[str, Any]] = []
+        for mode in b.modes:
+            ctx.console.print(f"{ctx.name}: judge {judge_name} grades {bench} ({mode})")
+            if mode == "single":
+                rows += _cached(paths[bench, mode], lambda: bm.judge_single(
+                    judge.chat, judge_name, prompts, questions, refs, answers[bench], b.judge_max_new_tokens, first))
+            else:
+                rows += _cached(paths[bench, mode], lambda: bm.judge_pairwise(
+                    judge.chat, judge_name, prompts, questions, refs, answers[bench], str(b.pairwise_baseline),
+                    b.judge_max_new_tokens, first))
+        summary = summarize(rows, path=bench)
+        summary["questions"] = len(questions)
+        summary["per_category"] = bm.per_category(rows, {q["question_id"]: q["category"] for q in questions})
+        results["benchmarks"][bench] = summary
+    shutil.copytree(work, out / "benchmarks")
+    return results
+
+
+# -- the step -------------------------------------------------------------------------------------
+
+
+class Evaluate(StepKind):
+    name = "evaluate"
+    Config = EvaluateConfig
+    summary = "statistics, simulator fidelity and benchmarks of datasets and models → one report"
+    shows_in_parent_cards = True
+
+    def external_inputs(self, config: StepConfig, base_dir: Path) -> list[Any]:
+        """The benchmark questions, references and judge prompts: their content enters the fingerprint."""
+        from realchat.models import model_identity
+
+        b = config.benchmark  # type: ignore[attr-defined]
+        if b is None or b.questions_format != "fastchat_dir":
+            return []
+        return [{"key": "benchmark.questions", "role": "file", "source": b.questions,
+                 "revision": model_identity(b.questions, base_dir).get("sha256")}]
+
+    def check(self, config: StepConfig, base_dir: Path) -> None:
+        check_benchmark_files(config, base_dir)  # type: ignore[arg-type]
+
+    def run(self, ctx: StepContext, out: Path) -> StepResult:
+        cfg: EvaluateConfig = ctx.config  # type: ignore[assignment]
+        stats = evaluate(ctx, cfg, out)
+        return StepResult(stats=stats, manifest={"configs": evaluation_configs(out)})
+
+    def card_context(self, stats: dict[str, Any]) -> dict[str, Any]:
+        from realchat.evaluation.report import report_markdown
+
+        results = stats.get("report") or {}
+        return {"report": report_markdown(results), "plots": results.get("plots") or []}
+
+    def section_for_parent(self, stats: dict[str, Any], parent: str, repo: str) -> str:
+        from realchat.evaluation.report import card_section
+
+        return card_section(stats.get("report") or {}, parent, repo)
+
+
+def check_benchmark_files(cfg: EvaluateConfig, base_dir: Path) -> None:
+    """FastChat's layout must be there before anything runs: the files each benchmark needs."""
+    from realchat.errors import RecipeError
+
+    b = cfg.benchmark
+    if b is None or b.questions_format != "fastchat_dir":
+        return
+    root = resolve_local(b.questions, base_dir)
+    needed = [(root / f"{bench}/question.jsonl", "questions") for bench in b.benchmarks]
+    if not b.judge_prompts:
+        needed.append((root / "judge_prompts.jsonl", "questions"))
+    for path, key in needed:
+        if not path.is_file():
+            raise RecipeError(f"file not found: {path}", field=f"benchmark.{key}",
+                              hint="FastChat's llm_judge/data layout; paths are relative to the recipe")
+
+
+def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]:
+    from realchat.evaluation.benchmarks import write_jsonl
+    from realchat.evaluation.embeddings import load_encoder
+    from realchat.evaluation.report import headline, metric_rows, write_report
+
+    started = time.perf_counter()
+    seed = ctx.seed
+    work = ctx.work_dir()
+    results: dict[str, Any] = {"datasets": {}, "fidelity": None, "benchmarks": None, "timings_s": {},
+                               "dataset_steps": {d.name: ctx.step_of(f"datasets[{i}].dataset")
+                                                 for i, d in enumerate(cfg.datasets)},
+                               "model_steps": {m.name: m.backend.model if m.backend.kind != "openai"
+                                               and m.backend.model in ctx.loaded.recipe.steps else None
+                                               for m in (cfg.benchmark.models if cfg.benchmark else [])}}
+
+    t0 = time.perf_counter()
+    full = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
+    sizes = sample_sizes(cfg, {k: len(v) for k, v in full.items()})
+    convs = {k: v[: sizes[k]] for k, v in full.items()}
+    series: dict[str, dict[str, Any]] = {}
+    if convs:
+        counter = ctx.token_counter(cfg.tokenizer, "tokenizer")
+        with ctx.blame("embedding_model"):
+            encoder = load_encoder(cfg.embedding_model, str(ctx.base_dir))
+        for name, cs in convs.items():
+            ctx.console.print(f"{ctx.name}: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
+            stats, series[name] = describe_dataset(cs, counter, encoder)
+            results["datasets"][name] = {"available": len(full[name]), **stats}
+    results["timings_s"]["statistics"] = round(time.perf_counter() - t0, 1)
+
+    if cfg.fidelity is not None:
+        t0 = time.perf_counter()
+        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed)
+        results["timings_s"]["fidelity"] = round(time.perf_counter() - t0, 1)
+    if cfg.benchmark is not None:
+        t0 = time.perf_counter()
+        results["benchmarks"] = run_benchmarks(ctx, cfg, out, work / "benchmarks")
+        results["timings_s"]["benchmarks"] = round(time.perf_counter() - t0, 1)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["plots"] = write_report(out, results, series, f"{ctx.loaded.name}: {ctx.name}")
+    # JSON lines like the FastChat files beside it: a Hub repo's configs are read by one builder
+    write_jsonl(out / "data" / "metrics.jsonl", metric_rows(results))
+    return {**headline(results), "report": results}
+
+
+def evaluation_configs(out: Path) -> list[dict[str, Any]]:
+    """Dataset configs of the evaluation repo: the metrics table, and the FastChat files that exist."""
+    configs: list[dict[str, Any]] = [{"config_name": "default", "default": True,
+                                      "data_files": [{"split": "train", "path": "data/metrics.jsonl"}]}]
+    for name, pattern in (("answers", "benchmarks/*/model_answer/*.jsonl"),
+                          ("judgments_single", "benchmarks/*/model_judgment/*_single.jsonl"),
+                          ("judgments_pair", "benchmarks/*/model_judgment/*_pair.jsonl")):
+        if list(out.glob(pattern)):
+            configs.append({"config_name": name, "data_files": [{"split": "train", "path": pattern}]})
+    return configs

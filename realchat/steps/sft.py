@@ -1,0 +1,113 @@
+"""Step kind ``sft``: supervised fine-tuning with TRL, the loss on one role's turns.
+
+``loss_on: user`` trains a user simulator (UserGPT): the conversation gets the simulator's system
+prompt and, with ``end_marker``, a last user turn holding the marker, so the simulator learns to end
+conversations itself; the loss falls on the user turns only. ``loss_on: assistant`` trains an
+assistant (ReaLM) on any conversations: a simulation, curated real logs, a file or a Hub dataset.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from realchat.data import Conversation, split_held_out
+from realchat.engine.context import StepContext
+from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
+from realchat.recipe.refs import DatasetRef, ModelRef
+from realchat.steps.base import StepKind, StepResult
+from realchat.training.chat_format import as_user_simulator
+from realchat.training.trainer import TrainingDataError, TrainingSettings, train_sft
+
+
+class SftConfig(StepConfig, TrainingSettings):
+    """Fine-tune ``base_model`` on ``dataset`` with the loss on the ``loss_on`` role's turns."""
+
+    kind: Literal["sft"] = "sft"
+    produces: ClassVar[Produces] = "model"
+    #: ``user``: a user simulator (UserGPT); ``assistant``: an assistant (ReaLM).
+    loss_on: Literal["user", "assistant"]
+    #: A step name (an sft step's model), a folder, a ``.gguf`` file, ``pkg://`` or a Hub id.
+    base_model: ModelRef = DEFAULT_MODEL
+    #: Training conversations: a step name (its train split), ``{step, split}``, a file, a Hub id.
+    dataset: DatasetRef
+    #: Conversations for the held-out loss (e.g. ``{step: curate, split: held_out}``); without it,
+    #: ``eval_share`` of ``dataset`` is held out by the hash of the conversation id.
+    eval_dataset: DatasetRef | None = None
+    eval_share: float = Field(0.0, ge=0, lt=1)
+    #: ``loss_on: user``: the simulator's system prompt (replaces the conversation's own; default:
+    #: the paper's meaning). ``loss_on: assistant``: replaces the data's system prompt when set.
+    system_prompt: str | None = None
+    #: UserLM-style end-of-conversation marker the simulator learns to write after the last
+    #: assistant turn (``loss_on: user`` only; null turns it off).
+    end_marker: str | None = None
+    #: Use at most this many training conversations; null = all.
+    max_conversations: int | None = Field(None, ge=1)
+    license: str = "apache-2.0"
+
+
+def user_system_prompt(cfg: SftConfig) -> str:
+    return cfg.system_prompt if cfg.system_prompt is not None else DEFAULT_USER_SYSTEM_PROMPT
+
+
+def prepare(cfg: SftConfig, convs: list[Conversation]) -> list[list[dict[str, str]]]:
+    """Conversations as the model trains on them: flipped for a simulator, system prompt swapped."""
+    if cfg.loss_on == "user":
+        return [as_user_simulator(c["messages"], user_system_prompt(cfg), cfg.end_marker) for c in convs]
+    if cfg.system_prompt is not None:
+        return [[{"role": "system", "content": cfg.system_prompt}] + [m for m in c["messages"] if m["role"] != "system"]
+                for c in convs]
+    return [c["messages"] for c in convs]
+
+
+class Sft(StepKind):
+    name = "sft"
+    Config = SftConfig
+    card = "model"
+    summary = "fine-tune a model with TRL, loss on user (UserGPT) or assistant (ReaLM) turns"
+
+    def run(self, ctx: StepContext, out: Path, callbacks: list[Any] | None = None) -> StepResult:
+        cfg: SftConfig = ctx.config  # type: ignore[assignment]
+        started = time.perf_counter()
+        base = ctx.resolve_model(cfg.base_model, "base_model")
+        convs = ctx.conversations("dataset")
+        role = cfg.loss_on
+        if not any(m["role"] == role for c in convs for m in c["messages"]):
+            raise TrainingDataError(f"no {role} turns to train on ({len(convs)} conversations, none with a "
+                                    f"'{role}' message)", file=str(ctx.loaded.path), field=ctx.key("dataset"),
+                                    hint="check the dataset's roles")
+        if cfg.eval_dataset is not None:
+            train, held = convs, ctx.conversations("eval_dataset")
+        else:
+            train, held = split_held_out(convs, cfg.eval_share)
+        if cfg.max_conversations:
+            train = train[: cfg.max_conversations]
+            held = held[: max(1, cfg.max_conversations // 10)] if held else held
+        ctx.console.print(f"{ctx.name}: {len(train):,} conversations to train on, {len(held):,} held out; "
+                          f"base {cfg.base_model}; loss on {role} turns")
+        with ctx.blame("dataset"):
+            stats = train_sft(cfg, base_model=base, train_convs=prepare(cfg, train), eval_convs=prepare(cfg, held),
+                              loss_role=role, out=out, work=ctx.work_dir(), seed=ctx.seed,
+                              show_progress=ctx.show_progress and ctx.console.is_terminal,
+                              callbacks=callbacks, log=ctx.console.print)
+        stats["base_model_ref"] = cfg.base_model
+        stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
+        stats["end_marker"] = cfg.end_marker if role == "user" else None
+        stats["versions"] = package_versions()
+        stats["seconds_total"] = round(time.perf_counter() - started, 1)
+        return StepResult(stats=stats)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "huggingface_hub", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out

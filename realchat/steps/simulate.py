@@ -1,0 +1,283 @@
+"""Step kind ``simulate``: UserGPT (or a baseline simulator) talks to an answerer → the RealChat dataset.
+
+Conversations are appended, as they finish, to ``parts.jsonl`` in the stage's work folder, one line
+each with the sha256 of its record. A crash, ``kill -9`` or Ctrl-C loses only the conversations in
+flight: the rerun reads the part file, drops a torn last line (bad checksum), skips the session ids
+already there and simulates the rest. Session ids are fixed by position (``<fp8>-000042``), so there
+are no duplicates and no gaps.
+
+Output: ``data/`` (conversations with at least one complete round), ``rejected/`` (sessions that
+ended before one: failed requests, seeds too long, an empty first question — with the reason),
+``sharegpt/realchat.jsonl`` (the paper's record format), ``stats.json``, the card, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field, model_validator
+
+from realchat.engine.context import StepContext
+from realchat.models.backends import Backend, LocalBackend, TemplateBackend
+from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
+from realchat.recipe.refs import DatasetRef
+from realchat.simulation.simulator import Session, Simulation, SimulationSettings
+from realchat.steps.base import DATA_CONFIGS, StepKind, StepResult
+
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+class SeedConfig(Strict):
+    """Where seeded conversations take their first question (and answer) from."""
+
+    #: Real conversations, e.g. ``{step: curate, split: held_out}`` (first human turns no model saw).
+    dataset: DatasetRef
+    #: Also take the first answer (question + answer seed) instead of letting the answerer reply.
+    with_answer: bool = False
+
+
+class SimulateConfig(StepConfig, SimulationSettings):
+    """A simulator (UserGPT or a baseline) asks, an assistant answers, for many multi-turn conversations."""
+
+    kind: Literal["simulate"] = "simulate"
+    #: The model writing the user turns: ``usergpt`` names an sft step with ``loss_on: user`` (or
+    #: any such model); ``roleplay`` and ``magpie`` an instruct model.
+    simulator_backend: TemplateBackend = LocalBackend()
+    answerer: Backend = LocalBackend(model=DEFAULT_MODEL)
+    mode: Literal["free", "seeded"] = "free"
+    #: Required for ``mode: seeded``.
+    seeds: SeedConfig | None = None
+    conversations: int = Field(200, ge=1)
+    #: The simulator's system prompt (``usergpt``: as trained; null = the sft step's).
+    user_system_prompt: str | None = None
+    end_marker: str | None = None
+    seed: int | None = None
+    #: Also write the conversations as ShareGPT JSONL (``sharegpt/realchat.jsonl``).
+    export_sharegpt: bool = True
+
+    @model_validator(mode="after")
+    def _seeds_for_seeded(self) -> "SimulateConfig":
+        if self.mode == "seeded" and self.seeds is None:
+            raise ValueError("mode seeded needs seeds: {dataset: …} (e.g. {step: curate, split: held_out})")
+        return self
+
+
+def settings_id(cfg: SimulateConfig) -> str:
+    keys = cfg.model_dump(mode="json", include={"simulator", "user_sampling", "assistant_sampling",
+                                                  "assistant_system_prompt", "max_rounds", "context_budget"})
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# -- part file ------------------------------------------------------------------------------------
+
+
+def read_parts(path: Path) -> list[dict[str, Any]]:
+    """Complete records of the part file; a torn or corrupt line (a crash mid-write) is dropped."""
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    good_bytes = 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                item = json.loads(line)
+                body = json.dumps(item["record"], sort_keys=True, ensure_ascii=False)
+                if hashlib.sha256(body.encode()).hexdigest() != item["sha256"]:
+                    raise ValueError("checksum")
+            except (ValueError, KeyError, TypeError):
+                break
+            out.append(item["record"])
+            good_bytes += len(line)
+    with path.open("r+b") as f:  # cut the torn tail so appends start on a clean line
+        f.truncate(good_bytes)
+    return out
+
+
+class PartWriter:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        body = json.dumps(record, sort_keys=True, ensure_ascii=False)
+        line = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
+                          ensure_ascii=False)
+        self.f.write(line + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# -- seeds and backends ---------------------------------------------------------------------------
+
+
+def load_seeds(ctx: StepContext, cfg: SimulateConfig) -> list[dict[str, Any]]:
+    """First questions (and answers) for seeded mode, from the conversations ``seeds.dataset`` names."""
+    assert cfg.seeds is not None
+    convs = ctx.conversations("seeds.dataset")
+    seeds = []
+    for c in convs:
+        msgs = [m for m in c["messages"] if m["role"] != "system"]
+        if not msgs or msgs[0]["role"] != "user":
+            continue
+        seed = [msgs[0]]
+        if cfg.seeds.with_answer and len(msgs) > 1 and msgs[1]["role"] == "assistant":
+            seed.append(msgs[1])
+        seeds.append({"id": c["id"], "messages": seed})
+    if not seeds:
+        from realchat.errors import RecipeError
+
+        raise RecipeError("no seed conversations starting with a user turn", file=str(ctx.loaded.path),
+                          field=ctx.key("seeds.dataset"))
+    return seeds
+
+
+def simulator_prompt_and_marker(ctx: StepContext, cfg: SimulateConfig) -> tuple[str | None, str | None]:
+    """The simulator's system prompt and end marker: as the recipe says, else as UserGPT was trained."""
+    trained_prompt, trained_marker = ctx.trained_simulator(cfg.simulator_backend.model)
+    prompt = cfg.user_system_prompt if cfg.user_system_prompt is not None else trained_prompt
+    marker = cfg.end_marker if cfg.end_marker is not None else trained_marker
+    return prompt, marker
+
+
+# -- the step -------------------------------------------------------------------------------------
+
+
+class Simulate(StepKind):
+    name = "simulate"
+    Config = SimulateConfig
+    summary = "a simulator asks, an assistant answers → multi-turn conversations (RealChat)"
+
+    def run(self, ctx: StepContext, out: Path) -> StepResult:
+        return StepResult(stats=simulate(ctx, ctx.config, out), manifest={"configs": DATA_CONFIGS})  # type: ignore[arg-type]
+
+
+def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]:
+    import torch
+
+    started = time.perf_counter()
+    fingerprint = ctx.fingerprint
+    seed = cfg.seed if cfg.seed is not None else ctx.seed
+    ids = [f"{fingerprint[:8]}-{i:06d}" for i in range(cfg.conversations)]
+    seeds = load_seeds(ctx, cfg) if cfg.mode == "seeded" else []
+    rng = random.Random(seed)
+    if seeds:
+        rng.shuffle(seeds)
+
+    work = ctx.work_dir()
+    parts_path = work / "parts.jsonl"
+    done = read_parts(parts_path)
+    done_ids = {r["session_id"] for r in done}
+    todo = [i for i, sid in enumerate(ids) if sid not in done_ids]
+    if done:
+        ctx.console.print(f"{ctx.name}: resuming, {len(done):,} conversations already finished, {len(todo):,} to go")
+    torch.manual_seed(seed + len(done))
+
+    sim_backend = ctx.open_backend(cfg.simulator_backend, "simulator_backend")
+    same = (cfg.answerer.kind == cfg.simulator_backend.kind != "openai"
+            and cfg.answerer.model == cfg.simulator_backend.model)
+    answerer = sim_backend if same else ctx.open_backend(cfg.answerer, "answerer")
+    user_prompt, marker = simulator_prompt_and_marker(ctx, cfg)
+    sid = settings_id(cfg)
+
+    writer = PartWriter(parts_path)
+    finished = list(done)
+    bar_total = len(ids)
+
+    def on_finish(s: Session) -> None:
+        rec = s.record(sid)
+        writer.write(rec)
+        finished.append(rec)
+
+    sim = Simulation(cfg, sim_backend, answerer, user_prompt if cfg.simulator == "usergpt" else None,
+                     marker if cfg.simulator == "usergpt" else None, on_finish)
+    gen_started = time.perf_counter()
+    try:
+        # one wave per batch of live conversations keeps memory flat and writes results as they end
+        wave = getattr(sim_backend, "batch_size", 64) * 4
+        with ctx.console.status(f"simulating {len(todo):,} conversations") as status:
+            for k in range(0, len(todo), wave):
+                batch = []
+                for i in todo[k : k + wave]:
+                    seed_conv = seeds[i % len(seeds)] if seeds else None
+                    msgs = [dict(m) for m in seed_conv["messages"]] if seed_conv else []
+                    s = Session(ids[i], cfg.mode, seed_conv["id"] if seed_conv else None, msgs,
+                                rounds=1 if len(msgs) == 2 else 0)
+                    batch.append(s)
+                sim.run(batch)
+                status.update(f"simulating: {len(finished):,}/{bar_total:,} conversations finished")
+    finally:
+        writer.close()
+    gen_seconds = time.perf_counter() - gen_started
+
+    records = sorted(finished, key=lambda r: r["session_id"])
+    assert [r["session_id"] for r in records] == ids, "every session id exactly once"
+    kept = [r for r in records if r["rounds"] >= 1]
+    rejected = [r for r in records if r["rounds"] < 1]
+    _write(out, kept, rejected, cfg)
+    stats = describe(kept, rejected, sim_backend)
+    stats.update(generated_tokens_this_run=sim.generated_tokens, generation_seconds=round(gen_seconds, 1),
+                 tokens_per_second=round(sim.generated_tokens / gen_seconds, 1) if gen_seconds else None,
+                 resumed_with=len(done), seconds=round(time.perf_counter() - started, 1),
+                 settings_id=sid, simulator=cfg.simulator, mode=cfg.mode,
+                 simulator_model=cfg.simulator_backend.model,
+                 answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
+                 end_marker=marker)
+    return stats
+
+
+def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(records, schema={"session_id": pl.String, "mode": pl.String, "seed_id": pl.String,
+                                         "messages": MESSAGES, "rounds": pl.Int32, "stop_reason": pl.String,
+                                         "error": pl.String, "settings_id": pl.String})
+
+
+def _write(out: Path, kept: list[dict[str, Any]], rejected: list[dict[str, Any]], cfg: SimulateConfig) -> None:
+    (out / "data").mkdir(parents=True)
+    (out / "rejected").mkdir()
+    _frame(kept).write_parquet(out / "data" / "train-00000-of-00001.parquet", compression="zstd")
+    _frame(rejected).write_parquet(out / "rejected" / "train-00000-of-00001.parquet", compression="zstd")
+    if cfg.export_sharegpt:
+        (out / "sharegpt").mkdir()
+        with (out / "sharegpt" / "realchat.jsonl").open("w", encoding="utf-8") as f:
+            for r in kept:
+                conv = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in r["messages"]]
+                f.write(json.dumps({"session_id": r["session_id"], "num_of_rounds": r["rounds"],
+                                    "conversations": conv}, ensure_ascii=False) + "\n")
+
+
+def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """§4 shape statistics (counted with the simulator's tokenizer), stop reasons, languages."""
+    from realchat.curation.langid import LanguageIdentifier
+    from realchat.evaluation.statistics import shape_statistics
+
+    count = getattr(model, "count", None)
+    counter = (lambda texts: [count(t) for t in texts]) if count else (lambda texts: [len(t.split()) for t in texts])
+    shape = shape_statistics([r["messages"] for r in kept], counter)
+    user_texts = [m["content"] for r in kept for m in r["messages"] if m["role"] == "user"]
+    stop: dict[str, int] = {}
+    for r in kept + rejected:
+        stop[r["stop_reason"]] = stop.get(r["stop_reason"], 0) + 1
+    langs: dict[str, int] = {}
+    if user_texts:
+        labels, _conf = LanguageIdentifier.shared().predict([" ".join(u.split()) for u in user_texts], clean=True)
+        for lang in labels:
+            langs[lang] = langs.get(lang, 0) + 1
+    return {
+        "sessions": len(kept) + len(rejected),
+        "rows": len(kept),
+        "kept_rows": len(kept),
+        "rejected_sessions": len(rejected),
+        **{k: v for k, v in shape.items() if k != "conversations"},
+        "stop_reasons": dict(sorted(stop.items(), key=lambda kv: -kv[1])),
+        "failed": stop.get("failed", 0),
+        "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+        "token_counter": "simulator tokenizer" if count else "whitespace words",
+    }
