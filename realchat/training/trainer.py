@@ -5,7 +5,9 @@ as the human) and ReaLM (loss on the assistant turns). Conversations are tokenis
 mask (:mod:`realchat.training.chat_format`) and handed to SFTTrainer as a pre-tokenised dataset
 (``input_ids`` + ``assistant_masks``), so TRL builds the labels, truncates, packs (best-fit
 decreasing, padding-free batches) and trains; LoRA through peft; FSDP/DeepSpeed through accelerate
-when launched with ``accelerate launch`` / ``torchrun``.
+when launched with ``accelerate launch`` / ``torchrun``. Packed conversations never see each other:
+how a micro-batch is laid out for the attention at hand is one rule, :func:`choose_batching`, and the
+stats say which layout trained (``batching``, ``attn_implementation``).
 
 Checkpoints go to the stage's work folder (``.work/<stage>-<fingerprint>``): an interrupted stage
 resumes from its last checkpoint on the rerun; the engine removes the folder once the stage's output
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from realchat.training.chat_format import tokenize_with_mask
 from realchat.errors import RealChatError
@@ -105,17 +107,105 @@ def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
+#: How a micro-batch is laid out (recorded in the stage's stats as ``batching``):
+#: ``packed-varlen``: TRL's padding-free rows, documents kept apart by the varlen kernel's
+#: ``cu_seq_lens``; ``packed-block-diagonal``: the same rows, documents kept apart by a block-diagonal
+#: causal mask that transformers builds from the restarting ``position_ids``; ``padded``: one
+#: conversation per row, TRL's padded collator.
+Batching = Literal["packed-varlen", "packed-block-diagonal", "padded"]
+
+#: Attention implementations that read the packed sequence boundaries (``cu_seq_lens``) themselves:
+#: flash-attention 2/3/4 (also paged) and their Hub kernels (``kernels-community/flash-attn2``,
+#: ``.../vllm-flash-attn3``, ``.../aiter-flash-attn``), which transformers uses as fallbacks for them.
+_VARLEN_PREFIXES = ("flash_attention", "paged|flash_attention")
+
+#: The layout for a CPU with SDPA/eager attention. bench/bench_train.py (SmolLM2-135M, real ShareGPT,
+#: max length 512, 3 steps of 2 rows, documents kept apart in both) measured packed / padded at 0.84x and
+#: then 1.24x on a shared, loaded 2-core machine: no clear winner, so packing (no padding computed,
+#: TRL's default layout for the recipe's ``packing: true``) is kept. Re-measure before changing it.
+_CPU_NON_VARLEN: Batching = "packed-block-diagonal"
+
+
+def is_varlen_attention(attn_implementation: str | None) -> bool:
+    """True when the attention kernel keeps packed documents apart from ``cu_seq_lens`` on its own."""
+    name = attn_implementation or ""
+    return name.startswith(_VARLEN_PREFIXES) or (name.startswith("kernels-community/") and "flash-attn" in name)
+
+
+def choose_batching(packing: bool, device_type: str, attn_implementation: str | None) -> Batching:
+    """The one rule for how a training micro-batch is laid out; pure, so it is tested directly.
+
+    TRL's packing (best-fit decreasing) hands the model padding-free rows: one flattened sequence with
+    ``position_ids`` restarting at every conversation and no attention mask. A varlen kernel
+    (flash-attention, on CUDA) keeps the conversations apart from ``cu_seq_lens``. SDPA and eager
+    attention (every CPU, CUDA without flash-attn) read neither: there the conversations are kept apart
+    by the block-diagonal causal mask that transformers' ``create_causal_mask`` derives from the
+    restarting ``position_ids`` (when no 2-D mask and no cache are given, which is how TRL calls the
+    model); ``train_sft`` checks on the loaded model that this mask is really there
+    (:func:`packed_documents_separate`) and pads otherwise. Such a mask is dense: the attention costs
+    the square of the packed length whatever the documents, where padded rows cost the square of each
+    conversation plus their padding, so on CPUs the layout is whichever bench/bench_train.py measured
+    faster (``_CPU_NON_VARLEN``); on CUDA without flash-attn packing is kept (not measured here: no GPU).
+    """
+    if not packing:
+        return "padded"
+    if is_varlen_attention(attn_implementation):
+        return "packed-varlen"
+    if device_type == "cpu":
+        return _CPU_NON_VARLEN
+    return "packed-block-diagonal"
+
+
 def micro_batches(packing: bool, batch: int, accumulation: int, attn_implementation: str | None) -> tuple[int, int]:
     """(rows per forward pass, accumulation steps) for the recipe's batch.
 
     TRL's padding-free packing flattens a micro-batch into one sequence; varlen attention kernels
-    (flash-attention, on GPUs) keep its documents apart at no cost, but other attention (SDPA, eager:
-    CPUs) then attends over the whole flattened length, quadratic in the micro-batch, and packing ends
-    up slower than padding. There, a packed micro-batch is one row and the batch is made up by gradient
-    accumulation: the same rows and tokens per optimiser step."""
-    if packing and batch > 1 and not (attn_implementation or "").startswith(("flash", "kernels")):
+    (flash-attention, on GPUs) keep its documents apart at no cost, but with other attention (SDPA, eager:
+    CPUs) the block-diagonal mask spans the whole flattened length, quadratic in the micro-batch, and
+    packing ends up slower than padding. There, a packed micro-batch is one row and the batch is made up
+    by gradient accumulation: the same rows and tokens per optimiser step."""
+    if packing and batch > 1 and not is_varlen_attention(attn_implementation):
         return 1, batch * accumulation
     return batch, accumulation
+
+
+def packed_documents_separate(model: Any) -> bool:
+    """Whether this model, as loaded, keeps two packed documents apart without a varlen kernel.
+
+    The block-diagonal mask is transformers' doing (``masking_utils`` detects the restarting
+    ``position_ids``), not TRL's, and only for models whose forward builds its mask with
+    ``create_causal_mask`` and only while no cache is passed; a model or version that does not would
+    silently let each conversation attend to the ones packed before it. So one forward on two 3-token
+    documents, called as TRL calls it (``use_cache=False``, ``position_ids``, no attention mask), with the
+    4-D mask the decoder layers receive captured: separate when a query of the second document is
+    masked from every key of the first. No 4-D mask at all means plain causal attention: not separate.
+    """
+    import torch
+
+    masks: list[torch.Tensor] = []
+
+    def grab(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            masks.append(mask)
+
+    hooks = [m.register_forward_pre_hook(grab, with_kwargs=True) for m in model.modules()]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=torch.ones(1, 6, dtype=torch.long, device=device),
+                  position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]], device=device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not masks:
+        return False
+    mask = masks[-1][0, 0, 3:, :3]  # queries of the second document, keys of the first
+    blocked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
+    return bool(blocked.all())
 
 
 def last_checkpoint(work: Path) -> str | None:
@@ -155,12 +245,18 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                  target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     eval_on = bool(eval_rows)
-    micro, accumulation = micro_batches(cfg.packing, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
-                                        getattr(model.config, "_attn_implementation", None))
+    attn = getattr(model.config, "_attn_implementation", None)
+    batching = choose_batching(cfg.packing, "cuda" if torch.cuda.is_available() else "cpu", attn)
+    if batching == "packed-block-diagonal" and not packed_documents_separate(model):
+        log(f"{attn} attention: this model does not keep packed conversations apart without flash-attention; "
+            "training on padded batches instead")
+        batching = "padded"
+    packed = batching != "padded"
+    micro, accumulation = micro_batches(packed, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, attn)
     args = SFTConfig(
         output_dir=str(work / "checkpoints"),
         max_length=cfg.max_length,
-        packing=cfg.packing,
+        packing=packed,
         packing_strategy="bfd",
         per_device_train_batch_size=micro,
         per_device_eval_batch_size=micro,
@@ -243,6 +339,9 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         "seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "bf16": bf16,
         "method": cfg.method,
+        "batching": batching,
+        "attn_implementation": attn,
+        "micro_batch": [micro, accumulation],
     }
 
 
