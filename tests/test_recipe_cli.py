@@ -111,7 +111,7 @@ def test_step_reading_a_later_step_is_fine_and_a_missing_one_is_a_clear_error(tm
          "steps.curate.kind: unknown kind 'curation'; expected one of: curate, sft, simulate, evaluate"),
         (lambda d: d["steps"]["curate"].pop("kind"), "steps.curate.kind: missing kind"),
         (lambda d: d.update(steps={}), "steps: a recipe needs at least one step"),
-        (lambda d: d.update(stages=d.pop("steps")), "stages: unknown key"),
+        (lambda d: d.update(stages=d.pop("steps")), "stages: the fixed chain of stages is gone: declare `steps:`"),
         (lambda d: d["steps"].update({"bad name!": d["steps"]["curate"]}),
          "steps.bad name!: bad step name: must be a slug"),
     ],

@@ -68,7 +68,13 @@ def validate(data: dict[str, Any], file: str) -> Recipe:
                 lines += [describe(config_cls, err, where) for err in e.errors()]
     if isinstance(raw_steps, dict) and not raw_steps:
         lines.append("steps: a recipe needs at least one step")
-    shell = {**data, "steps": typed if isinstance(raw_steps, dict) else raw_steps}
+    shell = dict(data)
+    if "steps" in data:
+        shell["steps"] = typed if isinstance(raw_steps, dict) else raw_steps
+    elif "stages" in data:
+        raise RecipeError(format_errors(["stages: the fixed chain of stages is gone: declare `steps:`, each with a "
+                                         "`kind:` (curate, sft, simulate, evaluate) and its inputs by step name "
+                                         "(see recipes/realchat.yaml)"]), file=file)
     try:
         recipe = Recipe.model_validate(shell)
     except ValidationError as e:
