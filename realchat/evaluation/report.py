@@ -84,7 +84,7 @@ def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> 
             fr, cl, rd = s.get("frechet") or {}, s.get("classifier") or {}, s.get("rounds") or {}
             ended = s.get("ended_by") or {}
             rows.append([name, _ci(fr, "distance"), _ci(cl, "accuracy"), rd.get("simulated_mean"),
-                         rd.get("total_variation"), f"{ended['simulator']:.0%}" if "simulator" in ended else None])
+                         rd.get("total_variation"), f"{ended.get('simulator', 0.0):.0%}" if ended else None])
         any_fr = next(iter(sims.values())).get("frechet") or {}
         parts.append(f"Each simulated dataset against the held-out real `{f['real']}` user turns (MiniLM embeddings; "
                      f"Fréchet distance after PCA to {any_fr.get('dims')} dimensions, the real set's split-half "
