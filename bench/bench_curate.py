@@ -33,11 +33,9 @@ def main() -> None:
 
         token_counter(loaded.config("curate").tokenizer, str(loaded.base_dir))  # type: ignore[attr-defined]
         graph = graph_of(loaded)
-        plans = plan(loaded, graph)
-        p = plans[0]
+        p = plan(loaded, graph)[0]
         t0 = time.perf_counter()
-        stats = build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False),
-                           {q.name: q.fingerprint for q in plans})
+        stats = build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False))
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(root, ignore_errors=True)

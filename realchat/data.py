@@ -48,9 +48,9 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     if split != "all":
         if "split" in df.columns:
             df = df.filter(pl.col("split") == split)
-        elif split == HELD_OUT:
-            raise RealChatError(f"{folder.name} has no held_out split: only a curate step with "
-                                "held_out_share > 0 writes one", field=what or None)
+        if df.height == 0 and split == HELD_OUT:
+            raise RealChatError(f"{folder.name} has no held_out rows: only a curate step with "
+                                "held_out_share > 0 writes them", field=what or None)
     id_col = "conversation_id" if "conversation_id" in df.columns else "session_id"
     out = []
     seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height

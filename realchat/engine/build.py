@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from rich.console import Console
 
 from realchat import __version__
 from realchat.engine.context import StepContext
-from realchat.engine.fingerprint import external_identity, fingerprint, input_parts
+from realchat.engine.fingerprint import fingerprint, input_identities, input_parts
 from realchat.engine.graph import Graph, Node, build_graph
 from realchat.engine.lock import run_lock
 from realchat.engine.outputs import (
@@ -36,6 +36,7 @@ from realchat.engine.outputs import (
 )
 from realchat.errors import RecipeError
 from realchat.files import atomic_write_text, write_json
+from realchat.recipe.refs import FileData, HubData
 from realchat.recipe.schema import LoadedRecipe
 from realchat.steps import registry
 
@@ -49,6 +50,10 @@ class StepPlan:
     fingerprint: str
     done: bool
     node: Node
+    #: Each input's identity by its key (a parent's fingerprint, or a file's content digest), and the
+    #: kind's own extra inputs: computed once for the fingerprint, reused for the lineage.
+    identities: dict[str, Any] = field(default_factory=dict)
+    external: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "parents": self.parents, "fingerprint": self.fingerprint,
@@ -75,12 +80,12 @@ def plan(loaded: LoadedRecipe, graph: Graph | None = None) -> list[StepPlan]:
     plans = []
     for name in graph.order:
         node = graph.nodes[name]
-        kind = registry.get(node.kind)
-        parts = input_parts(node, fps, loaded.base_dir, kind.external_inputs(node.config, loaded.base_dir))
-        fp = fingerprint(node.kind, node.config.model_dump(mode="json"), parts)
+        external = registry.get(node.kind).external_inputs(node.config, loaded.base_dir)
+        identities = input_identities(node, fps, loaded.base_dir)
+        fp = fingerprint(node.kind, node.config.model_dump(mode="json"), input_parts(identities, external))
         fps[name] = fp
         out = step_dir(loaded.run_root, loaded.name, name)
-        plans.append(StepPlan(name, node.kind, node.parents, out, fp, is_done(out, fp), node))
+        plans.append(StepPlan(name, node.kind, node.parents, out, fp, is_done(out, fp), node, identities, external))
     return plans
 
 
@@ -103,24 +108,28 @@ def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
 # -- one step ---------------------------------------------------------------------------------------
 
 
-def lineage(loaded: LoadedRecipe, p: StepPlan, fps: dict[str, str]) -> list[dict[str, Any]]:
+def lineage(p: StepPlan) -> list[dict[str, Any]]:
     """The step's parents for its manifest and card: every input, a step by its fingerprint, anything
-    else by its content identity. A step's own lineage-worthy inputs (curate's source) come first."""
+    else by its content identity (both from the plan). A kind's own extra inputs (curate's source)
+    come first."""
     from realchat.models import upstream_repo
 
-    kind = registry.get(p.kind)
-    parents: list[dict[str, Any]] = list(kind.external_inputs(p.node.config, loaded.base_dir))
+    parents: list[dict[str, Any]] = list(p.external)
     for e in p.node.inputs:
+        ident = p.identities[e.key]
         if e.step:
-            parents.append({"key": e.key, "role": e.role, "step": e.step, "fingerprint": fps.get(e.step),
+            parents.append({"key": e.key, "role": e.role, "step": e.step, "fingerprint": ident["step_fingerprint"],
                             "split": getattr(e.data, "split", None)})
+            continue
+        if isinstance(e.data, HubData):
+            source = e.data.hub
+        elif isinstance(e.data, FileData):
+            source = e.data.path
         else:
-            ident = external_identity(e, loaded.base_dir)
-            source = e.data.hub if e.role == "dataset" and hasattr(e.data, "hub") else (
-                e.data.path if e.role == "dataset" else str(e.value))  # type: ignore[union-attr]
-            parents.append({"key": e.key, "role": e.role, "source": source,
-                            "revision": ident.get("revision") or ident.get("sha256"),
-                            "repo": upstream_repo(source) if e.role == "model" else None})
+            source = str(e.value)
+        parents.append({"key": e.key, "role": e.role, "source": source,
+                        "revision": ident.get("revision") or ident.get("sha256"),
+                        "repo": upstream_repo(source) if e.role == "model" else None})
     return parents
 
 
@@ -141,7 +150,7 @@ def manifest_for(loaded: LoadedRecipe, p: StepPlan, parents: list[dict[str, Any]
     }
 
 
-def card_for(loaded: LoadedRecipe, graph: Graph, name: str, folder: Path, manifest: dict[str, Any],
+def card_for(loaded: LoadedRecipe, graph: Graph, name: str, manifest: dict[str, Any],
              stats: dict[str, Any], published_as: str | None = None, repo_path: str | None = None) -> str:
     """The step's card from what is in its folder, with the evaluation figures of every evaluating
     step built on exactly this output."""
@@ -166,17 +175,16 @@ def card_for(loaded: LoadedRecipe, graph: Graph, name: str, folder: Path, manife
         repo=published_as or repo_id(loaded, name), repo_path=repo_path, extra=kind.card_context(stats)))
 
 
-def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext,
-               fps: dict[str, str]) -> dict[str, Any]:
+def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext) -> dict[str, Any]:
     """Run one step into its atomic output; its work folder (checkpoints, part files) is kept for a
     resume until the output is in place, then removed."""
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
         result = kind.run(ctx, tmp)
         write_json(tmp / STATS, result.stats)
-        manifest = manifest_for(loaded, p, lineage(loaded, p, fps), result.manifest)
+        manifest = manifest_for(loaded, p, lineage(p), result.manifest)
         atomic_write_text(tmp / RECIPE_COPY, loaded.as_published())
-        (tmp / "README.md").write_text(card_for(loaded, graph, p.name, tmp, manifest, result.stats))
+        (tmp / "README.md").write_text(card_for(loaded, graph, p.name, manifest, result.stats))
         write_json(tmp / MANIFEST, manifest)  # last: its presence marks the output complete
     shutil.rmtree(ctx.work_dir(), ignore_errors=True)
     return result.stats
@@ -214,7 +222,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
             else:
                 console.rule(f"step {p.name} ({p.kind})")
                 ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress)
-                stats = build_step(loaded, graph, p, ctx, fps)
+                stats = build_step(loaded, graph, p, ctx)
                 p.done = built = True
                 if on_built:
                     on_built(p, stats)
@@ -239,7 +247,7 @@ def refresh_parent_cards(loaded: LoadedRecipe, graph: Graph, p: StepPlan) -> lis
         m = read_manifest(folder)
         if m is None:
             continue
-        card = card_for(loaded, graph, parent, folder, m, read_stats(folder))
+        card = card_for(loaded, graph, parent, m, read_stats(folder))
         atomic_write_text(folder / "README.md", card)
         done.append(parent)
     return done
@@ -253,7 +261,7 @@ def publish(loaded: LoadedRecipe, graph: Graph, name: str, log: Any = print) -> 
     m = read_manifest(folder) or {}
 
     def render(repo: str, rel: str | None) -> str:
-        return card_for(loaded, graph, name, folder, m, read_stats(folder), published_as=repo, repo_path=rel)
+        return card_for(loaded, graph, name, m, read_stats(folder), published_as=repo, repo_path=rel)
 
     return publish_step(loaded, name, folder, render, log)
 

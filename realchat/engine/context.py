@@ -80,8 +80,10 @@ class StepContext:
             return read_conversations(edge.data, self.base_dir, self.output_of, self.key(key))  # type: ignore[arg-type]
 
     def step_of(self, key: str) -> str | None:
-        """The step a reference at ``key`` names, or None for a file, folder or Hub id."""
-        return self.node.edge(key).step
+        """The step a reference at ``key`` names, or None for a file, folder, Hub id or a key that is
+        no reference (an endpoint's model name)."""
+        edge = next((e for e in self.node.inputs if e.key == key), None)
+        return edge.step if edge else None
 
     # -- models -----------------------------------------------------------------------------------
 

@@ -36,11 +36,12 @@ def external_identity(edge: Edge, base_dir: Path) -> dict[str, Any]:
     return model_identity(str(edge.value), base_dir)
 
 
-def input_parts(node: Node, parent_fps: dict[str, str], base_dir: Path, extra: list[Any]) -> list[Any]:
-    """Every input of ``node`` as (key, identity): parents by fingerprint, the rest by content."""
-    parts: list[Any] = []
-    for e in node.inputs:
-        ident: Any = {"step_fingerprint": parent_fps[e.step]} if e.step else external_identity(e, base_dir)
-        parts.append([e.key, ident])
-    parts += [[x.get("key", "extra"), x] for x in extra]
-    return parts
+def input_identities(node: Node, parent_fps: dict[str, str], base_dir: Path) -> dict[str, Any]:
+    """Every input of ``node`` by its key: a parent by its fingerprint, anything else by its content."""
+    return {e.key: {"step_fingerprint": parent_fps[e.step]} if e.step else external_identity(e, base_dir)
+            for e in node.inputs}
+
+
+def input_parts(identities: dict[str, Any], extra: list[Any]) -> list[Any]:
+    """What the fingerprint hashes of the inputs: (key, identity) pairs, then the kind's extra inputs."""
+    return [[key, ident] for key, ident in identities.items()] + [[x.get("key", "extra"), x] for x in extra]

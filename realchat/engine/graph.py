@@ -136,8 +136,7 @@ def build_graph(loaded: LoadedRecipe) -> Graph:
                 if isinstance(edge.data, StepData):
                     edge.step = edge.data.step
                 elif isinstance(edge.data, FileData):
-                    _must_exist(loaded, edge.data.path, where + (".path" if not isinstance(value, str) else ""),
-                                "file")
+                    _must_exist(loaded, edge.data.path, f"{where}.path", "file")
             elif role == "model":
                 if value in names:
                     edge.step = value

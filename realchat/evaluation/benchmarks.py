@@ -118,7 +118,7 @@ def _hub_questions(repo: str) -> tuple[list[Question], dict[int, list[str]]]:
         ds = load_dataset(repo, split="train")
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one message
         raise RealChatError(f"cannot load benchmark questions from the Hub: {type(e).__name__}: {e}",
-                            field="stages.evaluate.benchmark.questions") from None
+                            field="benchmark.questions") from None
     questions, refs = [], {}
     for i, row in enumerate(ds):
         qid = row.get("question_id", row.get("prompt_id", i))

@@ -1,6 +1,6 @@
 """The evaluation report: markdown tables, PNG plots, a flat metrics table, and card sections.
 
-``write_report`` turns the evaluate stage's results into ``report.md`` and ``plots/*.png`` (rounds and
+``write_report`` turns an evaluate step's results into ``report.md`` and ``plots/*.png`` (rounds and
 user-turn length distributions of every dataset, MT-Bench/Vicuna-Bench scores per category);
 ``metric_rows`` flattens every figure into rows (section, subject, metric, value, 95 % interval) for
 ``data/metrics.jsonl``; ``card_section`` is the part of the report that the RealChat dataset card and
@@ -194,7 +194,7 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The few figures the CLI prints after the stage (and the card's summary table)."""
+    """The few figures the CLI prints after the step (and the card's summary table)."""
     h: dict[str, Any] = {}
     for name, d in (results.get("datasets") or {}).items():
         h[f"{name}_conversations"] = d.get("conversations")

@@ -84,6 +84,11 @@ def parents_table(parents: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _dataset_repos(parents: list[dict[str, Any]]) -> list[str]:
+    """Parents published as Hub datasets (the metadata the Hub links datasets and models by)."""
+    return [p["repo"] for p in parents if p.get("repo") and p.get("repo_type") == "dataset"]
+
+
 def realchat_block(ci: CardInput) -> dict[str, Any]:
     """The machine-readable lineage in every card's YAML header (``realchat lineage`` follows it)."""
     keep = ("key", "role", "step", "split", "fingerprint", "repo", "repo_type", "revision", "target", "repo_path",
@@ -117,7 +122,7 @@ def render_card(ci: CardInput) -> str:
 def _dataset_card(ci: CardInput) -> str:
     parents = ci.manifest.get("parents") or []
     sources = [p["source"] for p in parents if p.get("source") and p.get("role") == "dataset"]
-    dataset_repos = [p["repo"] for p in parents if p.get("repo") and p.get("repo_type") == "dataset"]
+    dataset_repos = _dataset_repos(parents)
     context = _context(ci)
     section_file = templates_dir() / "sections" / f"{ci.kind}.md"
     if not section_file.exists():  # a kind without a section of its own (a plug-in): its figures
@@ -148,7 +153,7 @@ def _model_card(ci: CardInput) -> str:
     card_data = ModelCardData(
         license=ci.license,
         base_model=base.get("repo") or None,
-        datasets=[p["repo"] for p in parents if p.get("repo") and p.get("repo_type") == "dataset"] or None,
+        datasets=_dataset_repos(parents) or None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["realchat", "trl", "sft", ci.kind],

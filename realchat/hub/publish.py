@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from realchat.errors import RealChatError
-from realchat.files import write_json
+from realchat.files import read_json, write_json
 from realchat.recipe.schema import LoadedRecipe, PublishConfig
 
 MANIFEST = "manifest.json"
@@ -88,9 +88,8 @@ def record_path(loaded: LoadedRecipe, step: str) -> Path:
 
 def published_record(loaded: LoadedRecipe, step: str, fingerprint: str | None = None) -> dict[str, Any] | None:
     """The record of the last publish of ``step``; None if absent or of another fingerprint."""
-    try:
-        rec = json.loads(record_path(loaded, step).read_text())
-    except (OSError, ValueError):
+    rec = read_json(record_path(loaded, step))
+    if not isinstance(rec, dict):
         return None
     if fingerprint is not None and rec.get("fingerprint") != fingerprint:
         return None
@@ -125,8 +124,6 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 
     ``render_card(repo_id, repo_path)`` gives the card as published (the engine renders it, with the
     parents resolved to where they were published)."""
-    from realchat.files import read_json
-
     manifest = read_json(folder / MANIFEST)
     if not isinstance(manifest, dict):
         raise PublishError(f"{folder} is not a finished step output (no {MANIFEST}); build it first")
@@ -163,8 +160,8 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 
 
 def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str) -> tuple[str, bool]:
-    """Copy the folder to the Hub-like local layout; the revision is the stage fingerprint."""
-    from realchat.files import atomic_folder, read_json
+    """Copy the folder to the Hub-like local layout; the revision is the step fingerprint."""
+    from realchat.files import atomic_folder
 
     current = read_json(dest / MANIFEST)
     readme = dest / "README.md"
@@ -177,7 +174,7 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str) -> tup
 
 
 class HubPublisher:
-    """One commit per changed stage through ``huggingface_hub``'s HfApi, with errors a user can act on."""
+    """One commit per changed step through ``huggingface_hub``'s HfApi, with errors a user can act on."""
 
     def __init__(self, cfg: PublishConfig) -> None:
         from huggingface_hub import HfApi, get_token
@@ -217,7 +214,7 @@ class HubPublisher:
                                    hint="check the network, publish.endpoint or HF_ENDPOINT") from None
             raise
 
-    def publish(self, repo: str, kind: str, folder: Path, card: str, stage: str,
+    def publish(self, repo: str, kind: str, folder: Path, card: str, step: str,
                 fingerprint: str) -> tuple[str, bool]:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete, RepoCard
 
@@ -227,13 +224,13 @@ class HubPublisher:
         if self._call("repo check", api.repo_exists, repo, repo_type=other) and not self._call(
                 "repo check", api.repo_exists, repo, repo_type=kind):
             raise PublishError(
-                f"{repo} exists on {self.endpoint} as a {other} repo, but stage {stage} publishes a {kind}",
-                hint=f"choose another name in publish.repos.{stage}",
+                f"{repo} exists on {self.endpoint} as a {other} repo, but step {step} publishes a {kind}",
+                hint=f"choose another name in publish.repos.{step}",
             )
         try:
             RepoCard(card).validate(repo_type=kind)
         except ValueError as e:
-            raise PublishError(f"card metadata the Hub rejects ({stage}): {e}") from None
+            raise PublishError(f"card metadata the Hub rejects ({step}): {e}") from None
         except Exception as e:  # validation endpoint unreachable: the commit below will say so
             if "connect" not in type(e).__name__.lower():
                 raise
@@ -254,8 +251,8 @@ class HubPublisher:
         ops += [CommitOperationDelete(path_in_repo=f) for f in sorted(remote_files - rel - {".gitattributes"})]
         commit = self._call(
             f"commit to {repo}", api.create_commit, repo, ops, repo_type=kind, revision=rev,
-            commit_message=f"realchat {stage}: fingerprint {fingerprint}",
-            commit_description=f"Published by RealChat; stage `{stage}`, fingerprint `{fingerprint}`.",
+            commit_message=f"realchat {step}: fingerprint {fingerprint}",
+            commit_description=f"Published by RealChat; step `{step}`, fingerprint `{fingerprint}`.",
             parent_commit=info.sha,
         )
         return commit.oid, True

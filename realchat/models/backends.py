@@ -6,7 +6,7 @@ many conversations together: local models run one left-padded ``generate`` per b
 endpoints get concurrent requests (bounded), vLLM schedules the whole batch itself.
 
 A result is ``Generation(text, tokens, error)``: a request that failed after its retries carries the
-error instead of raising, so one bad endpoint answer fails one conversation, not the stage.
+error instead of raising, so one bad endpoint answer fails one conversation, not the step.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Output: ``report.md`` (also the card's body), ``stats.json`` (every figure), ``d
 (one row per figure, the dataset's default config), ``plots/*.png``, ``benchmarks/<bench>/model_answer``
 and ``model_judgment`` (FastChat files, configs ``answers``, ``judgments_single``, ``judgments_pair``).
 
-Answers and judgments are kept in the stage's work folder as each model or judge pass finishes, so an
+Answers and judgments are kept in the step's work folder as each model or judge pass finishes, so an
 interrupted run resumes without regenerating them.
 """
 
@@ -32,7 +32,6 @@ from realchat.data import Conversation
 from realchat.engine.context import StepContext
 from realchat.evaluation.benchmarks import BenchmarkConfig
 from realchat.evaluation.fidelity import FidelityConfig
-from realchat.files import write_json
 from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, Produces, Slug, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef, ModelRef, resolve_local
 from realchat.steps.base import StepKind, StepResult
@@ -247,7 +246,8 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
     prompts = bm.load_judge_prompts(b, base)
     selected: dict[str, tuple[list[dict[str, Any]], dict[Any, list[str]]]] = {}
     for bench in b.benchmarks:
-        questions, refs = bm.load_questions(b, bench, base)
+        with ctx.blame("benchmark.questions"):
+            questions, refs = bm.load_questions(b, bench, base)
         selected[bench] = (bm.select_questions(questions, b.max_questions), refs)
 
     answers: dict[str, dict[str, dict[Any, list[str]]]] = {bench: {} for bench in b.benchmarks}
@@ -358,9 +358,8 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
     results: dict[str, Any] = {"datasets": {}, "fidelity": None, "benchmarks": None, "timings_s": {},
                                "dataset_steps": {d.name: ctx.step_of(f"datasets[{i}].dataset")
                                                  for i, d in enumerate(cfg.datasets)},
-                               "model_steps": {m.name: m.backend.model if m.backend.kind != "openai"
-                                               and m.backend.model in ctx.loaded.recipe.steps else None
-                                               for m in (cfg.benchmark.models if cfg.benchmark else [])}}
+                               "model_steps": {m.name: ctx.step_of(f"benchmark.models[{i}].backend.model")
+                                               for i, m in enumerate(cfg.benchmark.models if cfg.benchmark else [])}}
 
     t0 = time.perf_counter()
     full = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}

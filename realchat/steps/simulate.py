@@ -1,6 +1,6 @@
 """Step kind ``simulate``: UserGPT (or a baseline simulator) talks to an answerer → the RealChat dataset.
 
-Conversations are appended, as they finish, to ``parts.jsonl`` in the stage's work folder, one line
+Conversations are appended, as they finish, to ``parts.jsonl`` in the step's work folder, one line
 each with the sha256 of its record. A crash, ``kill -9`` or Ctrl-C loses only the conversations in
 flight: the rerun reads the part file, drops a torn last line (bad checksum), skips the session ids
 already there and simulates the rest. Session ids are fixed by position (``<fp8>-000042``), so there

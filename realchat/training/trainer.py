@@ -9,8 +9,8 @@ when launched with ``accelerate launch`` / ``torchrun``. Packed conversations ne
 how a micro-batch is laid out for the attention at hand is one rule, :func:`choose_batching`, and the
 stats say which layout trained (``batching``, ``attn_implementation``).
 
-Checkpoints go to the stage's work folder (``.work/<stage>-<fingerprint>``): an interrupted stage
-resumes from its last checkpoint on the rerun; the engine removes the folder once the stage's output
+Checkpoints go to the step's work folder (``.work/<step>-<fingerprint>``): an interrupted step
+resumes from its last checkpoint on the rerun; the engine removes the folder once the step's output
 is in place.
 """
 
@@ -20,13 +20,11 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from realchat.training.chat_format import tokenize_with_mask
-from realchat.errors import RealChatError
-from typing import Literal
-
 from pydantic import Field
 
+from realchat.errors import RealChatError
 from realchat.recipe.base import Strict
+from realchat.training.chat_format import tokenize_with_mask
 
 
 class LoraParams(Strict):
@@ -59,7 +57,7 @@ class TrainingSettings(Strict):
     logging_steps: int = Field(1, ge=1)
     #: Evaluate every N steps (null: at the end only).
     eval_steps: int | None = Field(None, ge=1)
-    #: Checkpoint every N steps; an interrupted stage resumes from the last one.
+    #: Checkpoint every N steps; an interrupted step resumes from the last one.
     save_steps: int = Field(50, ge=1)
     #: Multi-GPU: an FSDP spec as TrainingArguments takes it (e.g. "full_shard auto_wrap") or a
     #: DeepSpeed config file; run under ``accelerate launch`` / ``torchrun``.
@@ -68,7 +66,7 @@ class TrainingSettings(Strict):
 
 
 class TrainingDataError(RealChatError):
-    """The training data cannot train this stage (no turns of the loss role, turns longer than max_length)."""
+    """The training data cannot train this step (no turns of the loss role, turns longer than max_length)."""
 
 
 def tokenize_conversations(tokenizer: Any, convs: list[list[dict[str, str]]], loss_role: str,
@@ -107,7 +105,7 @@ def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
-#: How a micro-batch is laid out (recorded in the stage's stats as ``batching``):
+#: How a micro-batch is laid out (recorded in the step's stats as ``batching``):
 #: ``packed-varlen``: TRL's padding-free rows, documents kept apart by the varlen kernel's
 #: ``cu_seq_lens``; ``packed-block-diagonal``: the same rows, documents kept apart by a block-diagonal
 #: causal mask that transformers builds from the restarting ``position_ids``; ``padded``: one

@@ -1,6 +1,6 @@
 """Rewriting message contents, shared by the clean-up ops.
 
-Clean-up ops change text but drop nothing; they return how many turns they changed so the stage
+Clean-up ops change text but drop nothing; they return how many turns they changed so the step
 summary can say what was touched. The work happens on a long table (one row per message) with
 polars expressions, so regex rewrites run in Rust over all turns at once; an op that needs Python
 (markdownify) applies it only to the rows a vectorised test selected.

@@ -9,7 +9,7 @@ An op is one module with:
   and returns an :class:`OpResult`: the rows it keeps (possibly rewritten), the rows it rejects with a
   per-row score and detail, and named counters for everything it changed or dropped.
 
-The engine (``realchat.stages.curate``) owns the bookkeeping: it labels rejected rows with the op's
+The curate step (``realchat.steps.curate``) owns the bookkeeping: it labels rejected rows with the op's
 position in the recipe, so every conversation read ends either in the kept set or in the rejected set
 with the first rule that removed it.
 
@@ -69,7 +69,7 @@ class Filter(ABC):
     """One curation op. Subclasses set ``Params`` and implement :meth:`apply`."""
 
     Params: ClassVar[type[OpParams]]
-    #: True when the op needs the stage tokenizer (token limits, split): lets the engine load it lazily.
+    #: True when the op needs the step's tokenizer (token limits, split): lets the engine load it lazily.
     needs_tokenizer: ClassVar[bool] = False
 
     def __init__(self, params: OpParams, tokens: Callable[[], TokenCounter],

@@ -1,7 +1,7 @@
 """length: limits on the length of user turns, in characters and in tokens.
 
 Characters catch pasted logs and 5 MB dumps before anything expensive runs; tokens (of the tokenizer
-of the model the next stage trains, ``tokenizer`` in the stage config) are what matters for the
+of the model the next step trains, ``tokenizer`` in the curate step's config) are what matters for the
 context budget. Per-turn columns added: ``user_chars`` and, when a token limit is set,
 ``user_tokens``.
 """

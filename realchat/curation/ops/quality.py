@@ -1,7 +1,7 @@
 """quality: per-turn quality scores on user turns, each with optional thresholds.
 
 Scores (stored as list columns aligned with the user turns, so downstream users can re-threshold
-without re-running the stage):
+without re-running the step):
 
 * ``user_alpha_ratio``: alphabetic characters / characters (low: tables of numbers, binary junk);
 * ``user_dup_line_ratio``: share of non-empty lines that repeat an earlier line of the turn;

@@ -1,4 +1,4 @@
-"""split: cut long conversations into segments that fit the next stage's context budget.
+"""split: cut long conversations into segments that fit the next step's context budget.
 
 The paper's rule (PAPER.md §1), declared here: count each turn's tokens with the tokenizer of the
 model that trains next, including the chat template's per-turn markup; a segment never ends on a user
