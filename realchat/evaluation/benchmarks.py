@@ -53,6 +53,8 @@ class BenchModel(Strict):
 
     #: ``model_id`` in the FastChat answer and judgment files.
     name: str
+    #: Where its answers come from: `{kind: local, model: <step or model>}`, an OpenAI-compatible
+    #: endpoint, or vLLM.
     backend: Backend
 
 
@@ -63,17 +65,23 @@ class BenchmarkConfig(Strict):
     #: ``judge_prompts.jsonl``), relative to the recipe; or, with ``questions_format: hub``, a Hub
     #: dataset id per benchmark (``{bench}`` is replaced by the benchmark name).
     questions: str = "../../shared/eval"
+    #: `fastchat_dir`: `questions` is a folder in FastChat's layout; `hub`: a Hub dataset id (needs
+    #: network).
     questions_format: Literal["fastchat_dir", "hub"] = "fastchat_dir"
     #: FastChat's ``judge_prompts.jsonl``; default: the one in ``questions`` (required with ``hub``).
     judge_prompts: FileRef | None = None
+    #: Which benchmarks to run.
     benchmarks: list[Literal["mt_bench", "vicuna_bench"]] = Field(default_factory=lambda: ["mt_bench", "vicuna_bench"])
     #: Questions per benchmark, taken round-robin over categories so a small pass still spans them.
     #: null = all (80 for MT-Bench, 80 for Vicuna-Bench).
     max_questions: int | None = Field(None, ge=1)
+    #: The models that answer the questions (each a `name` and a `backend`).
     models: list[BenchModel] = Field(default_factory=list)
     #: Answer length and FastChat's per-category temperatures (0 → greedy).
     max_new_tokens: int = Field(1024, ge=1)
+    #: The LLM judge: an OpenAI-compatible endpoint (default GPT-4), a local model or vLLM.
     judge: Backend = OpenAIBackend(base_url="https://api.openai.com/v1", model="gpt-4")
+    #: Length of the judge's answer.
     judge_max_new_tokens: int = Field(2048, ge=1)
     #: ``explain``: FastChat's way (an explanation, then the verdict). ``verdict_only``: the judge's
     #: answer is opened with "Rating: [[" / "Verdict: [[" so it states the verdict at once: for small

@@ -37,6 +37,7 @@ class FidelityConfig(Strict):
 
     #: The trained simulator, and the base model prompted (same system prompt) to act as the user.
     simulator_model: ModelRef
+    #: The base model prompted as the user, for the perplexity baseline; null = no baseline.
     baseline_model: ModelRef | None = DEFAULT_MODEL
     #: The ``name`` of the held-out real conversations among the evaluate step's ``datasets``.
     real: str = "sharegpt"
@@ -44,12 +45,16 @@ class FidelityConfig(Strict):
     simulated: list[str] = Field(default_factory=lambda: ["realchat"], min_length=1)
     #: Real conversations scored for perplexity (the simulator's context is the real conversation so far).
     perplexity_conversations: int = Field(32, ge=1)
+    #: Tokens of context when scoring perplexity (longer conversations are cut from the front).
     max_length: int = Field(1024, ge=16)
     #: Embedding-space comparison: Fréchet distance after PCA to this many dimensions (few samples
     #: cannot estimate a full covariance), and a logistic-regression human-vs-simulated classifier.
     frechet_dims: int = Field(16, ge=1)
+    #: User turns per dataset embedded for the Fréchet distance and the classifier.
     max_turns: int = Field(400, ge=10)
+    #: Bootstrap resamples for the 95 % intervals.
     bootstrap: int = Field(200, ge=10)
+    #: Cross-validation folds of the real-vs-simulated classifier.
     cv_folds: int = Field(5, ge=2)
 
     @field_validator("simulated", mode="before")

@@ -31,6 +31,7 @@ from realchat.recipe.refs import ModelRef
 class LocalBackend(Strict):
     """A transformers model on this machine: left-padded batched ``generate`` with KV cache."""
 
+    #: Which backend: `local` (transformers on this machine), `openai` (an endpoint) or `vllm`.
     kind: Literal["local"] = "local"
     #: A step name (an sft step's model), a folder, a ``.gguf`` file, ``pkg://`` or a Hub id.
     model: ModelRef = DEFAULT_MODEL
@@ -41,24 +42,34 @@ class LocalBackend(Strict):
 class OpenAIBackend(Strict):
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI, llama.cpp server)."""
 
+    #: Which backend: `local` (transformers on this machine), `openai` (an endpoint) or `vllm`.
     kind: Literal["openai"] = "openai"
+    #: The endpoint's base URL, e.g. `https://api.openai.com/v1` or `http://localhost:8000/v1`.
     base_url: str
     #: The model name the server knows (not a reference: the server owns the weights).
     model: str
     #: Name of the environment variable holding the key (the key itself never enters the recipe).
     api_key_env: str = "OPENAI_API_KEY"
+    #: Requests in flight at once.
     max_concurrency: int = Field(8, ge=1)
+    #: Seconds before a request is abandoned (and retried).
     timeout_s: float = Field(60, gt=0)
+    #: Retries of a failed request, with exponential backoff.
     max_retries: int = Field(3, ge=0)
 
 
 class VLLMBackend(Strict):
     """vLLM's offline engine (the ``vllm`` extra; GPU)."""
 
+    #: Which backend: `local` (transformers on this machine), `openai` (an endpoint) or `vllm`.
     kind: Literal["vllm"] = "vllm"
+    #: A step name (an sft step's model), a folder or a Hub id.
     model: ModelRef
+    #: GPUs the model is split over.
     tensor_parallel_size: int = Field(1, ge=1)
+    #: Share of GPU memory vLLM may take (0-1).
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    #: Weights' dtype as vLLM takes it (`auto`, `bfloat16`, `float16`).
     dtype: str = "auto"
 
 

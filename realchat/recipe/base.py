@@ -51,6 +51,7 @@ class Strict(BaseModel):
 class StepConfig(Strict):
     """Keys every step has. Subclasses (one per kind) narrow ``kind`` to a literal."""
 
+    #: What the step does: `curate`, `sft`, `simulate`, `evaluate` (or a registered plug-in kind).
     kind: str
     #: Licence written to the step's card.
     license: str = "other"
@@ -61,9 +62,13 @@ class StepConfig(Strict):
 class SamplingParams(Strict):
     """Decoding settings of one role (temperature 0 means greedy)."""
 
+    #: Sampling temperature; 0 = greedy.
     temperature: float = Field(0.7, ge=0)
+    #: Nucleus sampling: keep the smallest set of tokens with this probability mass.
     top_p: float = Field(1.0, gt=0, le=1)
+    #: Most tokens generated per turn.
     max_new_tokens: int = Field(128, ge=1)
+    #: Penalty on tokens already generated (1.0 = none).
     repetition_penalty: float = Field(1.0, gt=0)
 
 #: Said wherever a path of the recipe is not found.

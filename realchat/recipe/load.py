@@ -151,6 +151,9 @@ def json_schema() -> dict[str, Any]:
     schema["properties"]["steps"] = {"type": "object", "minProperties": 1, "additionalProperties": steps_schema,
                                      "description": "Step name → its config; `kind` picks what the step does."}
     defs.pop("StepConfig", None)
+    from realchat.recipe.docs import describe, models_reachable
+
+    describe(schema, models_reachable(Recipe, *configs))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "RealChat recipe"
     json.dumps(schema)  # fails loudly here if anything is not serialisable

@@ -45,22 +45,29 @@ class RefRole:
 class StepData(Strict):
     """Conversations written by another step of the recipe."""
 
+    #: Name of the step whose conversations these are.
     step: str
+    #: Which rows: `train`, `held_out` (curate's `split` column) or `all`.
     split: Split = "train"
 
 
 class FileData(Strict):
     """Conversations in a local file or folder (relative to the recipe, or ``pkg://``)."""
 
+    #: A file or folder, relative to the recipe, absolute, or `pkg://<package>/<file>`.
     path: str
+    #: How the file is read (ShareGPT, OpenAI messages, parquet, …).
     format: FileFormat = "sharegpt"
 
 
 class HubData(Strict):
     """A conversation dataset on the Hub (needs network), read through ``datasets``."""
 
+    #: Hub dataset id (`owner/name`).
     hub: str
+    #: Commit, tag or branch; recorded in the lineage (null = main at build time).
     revision: str | None = None
+    #: Split to read.
     split: str = "train"
 
 

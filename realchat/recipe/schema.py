@@ -28,6 +28,7 @@ class PublishConfig(Strict):
     The token is never part of the recipe: it comes from ``HF_TOKEN`` or ``hf auth login``.
     """
 
+    #: `local`: a folder laid out like the Hub; `hub`: the Hugging Face Hub (needs a token).
     target: Literal["local", "hub"] = "local"
     #: For ``target: local``: root folder; datasets go to ``<root>/datasets/<ns>/<name>``, models to
     #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``).
@@ -36,6 +37,7 @@ class PublishConfig(Strict):
     namespace: str = "realchat"
     #: Repo name per step; the default is ``<recipe name>-<step>``.
     repos: dict[str, str] = Field(default_factory=dict)
+    #: Create Hub repos as private.
     private: bool = False
     #: Branch to commit to (created from main if missing).
     revision: str = "main"
@@ -65,13 +67,16 @@ class Recipe(Strict):
 
     #: Slug used for the run folder and default repo names.
     name: Slug
+    #: What the build is for; written to every card.
     description: str = ""
     #: Folder holding run outputs: ``<run_root>/<name>/<step>/``. Relative paths are relative to the
     #: current directory.
     run_root: str = "runs"
+    #: Seed of every random choice (sampling, shuffles, training); a step may override it.
     seed: int = 42
     #: Step name (a slug you choose) → its config; ``kind`` picks what the step does.
     steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
+    #: Where finished steps are published (a local Hub-like folder by default, or the Hub).
     publish: PublishConfig = PublishConfig()
 
     @model_validator(mode="after")

@@ -42,11 +42,15 @@ class SimulationSettings(Strict):
     #: The simulator's context budget in tokens: stop when its context plus its next generation would
     #: exceed it (the paper's rule, 2,048).
     context_budget: int = Field(2048, ge=16)
+    #: Stop when the simulator writes the end marker as its turn.
     stop_on_end_marker: bool = True
     #: Stop on an empty question, a repeat of an earlier question, or a copy of the last answer.
     stop_on_degenerate: bool = True
+    #: Decoding of the simulator's (user) turns.
     user_sampling: SamplingParams = SamplingParams()
+    #: Decoding of the answerer's turns.
     assistant_sampling: SamplingParams = SamplingParams(max_new_tokens=256)
+    #: System prompt of the answerer; null = none.
     assistant_system_prompt: str | None = "You are a helpful AI assistant."
     #: ``roleplay`` baseline: the instruction given to the assistant model playing the user.
     roleplay_prompt: str = (

@@ -57,6 +57,7 @@ class CurateConfig(StepConfig):
     """Raw chat logs → conversations whose user turns are fit to train a user simulator."""
 
     kind: Literal["curate"] = "curate"
+    #: Where the raw conversations come from (format, path, revision, limit).
     source: SourceConfig = SourceConfig()
     #: Source role name → canonical role. Roles not in the table are a counted rejection reason.
     roles: dict[str, Literal["user", "assistant", "system"]] = Field(default_factory=lambda: dict(DEFAULT_ROLES))

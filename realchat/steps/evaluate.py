@@ -51,6 +51,7 @@ class EvaluateConfig(StepConfig):
 
     kind: Literal["evaluate"] = "evaluate"
     produces: ClassVar[Produces] = "report"
+    #: Conversation datasets to describe: each a `name` (its label) and a `dataset` reference.
     datasets: list[EvalDataset] = Field(default_factory=list)
     #: Conversations per dataset for the statistics (a fixed hash sample); null = all.
     max_conversations: int | None = Field(500, ge=1)
@@ -60,7 +61,9 @@ class EvaluateConfig(StepConfig):
     tokenizer: ModelRef = DEFAULT_MODEL
     #: Sentence-embedding model for topic diversity and the fidelity distances (sentence-transformers).
     embedding_model: ModelRef = DEFAULT_EMBEDDING_MODEL
+    #: Simulator fidelity against held-out real conversations; null = skip.
     fidelity: FidelityConfig | None = None
+    #: MT-Bench / Vicuna-Bench answers and LLM-judge grades; null = skip.
     benchmark: BenchmarkConfig | None = None
 
     @field_validator("datasets")

@@ -37,6 +37,8 @@ class SftConfig(StepConfig, TrainingSettings):
     #: Conversations for the held-out loss (e.g. ``{step: curate, split: held_out}``); without it,
     #: ``eval_share`` of ``dataset`` is held out by the hash of the conversation id.
     eval_dataset: DatasetRef | None = None
+    #: Without `eval_dataset`: the share of `dataset` held out for the eval loss (by the hash of the
+    #: conversation id).
     eval_share: float = Field(0.0, ge=0, lt=1)
     #: ``loss_on: user``: the simulator's system prompt (replaces the conversation's own; default:
     #: the paper's meaning). ``loss_on: assistant``: replaces the data's system prompt when set.

@@ -49,14 +49,19 @@ class SimulateConfig(StepConfig, SimulationSettings):
     #: The model writing the user turns: ``usergpt`` names an sft step with ``loss_on: user`` (or
     #: any such model); ``roleplay`` and ``magpie`` an instruct model.
     simulator_backend: TemplateBackend = LocalBackend()
+    #: The assistant answering the simulator: a local model, an OpenAI-compatible endpoint or vLLM.
     answerer: Backend = LocalBackend(model=DEFAULT_MODEL)
+    #: `free`: the simulator writes the first question; `seeded`: it comes from `seeds`.
     mode: Literal["free", "seeded"] = "free"
     #: Required for ``mode: seeded``.
     seeds: SeedConfig | None = None
+    #: Conversations (sessions) to simulate.
     conversations: int = Field(200, ge=1)
     #: The simulator's system prompt (``usergpt``: as trained; null = the sft step's).
     user_system_prompt: str | None = None
+    #: End-of-conversation marker the simulator writes (null = the sft step's).
     end_marker: str | None = None
+    #: Sampling seed of this step; null = the recipe's `seed`.
     seed: int | None = None
     #: Also write the conversations as ShareGPT JSONL (``sharegpt/realchat.jsonl``).
     export_sharegpt: bool = True

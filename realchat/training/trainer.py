@@ -28,32 +28,48 @@ from realchat.training.chat_format import tokenize_with_mask
 
 
 class LoraParams(Strict):
+    #: LoRA rank.
     r: int = Field(16, ge=1)
+    #: LoRA scaling (alpha / r multiplies the update).
     alpha: int = Field(32, ge=1)
+    #: Dropout on the LoRA branch.
     dropout: float = Field(0.05, ge=0, lt=1)
+    #: Modules that get adapters: names, or `all-linear`.
     target_modules: list[str] | str = "all-linear"
 
 
 class TrainingSettings(Strict):
     """TRL SFTConfig values a recipe sets (paper, LLaMA-7B: max length 2,048, 3 epochs, lr 2e-5 cosine,
     warmup 3 %, effective batch 128, bf16)."""
+    #: `full`: full fine-tuning; `lora`: LoRA adapters (peft), merged into the saved model.
     method: Literal["full", "lora"] = "full"
+    #: LoRA settings (with `method: lora`).
     lora: LoraParams = LoraParams()
+    #: Tokens per training row; a longer conversation is an error (curate's `split` cuts them).
     max_length: int = Field(2048, ge=8)
     #: Pack conversations into rows of max_length (TRL's best-fit-decreasing; padding-free batches).
     packing: bool = True
+    #: Recompute activations in the backward pass (less memory, slower).
     gradient_checkpointing: bool = False
     #: bf16 where the hardware has it (CUDA with bf16 support); "auto" decides.
     bf16: Literal["auto", "yes", "no"] = "auto"
+    #: Passes over the training data (when `max_steps` is -1).
     num_train_epochs: float = Field(1.0, gt=0)
     #: Stop after this many optimiser steps (overrides epochs); -1 = by epochs.
     max_steps: int = -1
+    #: Rows per device per optimiser step, before accumulation.
     per_device_train_batch_size: int = Field(4, ge=1)
+    #: Micro-batches accumulated per optimiser step.
     gradient_accumulation_steps: int = Field(1, ge=1)
+    #: Peak learning rate.
     learning_rate: float = Field(2e-5, gt=0)
+    #: Learning-rate schedule as transformers names it (`cosine`, `linear`, `constant`).
     lr_scheduler_type: str = "cosine"
+    #: Share of the steps spent warming the learning rate up.
     warmup_ratio: float = Field(0.03, ge=0, le=1)
+    #: AdamW weight decay.
     weight_decay: float = Field(0.0, ge=0)
+    #: Log the train loss every N steps.
     logging_steps: int = Field(1, ge=1)
     #: Evaluate every N steps (null: at the end only).
     eval_steps: int | None = Field(None, ge=1)
@@ -62,6 +78,7 @@ class TrainingSettings(Strict):
     #: Multi-GPU: an FSDP spec as TrainingArguments takes it (e.g. "full_shard auto_wrap") or a
     #: DeepSpeed config file; run under ``accelerate launch`` / ``torchrun``.
     fsdp: str | None = None
+    #: Multi-GPU: a DeepSpeed config file (see `fsdp`).
     deepspeed: str | None = None
 
 

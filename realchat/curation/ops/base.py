@@ -40,6 +40,7 @@ class OpParams(BaseModel):
     """Base of every op's declared parameters: strict, so typos are errors."""
 
     model_config = ConfigDict(extra="forbid")
+    #: The op's name: which curation rule this entry of `filters` runs.
     op: str
 
 
@@ -52,7 +53,9 @@ class TurnPolicy(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: `all`: every judged user turn must pass; `share`: at least `min_share` of them must.
     policy: Literal["all", "share"] = "all"
+    #: With `policy: share`: the share of judged user turns that must pass (0-1).
     min_share: float = Field(1.0, ge=0.0, le=1.0)
 
 

@@ -22,6 +22,7 @@ _BLOCK_START_RUST = r"(?i)\A\s*<(div|p|pre|ol|ul|table|h[1-6]|blockquote)[\s>]"
 
 class Params(OpParams):
     op: Literal["clean_html"] = "clean_html"
+    #: Roles whose turns are converted from HTML to markdown.
     roles: list[str] = ["user", "assistant"]
     #: Convert only turns whose text starts with a block-level HTML tag (safe for code in turns).
     only_html_turns: bool = True

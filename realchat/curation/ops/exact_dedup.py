@@ -17,7 +17,9 @@ from realchat.curation.ops.base import Filter, OpParams, OpResult
 
 class Params(OpParams):
     op: Literal["exact_dedup"] = "exact_dedup"
+    #: Compare user turns case-folded.
     lowercase: bool = True
+    #: Compare user turns with punctuation removed.
     strip_punctuation: bool = False
 
 

@@ -38,9 +38,14 @@ from realchat.curation.langid import LanguageIdentifier
 
 class Params(OpParams, TurnPolicy):
     op: Literal["language"] = "language"
+    #: Language codes (fastText lid.176 labels, e.g. `en`, `zh`) a judged user turn may be in.
     allowed: list[str] = ["en"]
+    #: fastText's top probability at which a turn counts as recognised (0-1).
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    #: A turn below `min_confidence`: `skip` leaves it unjudged (English mixed with code), `fail`
+    #: fails it.
     low_confidence: Literal["skip", "fail"] = "skip"
+    #: User turns shorter than this (characters) are not judged ("ok", "continue").
     min_chars_to_judge: int = Field(20, ge=0)
     #: Characters of each turn given to fastText (it is linear in length; the head decides).
     max_chars: int = Field(1000, ge=1)

@@ -26,9 +26,13 @@ from realchat.curation.ops.base import (
 
 class Params(OpParams, TurnPolicy):
     op: Literal["length"] = "length"
+    #: Minimum characters of a user turn; null = no limit.
     min_chars: int | None = Field(1, ge=0)
+    #: Maximum characters of a user turn (pasted logs, dumps); null = no limit.
     max_chars: int | None = Field(None, ge=1)
+    #: Minimum tokens of a user turn (the curate step's `tokenizer`); null = no limit.
     min_tokens: int | None = Field(None, ge=0)
+    #: Maximum tokens of a user turn (the curate step's `tokenizer`); null = no limit.
     max_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

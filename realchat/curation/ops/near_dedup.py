@@ -24,9 +24,13 @@ from realchat.curation.ops.exact_dedup import normalised_user_text
 
 class Params(OpParams):
     op: Literal["near_dedup"] = "near_dedup"
+    #: Words per shingle of the normalised user text.
     shingle_size: int = Field(5, ge=1)
+    #: MinHash permutations (more: a finer Jaccard estimate, slower).
     num_perm: int = Field(128, ge=16, le=1024)
+    #: Estimated Jaccard similarity of user text at which two conversations are near-duplicates.
     threshold: float = Field(0.8, gt=0.0, le=1.0)
+    #: Seed of the MinHash permutations.
     seed: int = 1
 
 

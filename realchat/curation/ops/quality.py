@@ -36,12 +36,21 @@ _URL = r"https?://\S+|www\.\S+"
 
 class Params(OpParams, TurnPolicy):
     op: Literal["quality"] = "quality"
+    #: Fail a user turn whose alphabetic characters / characters is below this; null = off.
     min_alpha_ratio: float | None = Field(None, ge=0, le=1)
+    #: Fail a user turn whose share of repeated non-empty lines is above this; null = off.
     max_dup_line_ratio: float | None = Field(None, ge=0, le=1)
+    #: Fail a user turn whose share of repeated word 3-grams is above this (spam, loops); null =
+    #: off.
     max_ngram_repetition: float | None = Field(None, ge=0, le=1)
+    #: Fail a user turn whose non-alphanumeric, non-space characters / characters is above this;
+    #: null = off.
     max_symbol_ratio: float | None = Field(None, ge=0, le=1)
+    #: Fail a user turn whose characters inside URLs / characters is above this; null = off.
     max_url_ratio: float | None = Field(None, ge=0, le=1)
+    #: Fail a user turn whose mean word length is below this; null = off.
     min_mean_word_length: float | None = Field(None, ge=0)
+    #: Fail a user turn whose mean word length is above this (hashes, base64); null = off.
     max_mean_word_length: float | None = Field(None, ge=0)
     #: Turns shorter than this (characters) are scored but not judged: ratios on "ok?" are noise.
     min_chars_to_judge: int = Field(10, ge=0)

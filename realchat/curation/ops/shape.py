@@ -21,10 +21,16 @@ from realchat.curation.ops.base import Filter, OpParams, OpResult
 
 class Params(OpParams):
     op: Literal["shape"] = "shape"
+    #: Non-system turns must alternate user / assistant.
     require_alternation: bool = True
+    #: `user`: the first non-system turn must be the user's; `any`: no rule.
     first_role: Literal["user", "any"] = "user"
+    #: Leading assistant turns (the tail of an earlier piece): `trim` drops them, `reject` rejects
+    #: the record.
     leading_assistant: Literal["trim", "reject"] = "trim"
+    #: At least this many user turns.
     min_user_turns: int = Field(1, ge=0)
+    #: Reject a conversation with an empty (whitespace-only) turn.
     reject_empty_turns: bool = True
 
 

@@ -24,6 +24,7 @@ from realchat.curation.ops.base import Filter, OpParams, OpResult
 
 class Params(OpParams):
     op: Literal["split"] = "split"
+    #: Token budget of a segment (the paper's 2,048), chat-template markup included.
     max_tokens: int = Field(2048, ge=16)
     #: Start each new segment at the previous segment's last assistant turn (the paper's overlap).
     overlap_assistant_turn: bool = True

@@ -23,9 +23,13 @@ _REGEN_COUNTER = r"\A\s*\d+\s*/\s*\d+[ \t]*\n?\s*"
 
 class Params(OpParams):
     op: Literal["strip_chat_artifacts"] = "strip_chat_artifacts"
+    #: Roles whose turns are cleaned.
     roles: list[str] = ["user", "assistant"]
+    #: Remove the web UI's "Copy code" button label.
     copy_code: bool = True
+    #: Remove the "CopyN chars / N words" counter.
     copy_counter: bool = True
+    #: Remove the leading "N / N" regenerate counter of a regenerated answer.
     regenerate_counter: bool = True
 
 

@@ -19,7 +19,9 @@ from realchat.curation.ops.base import Filter, OpParams, OpResult
 
 class Params(OpParams):
     op: Literal["vendor_mention"] = "vendor_mention"
+    #: Case-insensitive regular expressions (Rust regex syntax) naming the vendor's model.
     patterns: list[str] = [r"\bChatGPT\b", r"\bOpenAI\b", r"\bGPT-?[34]\b"]
+    #: Roles whose turns are searched (add `user` to follow the paper strictly).
     roles: list[str] = ["assistant"]
 
     @field_validator("patterns")

@@ -23,10 +23,15 @@ class SourceConfig(Strict):
     data shipped inside an installed Python package, or a Hub dataset id for ``format: hub``.
     """
 
+    #: How the source is read: ShareGPT JSON/JSONL, OpenAI `messages` JSONL, parquet, a
+    #: `save_to_disk` folder, or a Hub dataset.
     format: Literal["sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "sharegpt"
+    #: A file or folder (relative to the recipe), `pkg://<package>/<file>`, or a Hub dataset id for
+    #: `format: hub`.
     path: str = DEFAULT_SHAREGPT
     #: Hub revision (commit, tag or branch) for ``format: hub``; recorded in the lineage.
     revision: str | None = None
+    #: Split read with `format: hub` or `datasets_folder`.
     split: str = "train"
     #: Read only the first N records (smoke runs, tests). ``null`` reads everything.
     limit: int | None = Field(None, ge=1)
