@@ -42,12 +42,16 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: ke
 @app.command()
 def build(
     recipe: RecipeArg,
-    only: Annotated[Optional[list[str]], typer.Option(help="Run only this step (repeatable); its parents must be built.")] = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="Run this step and every step downstream of it.")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(
+        help="Run only this step (repeatable; a step name of the recipe: `realchat plan RECIPE` lists them); "
+             "its parents must be built.")] = None,
+    from_: Annotated[Optional[str], typer.Option(
+        "--from", help="Run this step (a step name of the recipe) and every step downstream of it.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild the selected steps even when a finished output matches.")] = False,
     set_: SetOpt = None,
-    no_progress: Annotated[bool, typer.Option(help="No progress bars.")] = False,
-    no_push: Annotated[bool, typer.Option(help="Do not publish steps after building them.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    push: Annotated[bool, typer.Option("--push/--no-push",
+                                       help="Publish each step after building it (to the recipe's publish target).")] = True,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another build of this recipe to finish.")] = 0.0,
 ) -> None:
     """Build the recipe's steps in graph order, skipping those whose finished output matches; publish each."""
@@ -56,8 +60,8 @@ def build(
 
     try:
         loaded = load_recipe(recipe, set_)
-        run_build(loaded, only=only, start=from_, force=force, push=not no_push, console=console,
-                  show_progress=not no_progress, wait_s=wait, on_built=lambda p, stats: summary(p.name, stats, p.output))
+        run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
+                  show_progress=progress, wait_s=wait, on_built=lambda p, stats: summary(p.name, stats, p.output))
     except RealChatError as e:
         _fail(e)
     except KeyboardInterrupt:

@@ -112,7 +112,7 @@ def lineage(p: StepPlan) -> list[dict[str, Any]]:
     """The step's parents for its manifest and card: every input, a step by its fingerprint, anything
     else by its content identity (both from the plan). A kind's own extra inputs (curate's source)
     come first."""
-    from realchat.models import upstream_repo
+    from realchat.models import upstream_dataset, upstream_repo
 
     parents: list[dict[str, Any]] = list(p.external)
     for e in p.node.inputs:
@@ -129,7 +129,8 @@ def lineage(p: StepPlan) -> list[dict[str, Any]]:
             source = str(e.value)
         parents.append({"key": e.key, "role": e.role, "source": source,
                         "revision": ident.get("revision") or ident.get("sha256"),
-                        "repo": upstream_repo(source) if e.role == "model" else None})
+                        "repo": upstream_repo(source) if e.role == "model" else upstream_dataset(
+                            source, "hub" if isinstance(e.data, HubData) else None)})
     return parents
 
 
@@ -172,18 +173,27 @@ def card_for(loaded: LoadedRecipe, graph: Graph, name: str, manifest: dict[str, 
         card=kind.card, license=node.config.license, manifest={**manifest, "parents": resolve_parents(
             loaded, manifest.get("parents") or [])},
         stats=stats, excerpt=loaded.excerpt(name), evaluation="\n".join(s for s in sections if s),
-        repo=published_as or repo_id(loaded, name), repo_path=repo_path, extra=kind.card_context(stats)))
+        repo=published_as or repo_id(loaded, name), repo_path=repo_path, extra=kind.card_context(stats),
+        metadata={**kind.card_metadata(stats), "license_name": node.config.license_name,
+                  "license_link": node.config.license_link}))
 
 
 def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext) -> dict[str, Any]:
     """Run one step into its atomic output; its work folder (checkpoints, part files) is kept for a
     resume until the output is in place, then removed."""
+    from realchat.hub.cards import license_text, sample_records
+
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
         result = kind.run(ctx, tmp)
         write_json(tmp / STATS, result.stats)
+        if result.manifest.get("configs"):  # one record of each config, for the card
+            result.manifest.setdefault("samples", sample_records(tmp, result.manifest["configs"]))
         manifest = manifest_for(loaded, p, lineage(p), result.manifest)
         atomic_write_text(tmp / RECIPE_COPY, loaded.as_published())
+        config = loaded.config(p.name)
+        if config.license == "other" and not config.license_link:  # the link the card's metadata gives
+            atomic_write_text(tmp / "LICENSE.md", license_text(loaded.name, p.name, manifest.get("parents") or []))
         (tmp / "README.md").write_text(card_for(loaded, graph, p.name, manifest, result.stats))
         write_json(tmp / MANIFEST, manifest)  # last: its presence marks the output complete
     shutil.rmtree(ctx.work_dir(), ignore_errors=True)

@@ -47,7 +47,9 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 # -- sections -------------------------------------------------------------------------------------
 
 
-def datasets_section(results: dict[str, Any]) -> str:
+def datasets_section(results: dict[str, Any], languages: bool = True) -> str:
+    """The §4 statistics of every dataset, one column each. ``languages=False`` leaves out the
+    languages row (a dataset's own card has its full tally; a second, sampled one would contradict it)."""
     ds = results.get("datasets") or {}
     if not ds:
         return ""
@@ -56,8 +58,9 @@ def datasets_section(results: dict[str, Any]) -> str:
     rows.append(["user-turn tokens p10 / median / p90"] + [
         "{p10} / {median} / {p90}".format(**ds[n]["user_turn_tokens"]) if ds[n].get("user_turn_tokens") else None
         for n in names])
-    rows.append(["languages (top 3)"] + [", ".join(f"{k} {v}" for k, v in list(ds[n].get("languages", {}).items())[:3])
-                                          for n in names])
+    if languages:
+        rows.append(["languages (top 3)"] + [", ".join(f"{k} {v}" for k, v in list(ds[n].get("languages", {}).items())[:3])
+                                              for n in names])
     return "## Dataset statistics\n\n" + table(["metric"] + names, rows) + (
         "\n\nMTLD threshold 0.72 (lexicalrichness); cosine = mean pairwise cosine similarity of MiniLM "
         "embeddings of the user turns (lower = more diverse), computed without an n×n matrix.\n")
@@ -144,7 +147,7 @@ def card_section(results: dict[str, Any], step: str, report_repo: str) -> str:
     models = [n for n, s in (results.get("model_steps") or {}).items() if s == step]
     sections = []
     if datasets:
-        sections += [datasets_section(results), fidelity_section(results, only=datasets)]
+        sections += [datasets_section(results, languages=False), fidelity_section(results, only=datasets)]
     if models:
         sections.append(benchmark_section(results))
     body = "\n\n".join(s.strip() for s in sections if s.strip())

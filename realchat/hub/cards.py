@@ -14,6 +14,7 @@ Dataset kinds share one template (``cards/dataset_card.md``) with a section per 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,6 +44,8 @@ class CardInput:
     repo_path: str | None = None
     #: Anything else a kind's section wants (the evaluation report's markdown and plots).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Hub metadata the kind knows (``StepKind.card_metadata``: creators, languages, extra tags).
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def templates_dir() -> Path:
@@ -84,6 +87,75 @@ def parents_table(parents: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+#: ``license_name`` of a card whose licence is ``other`` and whose step names none.
+OTHER_LICENSE_NAME = "other-see-sources"
+
+
+def license_fields(ci: CardInput) -> dict[str, Any]:
+    """``license``, and with ``other`` the ``license_name`` / ``license_link`` the Hub's spec asks for
+    (the link defaults to ``LICENSE.md``, which the engine writes beside the card)."""
+    if ci.license != "other":
+        return {"license": ci.license}
+    return {"license": "other", "license_name": ci.metadata.get("license_name") or OTHER_LICENSE_NAME,
+            "license_link": ci.metadata.get("license_link") or "LICENSE.md"}
+
+
+def license_text(recipe: str, step: str, parents: list[dict[str, Any]]) -> str:
+    """``LICENSE.md`` of an artifact under ``license: other``: no licence of its own is claimed; the
+    terms of every input apply (a simulation's text is the output of the models that wrote it)."""
+    lines = [f"# Licence of `{recipe}: {step}`", "",
+             "RealChat claims no licence of its own for this artifact. It was made from the inputs below, "
+             "and their terms apply to it (for generated text: the terms of the models that wrote it; for "
+             "curated data: the terms of the source). Set `license` (a Hub licence id), or `license_name` and "
+             "`license_link`, in the step's recipe config to state one.", ""]
+    for p in parents:
+        what = f"step `{p['step']}`" if p.get("step") else f"{p.get('role')} `{p.get('source')}`"
+        lines.append(f"- `{p.get('key')}`: {what}")
+    return "\n".join(lines) + "\n"
+
+
+def _short(value: Any, chars: int = 160, items: int = 4) -> Any:
+    """A record cut down for a card: long strings end in an ellipsis, long lists keep their head."""
+    if isinstance(value, str):
+        return value if len(value) <= chars else value[:chars] + "…"
+    if isinstance(value, list):
+        return [_short(v, chars, items) for v in value[:items]] + (["…"] if len(value) > items else [])
+    if isinstance(value, dict):
+        return {k: _short(v, chars, items) for k, v in value.items()}
+    return value
+
+
+def sample_records(folder: Path, configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first record of each config's files (parquet or JSON lines), shortened: what a card shows."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, Any] = {}
+    for c in configs:
+        for spec in c.get("data_files") or []:
+            for path in sorted(folder.glob(spec["path"])):
+                row = None
+                if path.suffix == ".parquet":
+                    pf = pq.ParquetFile(path)
+                    if pf.metadata.num_rows:
+                        row = next(pf.iter_batches(batch_size=1)).to_pylist()[0]
+                elif path.suffix in (".jsonl", ".json"):
+                    with path.open(encoding="utf-8") as f:
+                        first = next((line for line in f if line.strip()), None)
+                    row = json.loads(first) if first else None
+                if row is not None:
+                    out[c["config_name"]] = _short(row)
+                    break
+            if c["config_name"] in out:
+                break
+    return out
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """JSON for a card's text: unlike jinja's ``tojson`` it keeps quotes and non-ASCII as they are
+    (no ``\\u0027``), so the card reads as written and a Python string stays valid."""
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
+
+
 def _dataset_repos(parents: list[dict[str, Any]]) -> list[str]:
     """Parents published as Hub datasets (the metadata the Hub links datasets and models by)."""
     return [p["repo"] for p in parents if p.get("repo") and p.get("repo_type") == "dataset"]
@@ -107,10 +179,20 @@ def realchat_block(ci: CardInput) -> dict[str, Any]:
 
 
 def _context(ci: CardInput) -> dict[str, Any]:
+    configs = [c["config_name"] for c in ci.manifest.get("configs") or []]
     return dict(recipe_name=ci.recipe_name, description=ci.description, step=ci.step, kind=ci.kind,
                 manifest=ci.manifest, stats=ci.stats, excerpt=ci.excerpt, repo=ci.repo,
                 evaluation=ci.evaluation, parents_table=parents_table(ci.manifest.get("parents") or []),
-                extra=ci.extra)
+                extra=ci.extra, configs=configs, samples=ci.manifest.get("samples") or {}, json=to_json,
+                local_path=ci.repo_path, sources=_source_lines(ci.manifest.get("parents") or []))
+
+
+def _source_lines(parents: list[dict[str, Any]]) -> list[str]:
+    """The raw sources (files, packages) in words: the Hub's ``source_datasets`` holds Hub ids only."""
+    return [f"`{p['source']}`" + (f" ({p['format']})" if p.get("format") else "")
+            + (f", from the Hub dataset `{p['repo']}`" if p.get("repo") else "")
+            + (f", sha256 `{str(p['revision'])[:16]}…`" if p.get("revision") else "")
+            for p in parents if p.get("source") and p.get("role") == "dataset"]
 
 
 def render_card(ci: CardInput) -> str:
@@ -121,8 +203,11 @@ def render_card(ci: CardInput) -> str:
 
 def _dataset_card(ci: CardInput) -> str:
     parents = ci.manifest.get("parents") or []
-    sources = [p["source"] for p in parents if p.get("source") and p.get("role") == "dataset"]
+    # Hub ids only: a source's Hub dataset where it has one (a pkg:// file is described in the body)
+    sources = [p["repo"] for p in parents if p.get("source") and p.get("role") == "dataset" and p.get("repo")]
     dataset_repos = _dataset_repos(parents)
+    meta = {k: v for k, v in ci.metadata.items() if k not in ("license_name", "license_link")}
+    langs = _languages({"languages": meta.pop("languages", None) or ci.stats.get("languages") or {}})
     context = _context(ci)
     section_file = templates_dir() / "sections" / f"{ci.kind}.md"
     if not section_file.exists():  # a kind without a section of its own (a plug-in): its figures
@@ -133,14 +218,17 @@ def _dataset_card(ci: CardInput) -> str:
         section = env.from_string(section_file.read_text(encoding="utf-8")).render(**context)
     card_data = DatasetCardData(
         pretty_name=f"{ci.recipe_name}: {ci.step}",
-        license=ci.license,
-        language=_languages(ci.stats) or None,
+        **license_fields(ci),
+        language=langs or None,
+        annotations_creators=meta.pop("annotations_creators", None),
+        language_creators=meta.pop("language_creators", None),
         task_categories=["text-generation"],
         size_categories=[size_category(ci.stats.get("kept_rows", ci.stats.get("rows", 0)) or 0)],
-        source_datasets=(sources + dataset_repos) or None,
-        tags=["realchat", "conversational", "user-simulator", ci.kind],
+        source_datasets=list(dict.fromkeys(sources + dataset_repos)) or None,
+        tags=["realchat", "conversational", "user-simulator", ci.kind, *meta.pop("tags", [])],
         configs=ci.manifest.get("configs") or None,
         realchat=realchat_block(ci),
+        **meta,
     )
     card = DatasetCard.from_template(card_data, template_path=str(templates_dir() / "dataset_card.md"),
                                      section=section, **context)
@@ -151,13 +239,18 @@ def _model_card(ci: CardInput) -> str:
     parents = ci.manifest.get("parents") or []
     base = next((p for p in parents if p.get("key") == "base_model"), {})
     card_data = ModelCardData(
-        license=ci.license,
+        **license_fields(ci),
         base_model=base.get("repo") or None,
+        # fine-tuned from it (from a GGUF copy, de-quantised first: the card's body says so)
+        base_model_relation="finetune" if base.get("repo") else None,
         datasets=_dataset_repos(parents) or None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["realchat", "trl", "sft", ci.kind],
         realchat=realchat_block(ci),
     )
-    card = ModelCard.from_template(card_data, template_path=str(templates_dir() / "model_card.md"), **_context(ci))
+    context = _context(ci)
+    source = str(base.get("source") or "")
+    context["base_gguf"] = source if source.endswith(".gguf") else None
+    card = ModelCard.from_template(card_data, template_path=str(templates_dir() / "model_card.md"), **context)
     return str(card)

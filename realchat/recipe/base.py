@@ -53,8 +53,13 @@ class StepConfig(Strict):
 
     #: What the step does: `curate`, `sft`, `simulate`, `evaluate` (or a registered plug-in kind).
     kind: str
-    #: Licence written to the step's card.
+    #: Licence written to the step's card (a Hub licence id; `other`: the terms of its sources).
     license: str = "other"
+    #: With `license: other`: the licence's short name in the card (default `other-see-sources`).
+    license_name: str | None = None
+    #: With `license: other`: a link to its text (default `LICENSE.md`, written beside the card: the
+    #: inputs whose terms apply).
+    license_link: str | None = None
     #: What the output is; the engine checks references against it.
     produces: ClassVar[Produces] = "conversations"
 

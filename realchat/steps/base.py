@@ -31,6 +31,19 @@ DATA_CONFIGS = [
 ]
 
 
+def data_configs(out: Path) -> list[dict[str, Any]]:
+    """:data:`DATA_CONFIGS` less the ``rejected`` config when nothing was rejected: ``datasets`` cannot
+    load a split of 0 rows ("Instruction 'train' corresponds to no data"), so a card must not offer it.
+    The empty shard stays in ``rejected/`` (it documents the columns)."""
+    import pyarrow.parquet as pq
+
+    rejected = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "rejected").glob("*.parquet")))
+    configs = [c for c in DATA_CONFIGS if c["config_name"] != "rejected" or rejected > 0]
+    if any(f.stat().st_size for f in (out / "sharegpt").glob("*.jsonl")):  # a simulation's ShareGPT export
+        configs.append({"config_name": "sharegpt", "data_files": [{"split": "train", "path": "sharegpt/*.jsonl"}]})
+    return configs
+
+
 @dataclass
 class StepResult:
     """What a step's payload left for the engine to record."""
@@ -67,6 +80,11 @@ class StepKind:
     def section_for_parent(self, stats: dict[str, Any], parent: str, repo: str) -> str:
         """Markdown this step adds to the card of ``parent`` (one of its inputs); default none."""
         return ""
+
+    def card_metadata(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Hub card metadata this kind knows better than the defaults (a dataset card's
+        ``annotations_creators`` / ``language_creators`` / ``language``, extra ``tags``); default none."""
+        return {}
 
     def card_context(self, stats: dict[str, Any]) -> dict[str, Any]:
         """Extra values this kind's card section uses (``extra`` in the template); default none."""

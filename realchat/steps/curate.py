@@ -32,7 +32,7 @@ from realchat.engine.context import StepContext
 from realchat.errors import RecipeError
 from realchat.recipe.base import DEFAULT_MODEL, PACKAGE_PREFIX_HINT, StepConfig
 from realchat.recipe.refs import ModelRef, resolve_local
-from realchat.steps.base import DATA_CONFIGS, StepKind, StepResult
+from realchat.steps.base import StepKind, StepResult, data_configs
 
 #: Any curation op's parameters, chosen by ``op``.
 FilterParams = Annotated[Union[tuple(cls.Params for cls in REGISTRY.values())], Field(discriminator="op")]  # type: ignore[valid-type]
@@ -80,8 +80,10 @@ class Curate(StepKind):
 
     def external_inputs(self, config: StepConfig, base_dir: Path) -> list[Any]:
         src = config.source  # type: ignore[attr-defined]
+        from realchat.models import upstream_dataset
+
         return [{"key": "source", "role": "dataset", "source": src.path, "format": src.format,
-                 "revision": source_revision(src, base_dir)}]
+                 "revision": source_revision(src, base_dir), "repo": upstream_dataset(src.path, src.format)}]
 
     def check(self, config: StepConfig, base_dir: Path) -> None:
         src = config.source  # type: ignore[attr-defined]
@@ -89,8 +91,13 @@ class Curate(StepKind):
             raise RecipeError(f"file not found: {resolve_local(src.path, base_dir)}", field="source.path",
                               hint=PACKAGE_PREFIX_HINT)
 
+    def card_metadata(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Real logs: people wrote the user turns, a model the assistant turns; nothing is annotated
+        (the per-turn scores are computed)."""
+        return {"annotations_creators": ["no-annotation"], "language_creators": ["found", "machine-generated"]}
+
     def run(self, ctx: StepContext, out: Path) -> StepResult:
-        return StepResult(stats=curate(ctx, ctx.config, out), manifest={"configs": DATA_CONFIGS})  # type: ignore[arg-type]
+        return StepResult(stats=curate(ctx, ctx.config, out), manifest={"configs": data_configs(out)})  # type: ignore[arg-type]
 
 
 def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ interrupted run resumes without regenerating them.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -291,7 +292,20 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
         summary["per_category"] = bm.per_category(rows, {q["question_id"]: q["category"] for q in questions})
         results["benchmarks"][bench] = summary
     shutil.copytree(work, out / "benchmarks")
+    tag_benchmark(out / "benchmarks")
     return results
+
+
+def tag_benchmark(root: Path) -> None:
+    """Add a ``benchmark`` field to every row of the published FastChat files: the ``answers`` and
+    ``judgments_*`` configs mix MT-Bench and Vicuna-Bench rows (question ids overlap), and FastChat's
+    readers ignore fields they do not know."""
+    from realchat.evaluation.benchmarks import write_jsonl
+
+    for path in sorted(root.glob("*/*/*.jsonl")):
+        bench = path.relative_to(root).parts[0]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        write_jsonl(path, [{"benchmark": bench, **r} for r in rows])
 
 
 # -- the step -------------------------------------------------------------------------------------
@@ -320,6 +334,16 @@ class Evaluate(StepKind):
         cfg: EvaluateConfig = ctx.config  # type: ignore[assignment]
         stats = evaluate(ctx, cfg, out)
         return StepResult(stats=stats, manifest={"configs": evaluation_configs(out)})
+
+    def card_metadata(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Figures, model answers and judge verdicts: all machine-made; the languages are those of the
+        evaluated datasets' user turns (English for MT-Bench / Vicuna-Bench)."""
+        langs: dict[str, int] = {}
+        for d in ((stats.get("report") or {}).get("datasets") or {}).values():
+            for k, v in (d.get("languages") or {}).items():
+                langs[k] = langs.get(k, 0) + int(v)
+        return {"annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
+                "languages": langs or {"en": 1}}
 
     def card_context(self, stats: dict[str, Any]) -> dict[str, Any]:
         from realchat.evaluation.report import report_markdown

@@ -28,7 +28,7 @@ from realchat.models.backends import Backend, LocalBackend, TemplateBackend
 from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
 from realchat.simulation.simulator import Session, Simulation, SimulationSettings
-from realchat.steps.base import DATA_CONFIGS, StepKind, StepResult
+from realchat.steps.base import StepKind, StepResult, data_configs
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
@@ -160,8 +160,13 @@ class Simulate(StepKind):
     Config = SimulateConfig
     summary = "a simulator asks, an assistant answers → multi-turn conversations (RealChat)"
 
+    def card_metadata(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Both sides of every conversation were written by models."""
+        return {"annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
+                "tags": ["synthetic"]}
+
     def run(self, ctx: StepContext, out: Path) -> StepResult:
-        return StepResult(stats=simulate(ctx, ctx.config, out), manifest={"configs": DATA_CONFIGS})  # type: ignore[arg-type]
+        return StepResult(stats=simulate(ctx, ctx.config, out), manifest={"configs": data_configs(out)})  # type: ignore[arg-type]
 
 
 def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]:
