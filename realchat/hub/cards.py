@@ -219,7 +219,7 @@ def _dataset_card(ci: CardInput) -> str:
     card_data = DatasetCardData(
         pretty_name=f"{ci.recipe_name}: {ci.step}",
         **license_fields(ci),
-        language=langs or None,
+        language=langs or ["und"],  # ISO 639-2 "undetermined" when no language ID ran on it
         annotations_creators=meta.pop("annotations_creators", None),
         language_creators=meta.pop("language_creators", None),
         task_categories=["text-generation"],

@@ -39,8 +39,9 @@ def data_configs(out: Path) -> list[dict[str, Any]]:
 
     rejected = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "rejected").glob("*.parquet")))
     configs = [c for c in DATA_CONFIGS if c["config_name"] != "rejected" or rejected > 0]
-    if any(f.stat().st_size for f in (out / "sharegpt").glob("*.jsonl")):  # a simulation's ShareGPT export
-        configs.append({"config_name": "sharegpt", "data_files": [{"split": "train", "path": "sharegpt/*.jsonl"}]})
+    shared = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "sharegpt").glob("*.parquet")))
+    if shared:  # a simulation's ShareGPT export (also as sharegpt/realchat.jsonl, the paper's file)
+        configs.append({"config_name": "sharegpt", "data_files": [{"split": "train", "path": "sharegpt/*.parquet"}]})
     return configs
 
 

@@ -256,11 +256,16 @@ def _write(out: Path, kept: list[dict[str, Any]], rejected: list[dict[str, Any]]
     _frame(rejected).write_parquet(out / "rejected" / "train-00000-of-00001.parquet", compression="zstd")
     if cfg.export_sharegpt:
         (out / "sharegpt").mkdir()
+        rows = [{"session_id": r["session_id"], "num_of_rounds": r["rounds"],
+                 "conversations": [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
+                                   for m in r["messages"]]} for r in kept]
         with (out / "sharegpt" / "realchat.jsonl").open("w", encoding="utf-8") as f:
-            for r in kept:
-                conv = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in r["messages"]]
-                f.write(json.dumps({"session_id": r["session_id"], "num_of_rounds": r["rounds"],
-                                    "conversations": conv}, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # the same rows as the repo's `sharegpt` config: parquet, because one builder reads a repo's configs
+        pl.DataFrame(rows, schema={"session_id": pl.String, "num_of_rounds": pl.Int32, "conversations": pl.List(
+            pl.Struct({"from": pl.String, "value": pl.String}))}).write_parquet(
+            out / "sharegpt" / "train-00000-of-00001.parquet", compression="zstd")
 
 
 def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: Any) -> dict[str, Any]:
