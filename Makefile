@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: build test bench install clean
+.PHONY: build test test-package bench install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ build: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	# the built wheel alone in a new venv, outside the clone: init, plan, a small build
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) .ci/fresh_venv.sh
+
+test-package:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) .ci/fresh_venv.sh
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_curate.py
