@@ -62,6 +62,12 @@ def test_benchmark_questions_offline_error_names_both_places(tmp_path):
     else:  # pragma: no cover
         raise AssertionError("no error")
     assert "nobody/mt_bench_prompts" in msg and str(tmp_path / "missing") in msg and "benchmark.questions" in msg
+    try:  # FastChat's judge prompts are not on the Hub: without the folder they must be named
+        bm.load_judge_prompts(cfg, tmp_path)
+    except RealChatError as e:
+        assert "benchmark.judge_prompts" in e.render() and "judge_prompts.jsonl" in e.render()
+    else:  # pragma: no cover
+        raise AssertionError("no error")
 
 
 def test_a_missing_package_names_the_pip_command(tmp_path):

@@ -176,6 +176,9 @@ def judge_prompts_path(cfg: BenchmarkConfig, base_dir: Path) -> Path:
 
 def load_judge_prompts(cfg: BenchmarkConfig, base_dir: Path) -> dict[str, dict[str, Any]]:
     path = judge_prompts_path(cfg, base_dir)
+    if not path.is_file():  # the questions may have come from the Hub: FastChat's judge prompts did not
+        raise RealChatError(f"FastChat's judge prompts not found: {path}", field="benchmark.judge_prompts",
+                            hint="point benchmark.judge_prompts at FastChat's llm_judge/data/judge_prompts.jsonl")
     prompts = {}
     for i, row in enumerate(read_jsonl(path), 1):
         if not {"name", "system_prompt", "prompt_template"} <= set(row):
