@@ -117,7 +117,7 @@ def describe(root: Any, error: dict[str, Any], prefix: str = "") -> str:
     elif kind == "dataset_ref":
         msg = f"{error['msg']} (got {error.get('input')!r})"
     else:
-        msg = f"{error['msg']} (got {error.get('input')!r})"
+        msg = f"{str(error['msg']).removeprefix('Value error, ')} (got {error.get('input')!r})"
     return f"{path}: {msg}"
 
 

@@ -69,7 +69,7 @@ class Recipe(Strict):
     #: Folder holding run outputs: ``<run_root>/<name>/<step>/``. Relative paths are relative to the
     #: current directory.
     run_root: str = "runs"
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)
     #: Step name (a slug you choose) → its config; ``kind`` picks what the step does.
     steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
     publish: PublishConfig = PublishConfig()

@@ -57,7 +57,7 @@ class SimulateConfig(StepConfig, SimulationSettings):
     #: The simulator's system prompt (``usergpt``: as trained; null = the sft step's).
     user_system_prompt: str | None = None
     end_marker: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**32)
     #: Also write the conversations as ShareGPT JSONL (``sharegpt/realchat.jsonl``).
     export_sharegpt: bool = True
 

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from realchat.errors import RealChatError
 from realchat.recipe.base import Strict
 from realchat.training.chat_format import tokenize_with_mask
+
+
+def _steps_not_zero(v: int) -> int:
+    if v == 0:
+        raise ValueError("0 steps trains nothing: give a positive number, or -1 to train by epochs")
+    return v
 
 
 class LoraParams(Strict):
@@ -47,10 +53,10 @@ class TrainingSettings(Strict):
     bf16: Literal["auto", "yes", "no"] = "auto"
     num_train_epochs: float = Field(1.0, gt=0)
     #: Stop after this many optimiser steps (overrides epochs); -1 = by epochs.
-    max_steps: int = -1
+    max_steps: Annotated[int, Field(ge=-1), AfterValidator(_steps_not_zero)] = -1
     per_device_train_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, le=1)
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)

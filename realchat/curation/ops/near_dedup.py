@@ -27,7 +27,7 @@ class Params(OpParams):
     shingle_size: int = Field(5, ge=1)
     num_perm: int = Field(128, ge=16, le=1024)
     threshold: float = Field(0.8, gt=0.0, le=1.0)
-    seed: int = 1
+    seed: int = Field(1, ge=0, lt=2**32)
 
 
 def shingles(text: str, size: int) -> set[bytes]:
