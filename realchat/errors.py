@@ -8,6 +8,8 @@ user never has to read our stack to find their typo.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,4 +128,25 @@ def boundary_error(exc: BaseException) -> RealChatError | None:
         return from_os_error(exc)
     if isinstance(exc, (UnicodeError, RecursionError, MemoryError)):
         return UserFileError(f"cannot read input: {cause(exc)}")
+    disk = _disk_condition(exc)
+    if disk is not None:
+        return UserFileError(f"{disk} (while writing: {cause(exc)})",
+                             hint="free space (or make the run root writable) and rerun: finished steps are kept")
+    return None
+
+
+#: The OS's own words for a disk that cannot take a write; libraries that write through their own I/O
+#: (polars' Rust writer, torch's zip writer) report them inside their own exception types.
+_DISK_ERRNOS = [errno.ENOSPC, errno.EROFS, errno.EDQUOT]
+
+
+def _disk_condition(exc: BaseException) -> str | None:
+    """The disk condition (full, read-only, over quota) an exception from a library writer reports."""
+    seen = 0
+    while exc is not None and seen < 8:
+        text = str(exc)
+        for code in _DISK_ERRNOS:
+            if os.strerror(code) in text:
+                return os.strerror(code).lower()
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
     return None

@@ -345,3 +345,20 @@ def test_description_html_and_headings_are_escaped_in_cards(good):
     assert "<script>" not in card and "&lt;script&gt;" in card
     assert "\n# Not a heading" not in card and "\\# Not a heading" in card
     assert "\n```\nfence" not in card
+
+
+def test_a_full_disk_is_one_line_whoever_writes():
+    """polars writes through its own Rust I/O and reports ENOSPC inside its ComputeError; /dev/full is a
+    real device that answers every write with ENOSPC."""
+    from realchat.errors import boundary_error
+
+    with pytest.raises(Exception) as polars_error:
+        pl.DataFrame({"a": list(range(100_000))}).write_parquet("/dev/full")
+    with pytest.raises(OSError) as os_error:
+        with open("/dev/full", "w") as f:
+            f.write("x" * 100_000)
+    for exc in (polars_error.value, os_error.value):
+        err = boundary_error(exc)
+        assert err is not None and err.exit_code == 2
+        assert "no space left on device" in err.render()
+    assert boundary_error(KeyError("a bug")) is None
