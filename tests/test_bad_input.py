@@ -87,6 +87,22 @@ def test_duplicate_keys_are_errors_with_both_lines(good):
                    f"{good.name}: line {second}: duplicate key 'curate' (first at line {first})")
 
 
+def test_alias_bomb_and_deep_nesting_in_a_recipe(good, tmp_path):
+    lines = ["name: t", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]  # 9^9 values
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines + ["steps: {c: {kind: curate, held_out_share: *a8}}"]) + "\n")
+    one_line_error(*cli("plan", str(bomb)), "bomb.yaml: not a usable recipe: its aliases (*name) expand to more "
+                                            "than 1,000,000 values")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: t\nsteps: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    one_line_error(*cli("plan", str(deep)), "deep.yaml: cannot read the recipe: nested too deeply to read")
+    # aliases a recipe really uses still work
+    text = good.read_text().replace("filters: []", "filters: [&s {op: shape}, *s]")
+    good.write_text(text)
+    assert cli("plan", str(good))[0] == 0
+
+
 @pytest.mark.parametrize("override, expected", [
     ("steps.curate.source.limit=[1", "the value is not valid YAML (expected ',' or ']'"),
     ('steps.curate.source.limit=!!python/object/apply:os.system ["echo hi"]',

@@ -21,7 +21,7 @@ from realchat.errors import RecipeError, user_file
 from realchat.recipe.base import StepConfig
 from realchat.recipe.messages import describe, format_errors
 from realchat.recipe.schema import LoadedRecipe, Recipe
-from realchat.recipe.yaml_loader import DuplicateKeyError, load_yaml
+from realchat.recipe.yaml_loader import AliasBombError, DuplicateKeyError, load_yaml
 from realchat.steps import registry
 
 
@@ -36,6 +36,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     try:
         with user_file(path, doing="cannot read the recipe"):  # RecursionError on deep nesting
             data = load_yaml(text)
+    except AliasBombError as e:
+        raise RecipeError(f"not a usable recipe: {e}", file=str(path)) from None
     except DuplicateKeyError as e:
         raise RecipeError(f"line {e.line}: duplicate key {e.key!r} (first at line {e.first_line}); a repeated "
                           "key would silently replace the first", file=str(path)) from None

@@ -42,6 +42,41 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: Values a recipe may hold once its aliases are expanded; far above any real recipe.
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+class AliasBombError(yaml.YAMLError):
+    """Aliases that expand to more values than any recipe has ("billion laughs")."""
+
+
+def expanded_size(value: Any, limit: int = MAX_EXPANDED_VALUES) -> int:
+    """How many values ``value`` holds with every alias expanded, counted without expanding (each
+    shared list or mapping is sized once); stops counting past ``limit``."""
+    memo: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, (list, dict)):
+            return 1
+        if id(v) not in memo:
+            memo[id(v)] = 0  # a cycle (an alias inside its own anchor) counts once
+            children = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+            total = 1
+            for c in children:
+                total += size(c)
+                if total > limit:
+                    break
+            memo[id(v)] = total
+        return memo[id(v)]
+
+    return size(value)
+
+
 def load_yaml(text: str) -> Any:
-    """Parse YAML text with :class:`UniqueKeyLoader`."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML text with :class:`UniqueKeyLoader`; refuse aliases that expand past
+    :data:`MAX_EXPANDED_VALUES` values (every later step — error messages, fingerprints, the copy of
+    the recipe beside each output — would expand them)."""
+    data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    if expanded_size(data) > MAX_EXPANDED_VALUES:
+        raise AliasBombError(f"its aliases (*name) expand to more than {MAX_EXPANDED_VALUES:,} values")
+    return data
