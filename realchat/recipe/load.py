@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from realchat.errors import RecipeError, user_file
 from realchat.recipe.base import StepConfig
-from realchat.recipe.messages import describe, format_errors
+from realchat.recipe.messages import _short_repr, describe, format_errors
 from realchat.recipe.schema import LoadedRecipe, Recipe
 from realchat.recipe.yaml_loader import AliasBombError, DuplicateKeyError, load_yaml
 from realchat.steps import registry
@@ -71,8 +71,8 @@ def validate(data: dict[str, Any], file: str) -> Recipe:
                 lines.append(f"{where}: expected a mapping with a kind (got {raw!r})")
                 continue
             kind = raw.get("kind")
-            if kind not in registry.KINDS:
-                said = "missing kind" if kind is None else f"unknown kind {kind!r}"
+            if not isinstance(kind, str) or kind not in registry.KINDS:
+                said = "missing kind" if kind is None else f"unknown kind {_short_repr(kind)}"
                 lines.append(f"{where}.kind: {said}; expected one of: {', '.join(registry.KINDS)}")
                 continue
             config_cls = registry.get(kind).Config
