@@ -136,8 +136,10 @@ def resolve_package_path(ref: str) -> Path | None:
         raise RecipeError(f"{ref}: a pkg:// path must stay inside its package (no '..', no absolute path)")
     top, *sub = package.split(".")
     spec = importlib.util.find_spec(top)
-    if spec is None or not spec.submodule_search_locations:
-        return Path(f"<package {package!r} is not installed>") / rel
+    if spec is None:
+        return Path(f"<package {top!r} is not installed>") / rel
+    if not spec.submodule_search_locations:
+        return Path(f"<{top!r} is a module, not a package>") / rel
     roots = [Path(loc).joinpath(*sub) for loc in spec.submodule_search_locations]
     return next((r / rel for r in roots if (r / rel).exists()), roots[0] / rel)
 

@@ -125,8 +125,9 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
                  "scope": None, "score": None, "detail": rej.detail, "raw": rej.raw}
             )
     if unique.renamed:
-        report.warnings.append(f"{unique.renamed:,} records repeat an earlier record's conversation id; the "
-                               "later ones were renamed <id>~2, <id>~3, ... (ids compare as strings: 1 and \"1\" are one id)")
+        many = unique.renamed != 1
+        report.warnings.append(f"{unique.renamed:,} record{'s' if many else ''} repeat{'' if many else 's'} an "
+                               "earlier record's conversation id; the later ones were renamed <id>~2, <id>~3, ... (ids compare as strings: 1 and \"1\" are one id)")
     for w in report.warnings:
         ctx.console.print(f"[yellow]warning:[/yellow] {w}")
     table = pl.DataFrame(rows, schema=BASE_SCHEMA)
