@@ -378,3 +378,25 @@ def test_a_full_disk_is_one_line_whoever_writes():
         assert err is not None and err.exit_code == 2
         assert "no space left on device" in err.render()
     assert boundary_error(KeyError("a bug")) is None
+
+
+def test_model_files_that_are_not_models(good, tmp_path, tiny_model_dir):
+    import shutil
+
+    from realchat.errors import UserFileError
+    from realchat.models import materialize_model
+
+    set_doc(good, lambda d: d["steps"]["curate"].update(tokenizer=str(tmp_path / "data.json"),
+                                                        filters=[{"op": "length", "max_tokens": 100}]))
+    one_line_error(*cli("build", str(good), "--no-progress", "--no-push"),
+                   "steps.curate.tokenizer:", "data.json is a file, but a tokenizer is a model folder, a .gguf file")
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(config | {"hidden_size": "wide"}))
+    set_doc(good, lambda d: d["steps"]["curate"].update(tokenizer=str(broken)))
+    one_line_error(*cli("build", str(good), "--no-progress", "--no-push"),
+                   "steps.curate.tokenizer: cannot load tokenizer", "hidden_size")
+    with pytest.raises(UserFileError, match="config.json: not a usable model config: .*hidden_size"):
+        materialize_model(str(broken))
+    assert materialize_model(str(tiny_model_dir)) == str(tiny_model_dir)
