@@ -6,8 +6,11 @@ User errors (bad recipe, unreadable data, missing model) print one message and e
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,10 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from realchat import __version__
-from realchat.errors import RealChatError
+from realchat.errors import RealChatError, boundary_error
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="RealChat: realistic multi-turn chat data from a user simulator.")
 console = Console(stderr=True)
 out = Console()
 
@@ -27,6 +28,43 @@ out = Console()
 def _fail(err: RealChatError) -> None:
     console.print(f"[bold red]error:[/bold red] {escape(err.render())}", highlight=False)
     raise typer.Exit(err.exit_code)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The CLI boundary: every command runs inside it, so an error about the user's input (a
+    :class:`RealChatError`, an OS error on a path, a decode error) prints one line and exits 2 —
+    one mechanism, not a ``try`` per command. ``REALCHAT_TRACEBACK=1`` shows the traceback instead."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            err = boundary_error(e)
+            if err is None or os.environ.get("REALCHAT_TRACEBACK"):
+                raise
+            _fail(err)
+
+    return run
+
+
+class _App(typer.Typer):
+    """A Typer app whose commands all run inside :func:`user_errors`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(user_errors(fn))
+            return fn
+
+        return decorator
+
+
+app = _App(add_completion=False, no_args_is_help=True,
+           help="RealChat: realistic multi-turn chat data from a user simulator.")
 
 
 def escape(text: str) -> str:
@@ -62,8 +100,6 @@ def build(
         loaded = load_recipe(recipe, set_)
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
                   show_progress=progress, wait_s=wait, on_built=lambda p, stats: summary(p.name, stats, p.output))
-    except RealChatError as e:
-        _fail(e)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: nothing half-written was kept; rerun to resume")
         raise typer.Exit(130)
@@ -113,11 +149,8 @@ def push_cmd(
     from realchat.engine.build import push
     from realchat.recipe.load import load_recipe
 
-    try:
-        loaded = load_recipe(recipe, set_)
-        push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
-    except RealChatError as e:
-        _fail(e)
+    loaded = load_recipe(recipe, set_)
+    push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
 
 
 @app.command()
@@ -130,10 +163,7 @@ def lineage(
     """Print the lineage graph of an artifact back to its raw sources, read card by card."""
     from realchat.hub.publish import follow_lineage
 
-    try:
-        chain = follow_lineage(ref, repo_type, revision)
-    except RealChatError as e:
-        _fail(e)
+    chain = follow_lineage(ref, repo_type, revision)
     if as_json:
         sys.stdout.write(json.dumps(chain, indent=2) + "\n")
         return
@@ -149,7 +179,7 @@ def lineage(
                   highlight=False)
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluation helpers (MT-Bench / Vicuna-Bench judgments).")
+eval_app = _App(no_args_is_help=True, help="Evaluation helpers (MT-Bench / Vicuna-Bench judgments).")
 app.add_typer(eval_app, name="eval")
 
 
@@ -159,17 +189,14 @@ def eval_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Per-model scores (turn 1, turn 2, overall) and pairwise win rates from judgment files."""
-    from realchat.evaluation.judge import read_jsonl, summarize
+    from realchat.evaluation.judge import read_judgments, summarize
 
-    try:
-        rows = []
-        for path in judgments:
-            if not path.is_file():
-                raise RealChatError("judgment file not found", file=str(path))
-            rows += read_jsonl(path)
-        result = summarize(rows, ", ".join(map(str, judgments)))
-    except RealChatError as e:
-        _fail(e)
+    rows = []
+    for path in judgments:
+        if not path.is_file():
+            raise RealChatError("judgment file not found", file=str(path))
+        rows += read_judgments(path)
+    result = summarize(rows, ", ".join(map(str, judgments)))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -201,11 +228,8 @@ def plan_cmd(
     from realchat.engine.build import plan
     from realchat.recipe.load import load_recipe
 
-    try:
-        loaded = load_recipe(recipe, set_)
-        plans = plan(loaded)
-    except RealChatError as e:
-        _fail(e)
+    loaded = load_recipe(recipe, set_)
+    plans = plan(loaded)
     if as_json:
         sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2) + "\n")
         return

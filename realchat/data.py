@@ -65,7 +65,7 @@ def read_conversations(ref: ResolvedData, base_dir: Path, step_folder: Callable[
     """Conversations of a dataset reference; ``step_folder`` finds a finished step's output."""
     if isinstance(ref, StepData):
         return read_step_conversations(step_folder(ref.step), ref.split, what)
-    from realchat.curation.conversations import normalize
+    from realchat.curation.conversations import UniqueIds, normalize
     from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source
 
     if isinstance(ref, HubData):
@@ -75,10 +75,12 @@ def read_conversations(ref: ResolvedData, base_dir: Path, step_folder: Callable[
         cfg = SourceConfig(format=ref.format, path=ref.path)
     records, _ = open_source(cfg, base_dir)
     out = []
+    unique = UniqueIds()
     for rec in records:
         row, _rej = normalize(rec, dict(DEFAULT_ROLES), "id", Path(cfg.path).stem or "record")
         if row is not None:
-            out.append({"id": row["conversation_id"], "base_id": row["conversation_id"],
+            cid = unique(row["conversation_id"])
+            out.append({"id": cid, "base_id": cid,
                         "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
     return out
 

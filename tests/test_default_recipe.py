@@ -44,3 +44,6 @@ def test_default_recipe_on_all_shipped_conversations(tmp_path):
     share = per_conv.filter(pl.col("split") == "held_out").height / per_conv.height
     assert stats["held_out_share"] == 0.02 and 0.015 <= share <= 0.025
     assert stats["split_rows"] == dict(kept.group_by("split").len().iter_rows())
+    # 123 ids repeat in the shipped file (an empty stub first, the real conversation later): renamed, counted
+    assert stats["rules"][0]["counters"]["renamed_duplicate_ids"] == 123
+    assert not kept.select("conversation_id", "segment").is_duplicated().any()

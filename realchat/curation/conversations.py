@@ -102,3 +102,29 @@ def normalize(
                           f"role {role!r} is not in the recipe's roles table")
         messages.append({"role": mapped, "content": text})
     return {"conversation_id": cid, "source_index": rec.index, "segment": 0, "messages": messages}, None
+
+
+class UniqueIds:
+    """Conversation ids made unique in reading order: a repeated id becomes ``<id>~2``, ``<id>~3``, ...
+
+    Ids are compared as the strings they are stored as, so ``1`` and ``"1"`` are the same id. Two
+    conversations sharing an id would share a held-out split decision, a dedup "original" and a
+    session seed, so the later one is renamed (and counted) rather than rejected: in the shipped
+    ShareGPT V3 file 123 ids repeat, and every time the first record is an empty stub and the later
+    one the real conversation, which rejecting would lose.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.renamed = 0
+
+    def __call__(self, cid: str) -> str:
+        if cid not in self.seen:
+            self.seen.add(cid)
+            return cid
+        n = 2
+        while f"{cid}~{n}" in self.seen:
+            n += 1
+        self.seen.add(f"{cid}~{n}")
+        self.renamed += 1
+        return f"{cid}~{n}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,6 +24,7 @@ from realchat.recipe.refs import (
     ResolvedData,
     StepData,
     as_dataset,
+    input_problem,
     looks_like_hub_id,
     ref_role,
     resolve_local,
@@ -136,7 +138,7 @@ def build_graph(loaded: LoadedRecipe) -> Graph:
                 if isinstance(edge.data, StepData):
                     edge.step = edge.data.step
                 elif isinstance(edge.data, FileData):
-                    _must_exist(loaded, edge.data.path, f"{where}.path", "file")
+                    _must_exist(loaded, edge.data.path, f"{where}.path", "file", edge.data.format)
             elif role == "model":
                 if value in names:
                     edge.step = value
@@ -172,17 +174,31 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeios" else "a"
 
 
+def _resolve(loaded: LoadedRecipe, ref: str, where: str) -> Path:
+    try:
+        return resolve_local(ref, loaded.base_dir)
+    except RecipeError as e:  # a pkg:// reference that cannot name a package file
+        e.file, e.field = str(loaded.path), where
+        raise
+
+
 def _check_model(loaded: LoadedRecipe, ref: str, where: str) -> None:
-    p = resolve_local(ref, loaded.base_dir)
-    if not p.exists() and not looks_like_hub_id(ref):
+    p = _resolve(loaded, ref, where)
+    problem = input_problem(p)
+    if problem == "not found" and not looks_like_hub_id(ref):
         raise RecipeError(f"model not found: {p} (neither a step of this recipe, a file, a folder nor a Hub "
                           "model id)", file=str(loaded.path), field=where, hint=PACKAGE_PREFIX_HINT)
+    if problem not in (None, "not found"):
+        raise RecipeError(f"{p}: {problem}", file=str(loaded.path), field=where)
 
 
-def _must_exist(loaded: LoadedRecipe, ref: str, where: str, what: str) -> None:
-    p = resolve_local(ref, loaded.base_dir)
-    if not p.exists():
+def _must_exist(loaded: LoadedRecipe, ref: str, where: str, what: str, fmt: str | None = None) -> None:
+    p = _resolve(loaded, ref, where)
+    problem = input_problem(p, fmt)
+    if problem == "not found":
         raise RecipeError(f"{what} not found: {p}", file=str(loaded.path), field=where, hint=PACKAGE_PREFIX_HINT)
+    if problem is not None:
+        raise RecipeError(f"{p}: {problem}", file=str(loaded.path), field=where)
 
 
 def _order(loaded: LoadedRecipe, nodes: dict[str, Node]) -> list[str]:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from realchat.errors import RealChatError
+from realchat.errors import RealChatError, cause, user_file
 
 _SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _SCORE_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")
@@ -43,15 +43,52 @@ def parse_pair(judgment: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in _numbered_jsonl(path)]
+
+
+def _numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line; a line that is not JSON is an error naming it."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as e:
-                raise RealChatError(f"not JSON ({e})", file=str(path), record=f"line {i}") from None
+    with user_file(path):
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((i, json.loads(line)))
+                except (ValueError, RecursionError) as e:
+                    raise RealChatError(f"not JSON ({cause(e)})", file=str(path), record=f"line {i}") from None
+    return rows
+
+
+def read_judgments(path: Path) -> list[dict[str, Any]]:
+    """Rows of a FastChat judgment file, each checked where :func:`summarize` relies on it: a
+    single-answer row's ``score`` is a number and its ``turn`` an integer, a pairwise row names both
+    models and its winners as strings. A bad row is an error naming the file, line and key."""
+    rows = []
+    for i, row in _numbered_jsonl(path):
+        def bad(key: str, want: str) -> RealChatError:
+            got = row.get(key) if isinstance(row, dict) else row
+            return RealChatError(f"expected {want}, got {got!r}", file=str(path), record=f"line {i}",
+                                 field=key or None)
+
+        if not isinstance(row, dict):
+            raise bad("", "a JSON object (a FastChat judgment)")
+        if "score" in row:
+            score = row["score"]
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+                raise bad("score", "a number (-1 for an unparsable verdict)")
+            if not isinstance(row.get("turn", 1), int) or isinstance(row.get("turn", 1), bool):
+                raise bad("turn", "an integer turn (1 or 2)")
+            if not isinstance(row.get("model"), str):
+                raise bad("model", "a model name")
+        elif "g1_winner" in row:
+            for key in ("model_1", "model_2", "g1_winner"):
+                if not isinstance(row.get(key), str):
+                    raise bad(key, "a string")
+            if not isinstance(row.get("g2_winner", ""), str):
+                raise bad("g2_winner", "a string")
+        rows.append(row)
     return rows
 
 

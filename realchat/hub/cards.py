@@ -15,12 +15,14 @@ Dataset kinds share one template (``cards/dataset_card.md``) with a section per 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 @dataclass
@@ -178,9 +180,27 @@ def realchat_block(ci: CardInput) -> dict[str, Any]:
     }
 
 
+#: Characters that open a markdown block when they start a line (heading, quote, list, table, rule).
+_BLOCK_START = re.compile(r"^([ \t]*)([#>+*=|_~-]|\d+(?=[.)]))", re.MULTILINE)
+
+
+def markdown_text(text: str) -> str:
+    """A recipe's free text as plain text inside a card: raw HTML (``<script>``) is shown, not run, and a
+    line starting with ``#``, ``>``, ``-``, ``|``... is not a heading, quote, list, table or rule of the
+    card; backticks cannot open a code fence that swallows the rest of it."""
+    text = str(markupsafe.escape(text))
+    text = text.replace("`", "\\`")
+
+    def neutral(m: re.Match[str]) -> str:  # "\# title"; "1\. item" (a digit cannot be escaped, its dot can)
+        mark = m.group(2)
+        return m.group(1) + (mark + "\\" if mark.isdigit() else "\\" + mark)
+
+    return _BLOCK_START.sub(neutral, text)
+
+
 def _context(ci: CardInput) -> dict[str, Any]:
     configs = [c["config_name"] for c in ci.manifest.get("configs") or []]
-    return dict(recipe_name=ci.recipe_name, description=ci.description, step=ci.step, kind=ci.kind,
+    return dict(recipe_name=ci.recipe_name, description=markdown_text(ci.description), step=ci.step, kind=ci.kind,
                 manifest=ci.manifest, stats=ci.stats, excerpt=ci.excerpt, repo=ci.repo,
                 evaluation=ci.evaluation, parents_table=parents_table(ci.manifest.get("parents") or []),
                 extra=ci.extra, configs=configs, samples=ci.manifest.get("samples") or {}, json=to_json,

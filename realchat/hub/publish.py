@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from realchat.errors import RealChatError
+from realchat.errors import RealChatError, user_file
 from realchat.files import read_json, write_json
 from realchat.recipe.schema import LoadedRecipe, PublishConfig
 
@@ -284,17 +284,29 @@ def _load_card_meta(ref: str, repo_type: str | None, revision: str | None, hub_e
     if p.is_dir():
         p = p / "README.md"
     if p.is_file():
-        return RepoCard.load(p).data.to_dict(), str(p.parent)
+        return _card_meta(p), str(p.parent)
     if p.exists() or ref.startswith((".", "/", "~")):
         raise PublishError(f"{ref}: no README.md card there")
     errors = []
     for kind in [repo_type] if repo_type else ["dataset", "model"]:
         try:
             path = hf_hub_download(ref, "README.md", repo_type=kind, revision=revision, endpoint=hub_endpoint)
-            return RepoCard.load(path).data.to_dict(), f"{kind} {ref}@{revision or 'main'}"
+            return _card_meta(Path(path), f"{kind} {ref}@{revision or 'main'}"), f"{kind} {ref}@{revision or 'main'}"
+        except RealChatError:
+            raise
         except Exception as e:  # not found as this type: try the other
             errors.append(f"{kind}: {type(e).__name__}")
     raise PublishError(f"{ref}: not a folder with a card, nor a readable Hub repo ({'; '.join(errors)})")
+
+
+def _card_meta(path: Path, name: str | None = None) -> dict[str, Any]:
+    """A card's YAML header as a dict; a card that is not UTF-8 or whose header is not valid YAML (or
+    not a mapping) is a one-line error naming it, not a parser traceback."""
+    import yaml
+    from huggingface_hub import RepoCard
+
+    with user_file(name or path, doing="card metadata is not readable", also=(yaml.YAMLError,)):
+        return RepoCard.load(path).data.to_dict()
 
 
 def _local_root_of(folder: Path, block: dict[str, Any]) -> Path | None:
@@ -319,6 +331,10 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
     def visit(target: tuple[str, str | None, str | None], depth: int, key: str | None) -> None:
         meta, where = _load_card_meta(*target, hub_endpoint)
         block = meta.get("realchat") or {}
+        parents = block.get("parents") or [] if isinstance(block, dict) else None
+        if not isinstance(parents, list) or not all(isinstance(p, dict) for p in parents):
+            raise PublishError(f"{where}: the card's `realchat` block is not RealChat's lineage (expected a "
+                               "mapping with a list of parents)")
         ident = f"{block.get('repo')}@{block.get('fingerprint')}"
         node = {"depth": depth, "key": key, "where": where, "step": block.get("step"), "kind": block.get("kind"),
                 "repo": block.get("repo"), "fingerprint": block.get("fingerprint"), "revision": target[2],
@@ -330,7 +346,7 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
         seen.add(ident)
         folder = Path(where) if Path(where).is_dir() else None
         root = _local_root_of(folder, block) if folder is not None else None
-        for parent in block.get("parents") or []:
+        for parent in parents:
             if parent.get("source"):
                 out.append({"depth": depth + 1, "key": parent.get("key"), "where": parent["source"],
                             "step": None, "kind": "source" if parent.get("role") == "dataset" else parent.get("role"),

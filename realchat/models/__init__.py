@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from realchat.errors import ModelError
+from realchat.errors import ModelError, cause, user_file
 from realchat.recipe.refs import looks_like_hub_id, resolve_local
 
 
@@ -41,6 +41,15 @@ def _atomic_save(save: Any, target: Path) -> Path:
     return target
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What transformers' strict config classes raise on a wrong value in a model's config.json."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: configs are not strict dataclasses there
+        return ()
+    return (StrictDataclassError,)
+
+
 def load_tokenizer(ref: str, base_dir: Path = Path(".")):
     """Load a tokenizer from a Hub id, a folder, or a GGUF file (converted once, then cached)."""
     from transformers import AutoTokenizer
@@ -54,6 +63,8 @@ def load_tokenizer(ref: str, base_dir: Path = Path(".")):
                 tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
                 _atomic_save(tok.save_pretrained, target)
             return AutoTokenizer.from_pretrained(str(target))
+        if path.is_file():
+            raise ModelError(f"{path} is a file, but a tokenizer is a model folder, a .gguf file or a Hub id")
         if path.exists():
             return AutoTokenizer.from_pretrained(str(path))
         if looks_like_hub_id(ref):
@@ -61,8 +72,8 @@ def load_tokenizer(ref: str, base_dir: Path = Path(".")):
     except ImportError as e:
         raise ModelError(f"cannot load tokenizer {ref!r}: a package is missing ({e})",
                          hint="GGUF files need `gguf` and `torch` installed") from None
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load tokenizer {ref!r}: {e}") from None
+    except (OSError, ValueError, TypeError, *_config_errors()) as e:  # a broken tokenizer or config file
+        raise ModelError(f"cannot load tokenizer {ref!r}: {cause(e)}") from None
     raise ModelError(f"tokenizer not found: {ref!r} (resolved to {path})")
 
 
@@ -135,6 +146,11 @@ def materialize_model(ref: str, base_dir: Path = Path(".")) -> str:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is a folder but not a transformers model (no config.json)")
+        from transformers import AutoConfig
+
+        # read the config here, where the folder is known, rather than deep inside a trainer or backend
+        with user_file(path / "config.json", doing="not a usable model config", also=(TypeError, *_config_errors())):
+            AutoConfig.from_pretrained(str(path))
         return str(path)
     if path.exists():
         raise ModelError(f"{path}: not a model folder nor a .gguf file")

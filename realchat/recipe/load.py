@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from realchat.errors import RecipeError
+from realchat.errors import RecipeError, user_file
 from realchat.recipe.base import StepConfig
-from realchat.recipe.messages import describe, format_errors
+from realchat.recipe.messages import _short_repr, describe, format_errors
 from realchat.recipe.schema import LoadedRecipe, Recipe
+from realchat.recipe.yaml_loader import AliasBombError, DuplicateKeyError, load_yaml
 from realchat.steps import registry
 
 
@@ -30,16 +31,29 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     overrides = list(overrides or [])
     if not path.is_file():
         raise RecipeError("recipe file not found", file=str(path))
-    text = path.read_text(encoding="utf-8")
+    with user_file(path, doing="cannot read the recipe"):
+        text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        with user_file(path, doing="cannot read the recipe"):  # RecursionError on deep nesting
+            data = load_yaml(text)
+    except AliasBombError as e:
+        raise RecipeError(f"not a usable recipe: {e}", file=str(path)) from None
+    except DuplicateKeyError as e:
+        raise RecipeError(f"line {e.line}: duplicate key {e.key!r} (first at line {e.first_line}); a repeated "
+                          "key would silently replace the first", file=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise RecipeError(f"{where}not valid YAML ({getattr(e, 'problem', e)})", file=str(path)) from None
     if not isinstance(data, dict):
         raise RecipeError("expected a mapping at the top level (name:, steps:)", file=str(path))
+    given: dict[tuple[str | int, ...], str] = {}
     for item in overrides:
+        key = tuple(parse_key_path(item.partition("=")[0].strip()))
+        if key in given:  # the same key twice: which one was meant is a guess, so say so
+            raise RecipeError(f"--set {item!r}: the key path was already set by --set {given[key]!r}",
+                              file=str(path))
+        given[key] = item
         data = apply_override(data, item, str(path))
     recipe = validate(data, str(path))
     return LoadedRecipe(recipe, path, text, overrides, data)
@@ -57,8 +71,8 @@ def validate(data: dict[str, Any], file: str) -> Recipe:
                 lines.append(f"{where}: expected a mapping with a kind (got {raw!r})")
                 continue
             kind = raw.get("kind")
-            if kind not in registry.KINDS:
-                said = "missing kind" if kind is None else f"unknown kind {kind!r}"
+            if not isinstance(kind, str) or kind not in registry.KINDS:
+                said = "missing kind" if kind is None else f"unknown kind {_short_repr(kind)}"
                 lines.append(f"{where}.kind: {said}; expected one of: {', '.join(registry.KINDS)}")
                 continue
             config_cls = registry.get(kind).Config
@@ -111,7 +125,8 @@ def apply_override(data: dict, item: str, file: str) -> dict:
     if not parts:
         raise RecipeError(f"--set {item!r}: empty key path", file=file)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        with user_file(file, doing=f"--set {item!r}"):
+            value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})",
                           file=file, field=key) from None

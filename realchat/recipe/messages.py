@@ -9,6 +9,7 @@ model classes, drops those tags, and finds the model that owns the last key, so 
 from __future__ import annotations
 
 import difflib
+import reprlib
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Discriminator, Field, Tag
@@ -115,10 +116,19 @@ def describe(root: Any, error: dict[str, Any], prefix: str = "") -> str:
     elif kind == "missing":
         msg = "required key is missing"
     elif kind == "dataset_ref":
-        msg = f"{error['msg']} (got {error.get('input')!r})"
+        msg = f"{error['msg']} (got {_short_repr(error.get('input'))})"
     else:
-        msg = f"{error['msg']} (got {error.get('input')!r})"
+        msg = f"{str(error['msg']).removeprefix('Value error, ')} (got {_short_repr(error.get('input'))})"
     return f"{path}: {msg}"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 120, 120, 3
+
+
+def _short_repr(value: Any) -> str:
+    """The offending value, cut short: a pasted list or a deep structure never floods the message."""
+    return _REPR.repr(value)
 
 
 def format_errors(lines: list[str]) -> str:

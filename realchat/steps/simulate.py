@@ -62,7 +62,7 @@ class SimulateConfig(StepConfig, SimulationSettings):
     #: End-of-conversation marker the simulator writes (null = the sft step's).
     end_marker: str | None = None
     #: Sampling seed of this step; null = the recipe's `seed`.
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**32)
     #: Also write the conversations as ShareGPT JSONL (``sharegpt/realchat.jsonl``).
     export_sharegpt: bool = True
 

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from realchat.errors import RealChatError
 from realchat.recipe.base import Strict
 from realchat.training.chat_format import tokenize_with_mask
+
+
+def _steps_not_zero(v: int) -> int:
+    if v == 0:
+        raise ValueError("0 steps trains nothing: give a positive number, or -1 to train by epochs")
+    return v
 
 
 class LoraParams(Strict):
@@ -56,13 +62,13 @@ class TrainingSettings(Strict):
     #: Passes over the training data (when `max_steps` is -1).
     num_train_epochs: float = Field(1.0, gt=0)
     #: Stop after this many optimiser steps (overrides epochs); -1 = by epochs.
-    max_steps: int = -1
+    max_steps: Annotated[int, Field(ge=-1), AfterValidator(_steps_not_zero)] = -1
     #: Rows per device per optimiser step, before accumulation.
     per_device_train_batch_size: int = Field(4, ge=1)
     #: Micro-batches accumulated per optimiser step.
     gradient_accumulation_steps: int = Field(1, ge=1)
     #: Peak learning rate.
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, le=1)
     #: Learning-rate schedule as transformers names it (`cosine`, `linear`, `constant`).
     lr_scheduler_type: str = "cosine"
     #: Share of the steps spent warming the learning rate up.

@@ -31,12 +31,13 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from realchat.models import TokenCounter
+from realchat.recipe.base import Strict
 
 MESSAGE_DTYPE = pl.Struct({"role": pl.String, "content": pl.String})
 MESSAGES_DTYPE = pl.List(MESSAGE_DTYPE)
 
 
-class OpParams(BaseModel):
+class OpParams(Strict):
     """Base of every op's declared parameters: strict, so typos are errors."""
 
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +45,7 @@ class OpParams(BaseModel):
     op: str
 
 
-class TurnPolicy(BaseModel):
+class TurnPolicy(Strict):
     """How per-turn verdicts become a conversation verdict.
 
     ``all``: every judged user turn must pass (the strict reading of the paper's rules).

@@ -31,7 +31,7 @@ class Params(OpParams):
     #: Estimated Jaccard similarity of user text at which two conversations are near-duplicates.
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     #: Seed of the MinHash permutations.
-    seed: int = 1
+    seed: int = Field(1, ge=0, lt=2**32)
 
 
 def shingles(text: str, size: int) -> set[bytes]:

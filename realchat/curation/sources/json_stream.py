@@ -40,11 +40,44 @@ def iter_json_records(path: Path, report: ReadReport) -> Iterator[RawRecord]:
         with path.open("rb") as f:
             yield from _iter_array(f, path, report)
     elif first == "{" or first == "":
+        _refuse_single_object(path)
         yield from _iter_lines(path, report)
     else:
         raise SourceError(
             f"expected a JSON array ('[') or JSON lines ('{{'), found {first!r}", file=str(path)
         )
+
+
+#: Up to this size a file whose first line is not JSON is parsed whole to tell one object from JSONL.
+_WHOLE_FILE_CHECK = 64 << 20
+
+
+def _refuse_single_object(path: Path) -> None:
+    """A pretty-printed JSON object starts with '{' too; read as JSON lines, each of its lines would be
+    rejected as broken JSON. Say what the file is instead."""
+    with path.open("rb") as f:
+        first_line = b""
+        for line in f:
+            if line.strip():
+                first_line = line.decode("utf-8", "replace").lstrip("\ufeff").strip()
+                break
+    if not first_line:
+        return
+    try:
+        json.loads(first_line)
+        return  # a JSON line
+    except (ValueError, RecursionError):
+        pass
+    single = first_line == "{"
+    if not single and path.stat().st_size <= _WHOLE_FILE_CHECK:
+        try:
+            single = isinstance(json.loads(path.read_bytes().decode("utf-8", "replace").lstrip("\ufeff")), dict)
+        except (ValueError, RecursionError):
+            single = False
+    if single:
+        raise SourceError("the file is one JSON object (spread over several lines), not a JSON array of "
+                          "records nor JSON lines", file=str(path),
+                          hint="wrap the records in [ ... ], or write one record per line (JSONL)")
 
 
 def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawRecord]:
@@ -96,6 +129,9 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawReco
             return
         try:
             obj, end = json_decoder.raw_decode(buf, pos)
+        except RecursionError:  # where this record ends is unknown, so the rest cannot be read safely
+            raise SourceError(f"nested too deeply to read (deeper than Python's recursion limit) at byte {offset}",
+                              file=str(path), record=index) from None
         except json.JSONDecodeError as e:
             if not eof:
                 fill()
@@ -154,10 +190,17 @@ def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
     index = 0
     for lineno, line in enumerate(lines, start=1):
         text = line.decode("utf-8", "surrogateescape")
+        if lineno == 1:
+            text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
         if not text.strip():
             continue
         try:
             obj = json.loads(text)
+        except RecursionError:  # one line is one record: reject it, read on
+            yield RawRecord(index=index, position=f"line {lineno}", raw=printable(text[:10_000]),
+                            error="read.too_deep",
+                            detail="nested too deeply to read (deeper than Python's recursion "
+                                   "limit); raw text cut to 10,000 characters")
         except json.JSONDecodeError as e:
             last = lineno == len(lines) and not line.endswith(b"\n")
             reason = "read.truncated" if last else "read.invalid_json"

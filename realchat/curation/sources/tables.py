@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from realchat.errors import SourceError
+from realchat.errors import SourceError, user_file
 from realchat.curation.sources.base import RawRecord, ReadReport
 
 
 def iter_parquet(path: Path, report: ReadReport) -> Iterator[RawRecord]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
@@ -26,8 +27,15 @@ def iter_parquet(path: Path, report: ReadReport) -> Iterator[RawRecord]:
         except Exception as e:  # pyarrow raises several types for a corrupt file
             raise SourceError(f"not a readable parquet file: {e}", file=str(file)) from None
         row = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for obj in batch.to_pylist():
+        batches = pf.iter_batches(batch_size=4096)
+        while True:
+            # a corrupt data page fails inside pyarrow: name the file and the first row not read
+            with user_file(file, record=row, doing="corrupt parquet data", also=(pa.ArrowException,)):
+                batch = next(batches, None)
+                objs = batch.to_pylist() if batch is not None else []
+            if batch is None:
+                break
+            for obj in objs:
                 yield RawRecord(index=index, data=obj, position=f"{file.name} row {row}")
                 index += 1
                 row += 1
