@@ -194,7 +194,8 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
 
 
 def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | None = None, force: bool = False,
-          push: bool = True, console: Console | None = None, show_progress: bool = True, wait_s: float = 0.0,
+          push: bool = True, console: Console | None = None, show_progress: bool = True,
+          progress_interval_s: float | None = None, wait_s: float = 0.0,
           on_built: Callable[[StepPlan, dict[str, Any]], None] | None = None) -> list[StepPlan]:
     """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
     from realchat.hub.publish import published_record
@@ -221,7 +222,8 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
                 console.print(f"[green]✓[/green] {p.name}: up to date ({p.output}, fingerprint {p.fingerprint[:12]})")
             else:
                 console.rule(f"step {p.name} ({p.kind})")
-                ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress)
+                ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress,
+                                  progress_interval_s=progress_interval_s)
                 stats = build_step(loaded, graph, p, ctx)
                 p.done = built = True
                 if on_built:

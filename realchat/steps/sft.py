@@ -92,7 +92,7 @@ class Sft(StepKind):
             stats = train_sft(cfg, base_model=base, train_convs=prepare(cfg, train), eval_convs=prepare(cfg, held),
                               loss_role=role, out=out, work=ctx.work_dir(), seed=ctx.seed,
                               show_progress=ctx.show_progress and ctx.console.is_terminal,
-                              callbacks=callbacks, log=ctx.console.print)
+                              callbacks=callbacks, log=ctx.console.print, reporter=ctx.reporter)
         stats["base_model_ref"] = cfg.base_model
         stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
         stats["end_marker"] = cfg.end_marker if role == "user" else None

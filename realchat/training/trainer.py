@@ -213,8 +213,12 @@ def last_checkpoint(work: Path) -> str | None:
 
 def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[dict[str, str]]],
               eval_convs: list[list[dict[str, str]]], loss_role: str, out: Path, work: Path, seed: int,
-              show_progress: bool = True, callbacks: list[Any] | None = None, log: Any = print) -> dict[str, Any]:
-    """Train, save a loadable model folder to ``out``; return the figures for the card."""
+              show_progress: bool = True, callbacks: list[Any] | None = None, log: Any = print,
+              reporter: Any = None) -> dict[str, Any]:
+    """Train, save a loadable model folder to ``out``; return the figures for the card.
+
+    ``reporter`` (a :class:`realchat.progress.Reporter`) shows steps, loss and tokens/s while training
+    runs; transformers' own tqdm bar and log printer are off (a ``\r`` line, or raw dicts, in a log)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -275,15 +279,21 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         seed=seed,
         data_seed=seed,
         report_to="none",
-        disable_tqdm=not show_progress,
+        disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        include_num_input_tokens_seen=True,
+        include_num_input_tokens_seen="non_padding",
         fsdp=cfg.fsdp or "",
         deepspeed=cfg.deepspeed,
         dataset_num_proc=None,
         **_checkpointing_kwarg(SFTConfig, cfg.gradient_checkpointing),
     )
+    progress = None
+    if reporter is not None:
+        from realchat.training.callbacks import TrainingProgress
+
+        progress = TrainingProgress(reporter)
+        callbacks = [*(callbacks or []), progress]
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -293,14 +303,17 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    if not show_progress:  # the per-step log dicts: the card's loss table has them
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # raw per-step dicts: the progress line and the card have them
     resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if progress is not None:
+            progress.close()
     final_eval = trainer.evaluate() if eval_on else {}
     history = list(trainer.state.log_history)
 
