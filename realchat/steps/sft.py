@@ -68,6 +68,7 @@ class Sft(StepKind):
     Config = SftConfig
     card = "model"
     summary = "fine-tune a model with TRL, loss on user (UserGPT) or assistant (ReaLM) turns"
+    every_rank = True  # under torchrun / accelerate launch every rank trains; the main one writes
 
     def run(self, ctx: StepContext, out: Path, callbacks: list[Any] | None = None) -> StepResult:
         cfg: SftConfig = ctx.config  # type: ignore[assignment]

@@ -17,6 +17,7 @@ is in place.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,7 +240,8 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs) if any(r["assistant_masks"])]
                  if eval_convs else [])
     bf16 = _bf16(cfg.bf16)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     peft_config = None
     if cfg.method == "lora":
         from peft import LoraConfig
@@ -281,6 +283,8 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # a launch on CPUs (torchrun, gloo): transformers only sets up DDP there when told to use the CPU
+        use_cpu=int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
         include_num_input_tokens_seen="non_padding",
         fsdp=cfg.fsdp or "",
@@ -315,19 +319,20 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         if progress is not None:
             progress.close()
     final_eval = trainer.evaluate() if eval_on else {}
+    trainer.accelerator.wait_for_everyone()  # every rank is done with the work folder before the main moves on
     history = list(trainer.state.log_history)
-
-    trained = trainer.model
-    if cfg.method == "lora":
-        trained = trained.merge_and_unload()
-    trained = trained.to(torch.float32) if not bf16 else trained
-    trained.generation_config.eos_token_id = tokenizer.eos_token_id
-    trained.generation_config.pad_token_id = tokenizer.pad_token_id
-    trained.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-
     losses = _loss_table(history)
-    _plot(losses, out / "loss.png")
+
+    if trainer.is_world_process_zero():  # under torchrun / accelerate launch only the main process writes
+        trained = trainer.model
+        if cfg.method == "lora":
+            trained = trained.merge_and_unload()
+        trained = trained.to(dtype)  # saved in the dtype it trained in (bf16 on a GPU that has it)
+        trained.generation_config.eos_token_id = tokenizer.eos_token_id
+        trained.generation_config.pad_token_id = tokenizer.pad_token_id
+        trained.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        _plot(losses, out / "loss.png")
     n_tokens = sum(min(len(r["input_ids"]), cfg.max_length) for r in train_rows)
     n_loss = sum(sum(r["assistant_masks"][: cfg.max_length]) for r in train_rows)
     epochs = float(trainer.state.epoch or 0)
@@ -349,10 +354,12 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         "losses": losses,
         "seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "bf16": bf16,
+        "dtype": str(dtype).removeprefix("torch."),
         "method": cfg.method,
         "batching": batching,
         "attn_implementation": attn,
         "micro_batch": [micro, accumulation],
+        "world_size": int(trainer.args.world_size),
     }
 
 
