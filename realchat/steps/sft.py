@@ -70,6 +70,22 @@ class Sft(StepKind):
     summary = "fine-tune a model with TRL, loss on user (UserGPT) or assistant (ReaLM) turns"
     every_rank = True  # under torchrun / accelerate launch every rank trains; the main one writes
 
+    def check(self, config: SftConfig, base_dir: Path) -> None:  # type: ignore[override]
+        """``trl:`` keys against TRL's SFTConfig; ``report_to`` integrations installed."""
+        import importlib.util
+
+        from realchat.errors import RecipeError
+        from realchat.training.trl_options import check_trl_options
+
+        check_trl_options(config.trl, SftConfig.model_fields)
+        targets = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)
+        for target in targets:
+            module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                      "trackio": "trackio"}.get(target)
+            if module and importlib.util.find_spec(module) is None:
+                raise RecipeError(f"report_to {target}: the {module} package is not installed", field="report_to",
+                                  hint=f"pip install {module}, or report_to: none")
+
     def run(self, ctx: StepContext, out: Path, callbacks: list[Any] | None = None) -> StepResult:
         cfg: SftConfig = ctx.config  # type: ignore[assignment]
         started = time.perf_counter()

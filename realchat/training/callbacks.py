@@ -68,3 +68,22 @@ class TrainingProgress(TrainerCallback):
         if self._stack is not None:
             self._stack.close()
         self._stack = self._counter = None
+
+
+class TokensTimed(TrainerCallback):
+    """Tokens consumed and seconds spent by this run's ``train()`` (a resumed run: only its own part),
+    for :func:`realchat.training.throughput.throughput`."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.seconds = 0.0
+        self._tokens0 = 0
+        self._t0 = 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        self._t0 = time.perf_counter()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
+        self.seconds = time.perf_counter() - self._t0
