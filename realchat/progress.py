@@ -119,13 +119,17 @@ class Counter:
         """``n`` more items done; ``figures`` replace the shown ones (a key set to None is dropped)."""
         self.update(completed=self.completed + n, **figures)
 
-    def update(self, completed: int | None = None, total: int | None = None, **figures: Any) -> None:
+    def update(self, completed: int | None = None, total: int | None = None, *, show: bool = True,
+               **figures: Any) -> None:
+        """Set the count, the total and figures; ``show=False`` holds the display back (a figure
+        that belongs to this count is about to arrive)."""
         if completed is not None:
             self.completed = completed
         if total is not None:
             self.total = total
         self.figures.update(figures)
-        self.reporter._show(self)
+        if show:
+            self.reporter._show(self)
 
     def rate(self) -> float | None:
         seconds = time.monotonic() - self.started

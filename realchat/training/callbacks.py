@@ -45,7 +45,11 @@ class TrainingProgress(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._counter is not None:
-            self._counter.update(completed=state.global_step, tokens_per_s=self._tokens_per_s(state))
+            # a step that logs shows its line from on_log, with this step's loss rather than the last one
+            every = int(args.logging_steps) if args.logging_steps and args.logging_steps >= 1 else 0
+            logs_now = every > 0 and state.global_step % every == 0
+            self._counter.update(completed=state.global_step, tokens_per_s=self._tokens_per_s(state),
+                                 show=not logs_now)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if self._counter is None or not logs:

@@ -239,7 +239,7 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     """Train, save a loadable model folder to ``out``; return the figures for the card.
 
     ``reporter`` (a :class:`realchat.progress.Reporter`) shows steps, loss and tokens/s while training
-    runs; transformers' own tqdm bar and log printer are off (a ``\r`` line, or raw dicts, in a log)."""
+    runs; transformers' own tqdm bar and log printer are off (a ``\\r`` line, or raw dicts, in a log)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
