@@ -22,6 +22,8 @@ others. A plain ``realchat build`` (no ``WORLD_SIZE``) never imports torch here.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -70,3 +72,16 @@ def barrier() -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """The main process runs the block first, the others after it (preparing a shared cache, such as
+    de-quantising a GGUF model once, instead of N processes racing to write the same folder)."""
+    if world_size() <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield

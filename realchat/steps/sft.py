@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from realchat.data import Conversation, split_held_out
+from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import DatasetRef, ModelRef
@@ -89,7 +90,8 @@ class Sft(StepKind):
     def run(self, ctx: StepContext, out: Path, callbacks: list[Any] | None = None) -> StepResult:
         cfg: SftConfig = ctx.config  # type: ignore[assignment]
         started = time.perf_counter()
-        base = ctx.resolve_model(cfg.base_model, "base_model")
+        with ranks.main_first():  # under torchrun, one process fills the model cache, the others read it
+            base = ctx.resolve_model(cfg.base_model, "base_model")
         convs = ctx.conversations("dataset")
         role = cfg.loss_on
         if not any(m["role"] == role for c in convs for m in c["messages"]):
