@@ -96,6 +96,8 @@ def test_build_in_a_job_log_prints_training_progress_lines(make_recipe, write_js
     assert any("| loss " in x and "tokens/s " in x for x in running)
     read = [x for x in proc.stderr.splitlines() if x.startswith("[curate] read: ")]
     assert read and read[-1].startswith("[curate] read: 40 items") and "done" in read[-1]
+    ops = [x for x in proc.stderr.splitlines() if x.startswith("[curate] filters[1] split: ")]
+    assert ops[0].endswith("| started") and "| done | kept " in ops[-1]  # each op: a line in, a line out
     stats = json.loads((tmp_path / "runs" / "pg" / "usergpt" / "stats.json").read_text())
     # the summary table keeps each row on one line, however long (the base model's path)
     row = next(x for x in proc.stdout.splitlines() if "base model ref" in x)
