@@ -84,6 +84,11 @@ def format_figures(figures: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _rate(rate: float) -> str:
+    """12,345 / 412 / 3.35 / 0.0412: thousands separators, no exponent down to 0.001/s."""
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}" if rate >= 0.001 else f"{rate:.2e}"
+
+
 def _clock(seconds: float) -> str:
     s = int(max(seconds, 0))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -95,7 +100,7 @@ class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         counter: Counter | None = task.fields.get("counter")
         rate = counter.rate() if counter else None
-        return Text(f"{rate:.3g} {counter.unit}/s" if rate else "", style="progress.data.speed")
+        return Text(f"{_rate(rate)} {counter.unit}/s" if rate else "", style="progress.data.speed")
 
 
 @dataclass
@@ -152,7 +157,7 @@ class Counter:
         else:
             rate = self.rate()
             if rate:
-                parts.append(f"{rate:.3g} {self.unit}/s")
+                parts.append(f"{_rate(rate)} {self.unit}/s")
             parts.append(f"elapsed {_clock(time.monotonic() - self.started)}")
             eta = self.eta()
             if state == "done":
@@ -186,7 +191,7 @@ class Reporter:
     def _bars_start(self) -> Progress:
         if self._bars is None:
             self._bars = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), _RateColumn(),
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[shown]}"),
                 console=self.console, transient=True)
             self._bars.start()
