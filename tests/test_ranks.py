@@ -9,14 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from realchat.cli import app
 
 
-def test_torchrun_two_ranks_train_one_output_one_publish(make_recipe, write_json_array, sharegpt_records,
-                                                          tiny_model_dir, tmp_path):
+@pytest.fixture
+def curated(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, tmp_path) -> Path:
+    """A recipe with curate built and a tiny sft step to launch."""
     src = write_json_array(sharegpt_records[:60])
     path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="rk")
     doc = yaml.safe_load(path.read_text())
@@ -27,13 +29,20 @@ def test_torchrun_two_ranks_train_one_output_one_publish(make_recipe, write_json
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert CliRunner().invoke(app, ["build", str(path), "--only", "curate", "--no-progress"]).exit_code == 0
+    return path
 
+
+def launch(path: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
            "REALCHAT_PROGRESS_INTERVAL": "3600"}
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "realchat.cli", "build", str(path), "--only", "usergpt"],
-        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+         "-m", "realchat.cli", "build", str(path), "--only", "usergpt", *extra],
+        capture_output=True, text=True, env=env, timeout=900, cwd=cwd)
+
+
+def test_torchrun_two_ranks_train_one_output_one_publish(curated, tmp_path):
+    proc = launch(curated, tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]  # torchrun exits 0 only when every rank did
     assert "Traceback" not in log and "error:" not in log.lower(), log[-4000:]
@@ -52,3 +61,16 @@ def test_torchrun_two_ranks_train_one_output_one_publish(make_recipe, write_json
     assert len(publishes) == 1, log[-4000:]
     assert (tmp_path / "hub" / "realchat" / "rk-usergpt" / "model.safetensors").exists()
     assert log.count("step usergpt (sft)") == 1  # the other rank printed no step of its own
+
+
+def test_a_held_lock_stops_the_launch_without_a_hang(curated, tmp_path):
+    """Only the main process takes the run folder's lock; when another build holds it, the main exits 2
+    with the holder named, and the other rank (which never waits for the lock) is stopped with it."""
+    from realchat.engine.lock import run_lock
+
+    with run_lock(tmp_path / "runs" / "rk"):
+        proc = launch(curated, tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert log.count("another build holds") == 1, log[-4000:]
+    assert not (tmp_path / "runs" / "rk" / "usergpt").exists()
