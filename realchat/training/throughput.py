@@ -1,7 +1,8 @@
 """How fast a training step ran: tokens per second, and on CUDA the model FLOPs utilisation (MFU).
 
 Tokens per second are the non-padding tokens the trainer consumed in this run (transformers'
-``num_input_tokens_seen``, counted over every rank) divided by the wall-clock seconds of
+``num_input_tokens_seen``, counted over every rank: every token of a padding-free packed row, the
+attention mask's tokens of a padded batch) divided by the wall-clock seconds of
 ``trainer.train()`` in this run (a resumed run counts only what it trained itself).
 
 MFU is the share of the accelerators' peak dense bf16 throughput that the model's own arithmetic

@@ -312,7 +312,10 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         # a launch on CPUs (torchrun, gloo): transformers only sets up DDP there when told to use the CPU
         use_cpu=int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding",
+        # tokens trained on, padding excluded: packed rows are padding-free, so all of theirs; padded
+        # batches by their attention mask ("non_padding" would miss every end-of-turn token of a packed
+        # row when the pad token is the end-of-turn token, as in SmolLM2)
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         fsdp=cfg.fsdp or "",
         deepspeed=cfg.deepspeed,
         dataset_num_proc=None,

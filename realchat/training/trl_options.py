@@ -34,7 +34,7 @@ OWNED: dict[str, str] = {
     "hub_token": "the engine publishes the step with its card and lineage (publish: in the recipe)",
     "hub_strategy": "the engine publishes the step with its card and lineage (publish: in the recipe)",
     "hub_private_repo": "the engine publishes the step with its card and lineage (publish: in the recipe)",
-    "include_num_input_tokens_seen": "the step's throughput figures count non-padding tokens",
+    "include_num_input_tokens_seen": "the step's throughput figures count the tokens trained on, padding excluded",
 }
 
 
