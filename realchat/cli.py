@@ -21,8 +21,10 @@ from rich.table import Table
 from realchat import __version__
 from realchat.errors import RealChatError, boundary_error
 
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: a line is never folded at the console's width (80 columns when not a terminal, as in a
+# job log); a terminal wraps long lines itself
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(err: RealChatError) -> None:
@@ -67,6 +69,20 @@ app = _App(add_completion=False, no_args_is_help=True,
            help="RealChat: realistic multi-turn chat data from a user simulator.")
 
 
+def show(renderable: Any, console: Console | None = None) -> None:
+    """Print a table: at its natural width when the output is not a terminal (a job log, a pipe),
+    where rich would otherwise fold every table at 80 columns; on a terminal, at the terminal's width."""
+    console = console or out
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    from rich.measure import Measurement
+
+    wide = Console(file=console.file, width=1_000, no_color=True, highlight=False)
+    width = Measurement.get(wide, wide.options, renderable).maximum
+    Console(file=console.file, width=max(width, 20), no_color=True, highlight=False).print(renderable)
+
+
 def escape(text: str) -> str:
     from rich.markup import escape as _escape
 
@@ -91,6 +107,9 @@ def build(
     push: Annotated[bool, typer.Option("--push/--no-push",
                                        help="Publish each step after building it (to the recipe's publish target).")] = True,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another build of this recipe to finish.")] = 0.0,
+    progress_interval: Annotated[Optional[float], typer.Option(
+        help="Seconds between progress lines when the output is not a terminal (default 30, "
+             "or $REALCHAT_PROGRESS_INTERVAL).")] = None,
 ) -> None:
     """Build the recipe's steps in graph order, skipping those whose finished output matches; publish each."""
     from realchat.engine.build import build as run_build
@@ -99,7 +118,8 @@ def build(
     try:
         loaded = load_recipe(recipe, set_)
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
-                  show_progress=progress, wait_s=wait, on_built=lambda p, stats: summary(p.name, stats, p.output))
+                  show_progress=progress, progress_interval_s=progress_interval, wait_s=wait,
+                  on_built=lambda p, stats: summary(p.name, stats, p.output))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: nothing half-written was kept; rerun to resume")
         raise typer.Exit(130)
@@ -114,7 +134,7 @@ def summary(step: str, stats: dict[str, Any], folder: Path) -> None:
                 t.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
             elif isinstance(value, dict) and len(value) <= 12 and all(not isinstance(v, (dict, list)) for v in value.values()):
                 t.add_row(key.replace("_", " "), ", ".join(f"{k} {v}" for k, v in value.items()))
-        out.print(t)
+        show(t)
         return
     t = Table(title=f"{step}: {folder}", show_lines=False)
     t.add_column("rule", no_wrap=True)
@@ -126,7 +146,7 @@ def summary(step: str, stats: dict[str, Any], folder: Path) -> None:
     for r in stats.get("rules", []):
         counters = " ".join(f"{k.replace('_', ' ')}={v}" for k, v in r.get("counters", {}).items())
         t.add_row(r["rule"], f"{r['in']:,}", f"{r['out']:,}", f"{r['rejected']:,}", counters, f"{r['seconds']:.1f}")
-    out.print(t)
+    show(t)
     ok = "[green]balanced[/green]" if stats.get("balanced") else "[red]NOT balanced[/red]"
     out.print(
         f"read {stats['read']:,} = kept {stats['kept_conversations']:,} + rejected "
@@ -207,7 +227,7 @@ def eval_show(
         for model, r in result["single"].items():
             t.add_row(model, *(f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("turn_1", "turn_2", "overall")),
                       str(r["n"]), str(r["invalid"]))
-        out.print(t)
+        show(t)
     if result["pairwise"]:
         t = Table(title="pairwise (a verdict counts when both orders agree; otherwise a tie)")
         for col in ("model", "win", "tie", "loss", "win rate", "adjusted"):
@@ -215,7 +235,7 @@ def eval_show(
         for model, r in result["pairwise"].items():
             t.add_row(model, str(r["win"]), str(r["tie"]), str(r["loss"]), f"{r['win_rate']:.3f}",
                       f"{r['win_rate_adjusted']:.3f}")
-        out.print(t)
+        show(t)
 
 
 @app.command(name="plan")
@@ -239,7 +259,7 @@ def plan_cmd(
     for p in plans:
         t.add_row(p.name, p.kind, ", ".join(p.parents) or "-", str(p.output), p.fingerprint[:12],
                   "[green]done[/green]" if p.done else "[yellow]to build[/yellow]")
-    out.print(t)
+    show(t)
 
 
 @app.command()

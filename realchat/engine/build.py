@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from realchat import __version__
+from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.engine.fingerprint import fingerprint, input_identities, input_parts
 from realchat.engine.graph import Graph, Node, build_graph
@@ -204,13 +205,17 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
 
 
 def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | None = None, force: bool = False,
-          push: bool = True, console: Console | None = None, show_progress: bool = True, wait_s: float = 0.0,
+          push: bool = True, console: Console | None = None, show_progress: bool = True,
+          progress_interval_s: float | None = None, wait_s: float = 0.0,
           on_built: Callable[[StepPlan, dict[str, Any]], None] | None = None) -> list[StepPlan]:
     """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
     from realchat.hub.publish import published_record
 
     console = console or Console(stderr=True)
     graph = graph_of(loaded)
+    ranks.start()
+    if not ranks.is_main():
+        return follow_main(loaded, graph, only=only, start=start)
 
     def log(m: str) -> None:
         console.print(f"[cyan]publish[/cyan] {m}")
@@ -224,14 +229,18 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
             missing = [q for q in p.parents if q not in chosen_names
                        and not is_done(step_dir(loaded.run_root, loaded.name, q), fps[q])]
             if missing:
+                ranks.share(None)  # the other ranks of a launch stop too
                 raise RecipeError(f"step {p.name} needs {', '.join(missing)} built first (run without --only, "
                                   f"or with --from {missing[0]})", file=str(loaded.path))
             built, refreshed = False, []
             if p.done and not force:
+                ranks.share((p.name, False))
                 console.print(f"[green]✓[/green] {p.name}: up to date ({p.output}, fingerprint {p.fingerprint[:12]})")
             else:
+                ranks.share((p.name, True))
                 console.rule(f"step {p.name} ({p.kind})")
-                ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress)
+                ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress,
+                                  progress_interval_s=progress_interval_s)
                 stats = build_step(loaded, graph, p, ctx)
                 p.done = built = True
                 if on_built:
@@ -242,6 +251,32 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
                     publish(loaded, graph, p.name, log=log)
                 for parent in refreshed:
                     publish(loaded, graph, parent, log=log)
+            ranks.barrier()  # the other ranks go on once this step is written and published
+    return chosen
+
+
+def follow_main(loaded: LoadedRecipe, graph: Graph, *, only: list[str] | None = None,
+                start: str | None = None) -> list[StepPlan]:
+    """A rank other than the main one in a multi-process launch (:mod:`realchat.engine.ranks`): take
+    no lock, write nothing; for each step the main builds, join it when its kind runs on every rank
+    (training, into a scratch folder), then wait until the main has written and published it."""
+    import tempfile
+
+    chosen = select(plan(loaded, graph), graph, only, start)
+    quiet = Console(stderr=True, quiet=True)
+    for p in chosen:
+        decision = ranks.share(None)
+        if decision is None:  # the main process stopped on an error it reports
+            break
+        name, run = decision
+        if name != p.name:
+            raise RuntimeError(f"rank {ranks.rank()}: the main process builds {name}, this one planned {p.name}")
+        kind = registry.get(p.kind)
+        if run and kind.every_rank:
+            ctx = StepContext(loaded, p.node, p.fingerprint, console=quiet, show_progress=False)
+            with tempfile.TemporaryDirectory(prefix=f"realchat-rank{ranks.rank()}-") as scratch:
+                kind.run(ctx, Path(scratch))
+        ranks.barrier()
     return chosen
 
 

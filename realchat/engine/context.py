@@ -7,19 +7,19 @@ the engine resolved when it built the graph (:class:`~realchat.engine.graph.Edge
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from realchat.data import Conversation, read_conversations
 from realchat.engine.graph import Node
 from realchat.engine.outputs import read_manifest, read_stats, step_dir
 from realchat.errors import ModelError, RealChatError, RecipeError
 from realchat.models import TokenCounter, token_counter
+from realchat.progress import Counter, Reporter
 from realchat.recipe.base import DEFAULT_USER_SYSTEM_PROMPT, StepConfig
 from realchat.recipe.schema import LoadedRecipe
 
@@ -33,6 +33,9 @@ class StepContext:
     fingerprint: str
     console: Console = field(default_factory=lambda: Console(stderr=True))
     show_progress: bool = True
+    #: Seconds between two plain progress lines when the console is not a terminal (None: the default).
+    progress_interval_s: float | None = None
+    _reporter: Reporter | None = field(default=None, repr=False)
 
     # -- who am I ---------------------------------------------------------------------------------
 
@@ -135,22 +138,22 @@ class StepContext:
 
     # -- progress ---------------------------------------------------------------------------------
 
-    def progress(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-        """Iterate with a progress bar on the console (transient; nothing when output is not a TTY)."""
-        if not self.show_progress or not self.console.is_terminal:
-            yield from items
-            return
-        if total is None and hasattr(items, "__len__"):
-            total = len(items)  # type: ignore[arg-type]
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(description, total=total)
-            for item in items:
-                yield item
-                bar.advance(task)
+    @property
+    def reporter(self) -> Reporter:
+        """The step's progress display (:mod:`realchat.progress`): bars on a terminal, timed plain
+        lines in a job log, nothing with ``--no-progress``."""
+        if self._reporter is None:
+            self._reporter = Reporter(self.console, enabled=self.show_progress, interval_s=self.progress_interval_s,
+                                      prefix=self.name)
+        return self._reporter
+
+    def progress(self, items: Iterable[T], description: str, total: int | None = None,
+                 unit: str = "items") -> Iterator[T]:
+        """Iterate, counting what passes: a bar on a terminal, a plain line every interval elsewhere."""
+        return self.reporter.track(items, description, total, unit)
+
+    def progress_counter(self, description: str, total: int | None = None, unit: str = "items",
+                         completed: int = 0) -> AbstractContextManager[Counter]:
+        """A counter for loops that are not one iterator: ``with ctx.progress_counter("simulate", 64,
+        "sessions") as c: c.advance(8, tokens_per_s=412.0)``."""
+        return self.reporter.counter(description, total, unit, completed)

@@ -68,6 +68,10 @@ class StepKind:
     #: True when this kind's figures belong in its parents' cards (an evaluation): the engine then
     #: re-renders (and republishes) those cards after building it, with :meth:`section_for_parent`.
     shows_in_parent_cards: ClassVar[bool] = False
+    #: True when every process of a multi-process launch (torchrun, accelerate launch) must run this
+    #: kind together (training); otherwise only the main process runs it and the others wait
+    #: (:mod:`realchat.engine.ranks`). Either way only the main process writes and publishes.
+    every_rank: ClassVar[bool] = False
 
     def external_inputs(self, config: StepConfig, base_dir: Path) -> list[Any]:
         """Inputs not written as references (curate's source file): their identity enters the

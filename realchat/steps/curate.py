@@ -152,8 +152,10 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         op = REGISTRY[params.op](params, tokens, ctx.progress)
         n_in = table.height
-        with ctx.console.status(f"filters[{i}] {params.op} on {n_in:,} rows"):
+        # a line when the op starts and one when it ends in a job log; a bar on a terminal
+        with ctx.progress_counter(f"filters[{i}] {params.op}", n_in, "rows") as shown:
             result = op.apply(table)
+            shown.update(completed=n_in, kept=result.kept.height)
         rule = f"filters[{i}].{params.op}"
         n_rej = 0
         if result.rejected is not None and result.rejected.height:

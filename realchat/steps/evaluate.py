@@ -226,6 +226,25 @@ def _cached(path: Path, make: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def counted(ctx: StepContext, description: str, total: int | None, unit: str, chat: Any, chunk: int | None,
+            make: Any) -> Any:
+    """``make(chat)`` with the calls to ``chat`` counted on the step's progress display: a list of
+    conversations is sent in pieces of ``chunk`` (a local model's own batch size, so the batches and
+    the generations are the ones it would make anyway; None: the whole list at once, as a server
+    backend wants it)."""
+
+    with ctx.progress_counter(description, total, unit) as c:
+        def call(convs: list[Any], sampling: Any, **kw: Any) -> list[Any]:
+            size = chunk or max(len(convs), 1)
+            got: list[Any] = []
+            for i in range(0, len(convs), size):
+                got += chat(convs[i : i + size], sampling, **kw)
+                c.advance(len(convs[i : i + size]))
+            return got
+
+        return make(call)
+
+
 def seeded(seed: int, fn: Any, *args: Any) -> Any:
     """``fn(*args)`` with torch's generator reset first: sampled answers (FastChat samples writing and
     roleplay at 0.7) are the same on every run, and a resumed run's missing files match a fresh run's."""
@@ -262,8 +281,10 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
             backend = ctx.open_backend(m.backend, f"benchmark.models[{i}].backend")
         for bench, (questions, _refs) in selected.items():
             ctx.console.print(f"{ctx.name}: {m.name} answers {len(questions)} {bench} questions")
-            rows = _cached(paths[bench], lambda: seeded(seed, bm.generate_answers, backend.chat, m.name, questions,
-                                                        b.max_new_tokens))
+            rows = _cached(paths[bench], lambda: counted(
+                ctx, f"{m.name} answers {bench}", sum(len(q["turns"]) for q in questions), "turns", backend.chat,
+                getattr(backend, "batch_size", None),
+                lambda chat: seeded(seed, bm.generate_answers, chat, m.name, questions, b.max_new_tokens)))
             answers[bench][m.name] = {r["question_id"]: r["choices"][0]["turns"] for r in rows}
         backend = None  # one model in memory at a time (the judge comes next)
 
@@ -281,12 +302,15 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
         for mode in b.modes:
             ctx.console.print(f"{ctx.name}: judge {judge_name} grades {bench} ({mode})")
             if mode == "single":
-                rows += _cached(paths[bench, mode], lambda: bm.judge_single(
-                    judge.chat, judge_name, prompts, questions, refs, answers[bench], b.judge_max_new_tokens, first))
+                rows += _cached(paths[bench, mode], lambda: counted(
+                    ctx, f"judge {bench} ({mode})", None, "prompts", judge.chat, getattr(judge, "batch_size", None),
+                    lambda chat: bm.judge_single(chat, judge_name, prompts, questions, refs, answers[bench],
+                                                 b.judge_max_new_tokens, first)))
             else:
-                rows += _cached(paths[bench, mode], lambda: bm.judge_pairwise(
-                    judge.chat, judge_name, prompts, questions, refs, answers[bench], str(b.pairwise_baseline),
-                    b.judge_max_new_tokens, first))
+                rows += _cached(paths[bench, mode], lambda: counted(
+                    ctx, f"judge {bench} ({mode})", None, "prompts", judge.chat, getattr(judge, "batch_size", None),
+                    lambda chat: bm.judge_pairwise(chat, judge_name, prompts, questions, refs, answers[bench],
+                                                   str(b.pairwise_baseline), b.judge_max_new_tokens, first)))
         summary = summarize(rows, path=bench)
         summary["questions"] = len(questions)
         summary["per_category"] = bm.per_category(rows, {q["question_id"]: q["category"] for q in questions})

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from realchat.data import Conversation, split_held_out
+from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import DatasetRef, ModelRef
@@ -70,11 +71,29 @@ class Sft(StepKind):
     Config = SftConfig
     card = "model"
     summary = "fine-tune a model with TRL, loss on user (UserGPT) or assistant (ReaLM) turns"
+    every_rank = True  # under torchrun / accelerate launch every rank trains; the main one writes
+
+    def check(self, config: SftConfig, base_dir: Path) -> None:  # type: ignore[override]
+        """``trl:`` keys against TRL's SFTConfig; ``report_to`` integrations installed."""
+        import importlib.util
+
+        from realchat.errors import RecipeError
+        from realchat.training.trl_options import check_trl_options
+
+        check_trl_options(config.trl, SftConfig.model_fields)
+        targets = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)
+        for target in targets:
+            module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                      "trackio": "trackio"}.get(target)
+            if module and importlib.util.find_spec(module) is None:
+                raise RecipeError(f"report_to {target}: the {module} package is not installed", field="report_to",
+                                  hint=f"pip install {module}, or report_to: none")
 
     def run(self, ctx: StepContext, out: Path, callbacks: list[Any] | None = None) -> StepResult:
         cfg: SftConfig = ctx.config  # type: ignore[assignment]
         started = time.perf_counter()
-        base = ctx.resolve_model(cfg.base_model, "base_model")
+        with ranks.main_first():  # under torchrun, one process fills the model cache, the others read it
+            base = ctx.resolve_model(cfg.base_model, "base_model")
         convs = ctx.conversations("dataset")
         role = cfg.loss_on
         if not any(m["role"] == role for c in convs for m in c["messages"]):
@@ -94,7 +113,7 @@ class Sft(StepKind):
             stats = train_sft(cfg, base_model=base, train_convs=prepare(cfg, train), eval_convs=prepare(cfg, held),
                               loss_role=role, out=out, work=ctx.work_dir(), seed=ctx.seed,
                               show_progress=ctx.show_progress and ctx.console.is_terminal,
-                              callbacks=callbacks, log=ctx.console.print)
+                              callbacks=callbacks, log=ctx.console.print, reporter=ctx.reporter)
         stats["base_model_ref"] = cfg.base_model
         stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
         stats["end_marker"] = cfg.end_marker if role == "user" else None

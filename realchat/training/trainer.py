@@ -17,6 +17,7 @@ is in place.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from pydantic import AfterValidator, Field
 from realchat.errors import RealChatError
 from realchat.recipe.base import Strict
 from realchat.training.chat_format import tokenize_with_mask
+from realchat.training.throughput import throughput
 
 
 def _steps_not_zero(v: int) -> int:
@@ -57,8 +59,15 @@ class TrainingSettings(Strict):
     packing: bool = True
     #: Recompute activations in the backward pass (less memory, slower).
     gradient_checkpointing: bool = False
-    #: bf16 where the hardware has it (CUDA with bf16 support); "auto" decides.
-    bf16: Literal["auto", "yes", "no"] = "auto"
+    #: bf16 where the hardware has it (CUDA with bf16 support): ``auto``; ``true`` (an error without
+    #: it) or ``false`` (``yes`` / ``no`` too). The model trains and is saved in that dtype.
+    bf16: bool | Literal["auto", "yes", "no"] = "auto"
+    #: Attention to load the model with (``sdpa``, ``eager``, ``flash_attention_2``, a Hub kernel);
+    #: null: flash-attention 2 on CUDA in bf16 when ``flash-attn`` is installed, else the model's default.
+    attn_implementation: str | None = None
+    #: Where transformers reports the run: ``none``, ``wandb``, ``tensorboard``, … or a list (the
+    #: integration's package must be installed).
+    report_to: str | list[str] = "none"
     #: Passes over the training data (when `max_steps` is -1).
     num_train_epochs: float = Field(1.0, gt=0)
     #: Stop after this many optimiser steps (overrides epochs); -1 = by epochs.
@@ -86,6 +95,8 @@ class TrainingSettings(Strict):
     fsdp: str | None = None
     #: Multi-GPU: a DeepSpeed config file (see `fsdp`).
     deepspeed: str | None = None
+    #: Any other field of TRL's SFTConfig, passed as written (:mod:`realchat.training.trl_options`).
+    trl: dict[str, Any] = Field(default_factory=dict)
 
 
 class TrainingDataError(RealChatError):
@@ -110,14 +121,14 @@ def tokenize_conversations(tokenizer: Any, convs: list[list[dict[str, str]]], lo
     return with_loss
 
 
-def _bf16(setting: str) -> bool:
+def _bf16(setting: bool | str) -> bool:
     import torch
 
-    if setting == "no":
+    if setting in (False, "no"):
         return False
     available = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if setting == "yes" and not available:
-        raise RealChatError("bf16: yes, but this machine has no GPU with bf16", field="bf16",
+    if setting in (True, "yes") and not available:
+        raise RealChatError("bf16: true, but this machine has no GPU with bf16", field="bf16",
                             hint="use bf16: auto")
     return available
 
@@ -154,19 +165,20 @@ def is_varlen_attention(attn_implementation: str | None) -> bool:
 
 
 def choose_batching(packing: bool, device_type: str, attn_implementation: str | None) -> Batching:
-    """The one rule for how a training micro-batch is laid out; pure, so it is tested directly.
+    """The one rule for how a training micro-batch is laid out, per device; pure, so it is tested directly.
 
-    TRL's packing (best-fit decreasing) hands the model padding-free rows: one flattened sequence with
-    ``position_ids`` restarting at every conversation and no attention mask. A varlen kernel
-    (flash-attention, on CUDA) keeps the conversations apart from ``cu_seq_lens``. SDPA and eager
-    attention (every CPU, CUDA without flash-attn) read neither: there the conversations are kept apart
-    by the block-diagonal causal mask that transformers' ``create_causal_mask`` derives from the
-    restarting ``position_ids`` (when no 2-D mask and no cache are given, which is how TRL calls the
-    model); ``train_sft`` checks on the loaded model that this mask is really there
-    (:func:`packed_documents_separate`) and pads otherwise. Such a mask is dense: the attention costs
-    the square of the packed length whatever the documents, where padded rows cost the square of each
-    conversation plus their padding, so on CPUs the layout is whichever bench/bench_train.py measured
-    faster (``_CPU_NON_VARLEN``); on CUDA without flash-attn packing is kept (not measured here: no GPU).
+    * varlen attention (flash-attention, or a Hub kernel transformers exposes for packed sequences):
+      ``packed-varlen``, TRL's padding-free rows with full micro-batches; the kernel keeps the
+      conversations apart from ``cu_seq_lens`` at no cost.
+    * CUDA without varlen: ``padded``, TRL's padded collator with full micro-batches. A packed row there
+      needs a dense block-diagonal mask (quadratic in the packed length) and, to stay affordable, 1-row
+      micro-batches: measured on one H100 (SmolLM2-135M, bf16, 2,048 tokens, batch 8), 5,234 tokens/s
+      against 15,210 padded and 16,759 packed with flash-attention (issue 12). Never 1-row micro-batches,
+      never cross-document attention.
+    * CPU: ``_CPU_NON_VARLEN`` (today's rule: packed rows kept apart by the block-diagonal causal mask
+      that transformers' ``create_causal_mask`` derives from the restarting ``position_ids``, one row per
+      pass, see :func:`micro_batches`); ``train_sft`` checks on the loaded model that this mask is really
+      there (:func:`packed_documents_separate`) and pads otherwise.
     """
     if not packing:
         return "padded"
@@ -174,7 +186,16 @@ def choose_batching(packing: bool, device_type: str, attn_implementation: str | 
         return "packed-varlen"
     if device_type == "cpu":
         return _CPU_NON_VARLEN
-    return "packed-block-diagonal"
+    return "padded"
+
+
+def pick_attention(device_type: str, half_precision: bool, flash_attn_installed: bool) -> str | None:
+    """The attention to load the model with: flash-attention 2 on CUDA in bf16/fp16 when the
+    ``flash-attn`` package is installed (``pip install 'realchat[gpu]'``), so that packing gets its
+    varlen kernel; otherwise None (the model's default, SDPA). Pure: the caller looks at the machine."""
+    if device_type == "cuda" and half_precision and flash_attn_installed:
+        return "flash_attention_2"
+    return None
 
 
 def micro_batches(packing: bool, batch: int, accumulation: int, attn_implementation: str | None) -> tuple[int, int]:
@@ -236,8 +257,12 @@ def last_checkpoint(work: Path) -> str | None:
 
 def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[dict[str, str]]],
               eval_convs: list[list[dict[str, str]]], loss_role: str, out: Path, work: Path, seed: int,
-              show_progress: bool = True, callbacks: list[Any] | None = None, log: Any = print) -> dict[str, Any]:
-    """Train, save a loadable model folder to ``out``; return the figures for the card."""
+              show_progress: bool = True, callbacks: list[Any] | None = None, log: Any = print,
+              reporter: Any = None) -> dict[str, Any]:
+    """Train, save a loadable model folder to ``out``; return the figures for the card.
+
+    ``reporter`` (a :class:`realchat.progress.Reporter`) shows steps, loss and tokens/s while training
+    runs; transformers' own tqdm bar and log printer are off (a ``\\r`` line, or raw dicts, in a log)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -258,7 +283,14 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs) if any(r["assistant_masks"])]
                  if eval_convs else [])
     bf16 = _bf16(cfg.bf16)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    import importlib.util
+
+    attn_request = cfg.attn_implementation or pick_attention(device_type, bf16,
+                                                             importlib.util.find_spec("flash_attn") is not None)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=dtype, **({"attn_implementation": attn_request} if attn_request else {}))
     peft_config = None
     if cfg.method == "lora":
         from peft import LoraConfig
@@ -267,14 +299,14 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
                                  target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     eval_on = bool(eval_rows)
     attn = getattr(model.config, "_attn_implementation", None)
-    batching = choose_batching(cfg.packing, "cuda" if torch.cuda.is_available() else "cpu", attn)
+    batching = choose_batching(cfg.packing, device_type, attn)
     if batching == "packed-block-diagonal" and not packed_documents_separate(model):
         log(f"{attn} attention: this model does not keep packed conversations apart without flash-attention; "
             "training on padded batches instead")
         batching = "padded"
     packed = batching != "padded"
     micro, accumulation = micro_batches(packed, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, attn)
-    args = SFTConfig(
+    settings = dict(
         output_dir=str(work / "checkpoints"),
         max_length=cfg.max_length,
         packing=packed,
@@ -297,16 +329,35 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         bf16=bf16,
         seed=seed,
         data_seed=seed,
-        report_to="none",
-        disable_tqdm=not show_progress,
+        report_to=cfg.report_to,
+        disable_tqdm=True,
         dataloader_num_workers=0,
+        # a launch on CPUs (torchrun, gloo): transformers only sets up DDP there when told to use the CPU
+        use_cpu=int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
-        include_num_input_tokens_seen=True,
+        # tokens trained on, padding excluded: packed rows are padding-free, so all of theirs; padded
+        # batches by their attention mask ("non_padding" would miss every end-of-turn token of a packed
+        # row when the pad token is the end-of-turn token, as in SmolLM2)
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         fsdp=cfg.fsdp or "",
         deepspeed=cfg.deepspeed,
         dataset_num_proc=None,
         **_checkpointing_kwarg(SFTConfig, cfg.gradient_checkpointing),
     )
+    try:  # TRL's own names (``trl:``, checked at plan time by trl_options) win over the values above
+        args = SFTConfig(**{**settings, **cfg.trl})
+    except (TypeError, ValueError) as e:
+        if not cfg.trl:
+            raise
+        raise RealChatError(f"TRL's SFTConfig refused the values: {e}", field="trl") from None
+    from realchat.training.callbacks import TokensTimed, TrainingProgress
+
+    timed = TokensTimed()
+    callbacks = [*(callbacks or []), timed]
+    progress = None
+    if reporter is not None:
+        progress = TrainingProgress(reporter)
+        callbacks.append(progress)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -316,31 +367,40 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    if not show_progress:  # the per-step log dicts: the card's loss table has them
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # raw per-step dicts: the progress line and the card have them
     resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if progress is not None:
+            progress.close()
     final_eval = trainer.evaluate() if eval_on else {}
+    trainer.accelerator.wait_for_everyone()  # every rank is done with the work folder before the main moves on
     history = list(trainer.state.log_history)
-
-    trained = trainer.model
-    if cfg.method == "lora":
-        trained = trained.merge_and_unload()
-    trained = trained.to(torch.float32) if not bf16 else trained
-    trained.generation_config.eos_token_id = tokenizer.eos_token_id
-    trained.generation_config.pad_token_id = tokenizer.pad_token_id
-    trained.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-
     losses = _loss_table(history)
-    _plot(losses, out / "loss.png")
+
+    if trainer.is_world_process_zero():  # under torchrun / accelerate launch only the main process writes
+        trained = trainer.model
+        if cfg.method == "lora":
+            trained = trained.merge_and_unload()
+        trained = trained.to(dtype)  # saved in the dtype it trained in (bf16 on a GPU that has it)
+        trained.generation_config.eos_token_id = tokenizer.eos_token_id
+        trained.generation_config.pad_token_id = tokenizer.pad_token_id
+        trained.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        _plot(losses, out / "loss.png")
     n_tokens = sum(min(len(r["input_ids"]), cfg.max_length) for r in train_rows)
     n_loss = sum(sum(r["assistant_masks"][: cfg.max_length]) for r in train_rows)
     epochs = float(trainer.state.epoch or 0)
+    speed = throughput(
+        timed.tokens, timed.seconds, n_params=model.num_parameters(), n_layers=model.config.num_hidden_layers,
+        hidden=model.config.hidden_size, seq_len=n_tokens / max(len(train_rows), 1), device_type=device_type,
+        device_name=torch.cuda.get_device_name() if device_type == "cuda" else None, bf16=bf16,
+        devices=int(args.world_size))
     return {
         "loss_role": loss_role,
         "base_model": base_model,
@@ -359,10 +419,15 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         "losses": losses,
         "seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "bf16": bf16,
+        "dtype": str(dtype).removeprefix("torch."),
         "method": cfg.method,
         "batching": batching,
         "attn_implementation": attn,
         "micro_batch": [micro, accumulation],
+        "world_size": int(trainer.args.world_size),
+        "tokens_per_s": speed["tokens_per_s"],
+        "mfu": speed["mfu"],
+        "throughput": speed,
     }
 
 
