@@ -222,6 +222,8 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
             else:
                 console.rule(f"step {p.name} ({p.kind})")
                 ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress)
+                if force:  # --force starts clean: no checkpoint or part file of an earlier try is resumed
+                    shutil.rmtree(ctx.work_dir(), ignore_errors=True)
                 stats = build_step(loaded, graph, p, ctx)
                 p.done = built = True
                 if on_built:

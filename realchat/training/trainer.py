@@ -206,9 +206,12 @@ def packed_documents_separate(model: Any) -> bool:
     return bool(blocked.all())
 
 
-def last_checkpoint(work: Path) -> str | None:
-    cks = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(cks[-1]) if cks else None
+def last_checkpoint(work: Path, log: Any = None) -> str | None:
+    """The newest *complete* checkpoint of this step's work folder (torn ones are dropped)."""
+    from realchat.training.checkpoints import newest_complete
+
+    ck = newest_complete(work / "checkpoints", log=log)
+    return str(ck) if ck else None
 
 
 def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[dict[str, str]]],
@@ -297,7 +300,7 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume = last_checkpoint(work)
+    resume = last_checkpoint(work, log)
     if resume:
         log(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
