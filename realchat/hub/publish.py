@@ -10,7 +10,11 @@ fingerprint.
 * Idempotent: when the target already holds this fingerprint with the same card, nothing is sent and
   no commit is made; the existing revision is recorded.
 * Atomic: on the Hub a commit either lands whole or not at all (an interrupted upload leaves the
-  previous revision as it was); locally the new folder replaces the old one in one rename.
+  previous revision as it was); locally the new folder is assembled beside the old one (files
+  hard-linked from the run folder, copied across filesystems) and replaces it in one rename.
+* Never loses data: locally, only the files in RealChat's own list (``.realchat-files.json``) are
+  replaced; a user's file in the repo folder is carried over, and only temporary folders RealChat
+  marked as its own are ever swept.
 * The token comes from ``HF_TOKEN`` or ``hf auth login`` (huggingface_hub's ``get_token``) and is
   handed to the client only: never written to a card, a record, a log or the console.
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,7 +138,7 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 
     if cfg.target == "local":
         dest = local_repo_dir(cfg, repo, kind, loaded.recipe.run_root)
-        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"])
+        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log)
     else:
         revision, changed = HubPublisher(cfg).publish(repo, kind, folder, card, step, manifest["fingerprint"])
     record = {
@@ -159,17 +162,79 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
     return record
 
 
-def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str) -> tuple[str, bool]:
-    """Copy the folder to the Hub-like local layout; the revision is the step fingerprint."""
-    from realchat.files import atomic_folder
+#: RealChat's own list of the files it wrote into a local repo folder (and the fingerprint they are
+#: of): publishing replaces those and nothing else, so a user's file in the folder survives.
+OWNED = ".realchat-files.json"
 
-    current = read_json(dest / MANIFEST)
+
+def _owned(dest: Path) -> dict[str, Any] | None:
+    rec = read_json(dest / OWNED)
+    return rec if isinstance(rec, dict) and isinstance(rec.get("files"), list) else None
+
+
+def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
+                   log: Any = print) -> tuple[str, bool]:
+    """Put the step folder in the Hub-like local layout; the revision is the step fingerprint.
+
+    The new revision is assembled beside the old one: the run folder's files hard-linked (copied where
+    the filesystem cannot link), the card written, and every file RealChat did not write (by its
+    :data:`OWNED` list) linked over from the old folder; then it replaces the old folder in one rename
+    and the old one is removed (:func:`realchat.files.atomic_folder`). A user's file at a path RealChat
+    writes is an error, never overwritten."""
+    from realchat.files import TEMP_MARK, atomic_folder, link_or_copy
+
+    ours = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.name != TEMP_MARK)
+    ours = sorted(set(ours) | {"README.md"})
+    owned = _owned(dest)
     readme = dest / "README.md"
-    if current and current.get("fingerprint") == fingerprint and readme.exists() and readme.read_text() == card:
+    if (owned and owned.get("fingerprint") == fingerprint and set(owned["files"]) == set(ours)
+            and readme.is_file() and readme.read_text(encoding="utf-8") == card
+            and all((dest / f).exists() for f in ours)):
         return fingerprint, False
+
+    if owned is not None:
+        prior = set(owned["files"])
+    elif isinstance(read_json(dest / MANIFEST), dict):  # published before RealChat kept its list
+        prior = set(ours)
+    else:
+        prior = set()
+    theirs: list[str] = []
+    empty_dirs: list[str] = []
+    if dest.is_dir():
+        for p in sorted(dest.rglob("*")):
+            rel = p.relative_to(dest).as_posix()
+            if p.is_dir() and not p.is_symlink():
+                if not any(p.iterdir()):
+                    empty_dirs.append(rel)
+            elif rel not in prior and rel not in (OWNED, TEMP_MARK):
+                theirs.append(rel)
+    elif dest.exists() or dest.is_symlink():
+        raise PublishError(f"{dest}: exists and is not a folder; RealChat publishes a folder there",
+                           hint="move it away or set publish.local_root")
+    clash = sorted(set(theirs) & set(ours))
+    if clash:
+        raise PublishError(f"{dest / clash[0]}: a file RealChat did not write is where it publishes "
+                           f"{clash[0]}; nothing was changed", hint="move the file away, then publish again")
+    linked = copied = 0
     with atomic_folder(dest) as tmp:
-        shutil.copytree(folder, tmp, dirs_exist_ok=True)
-        (tmp / "README.md").write_text(card)
+        for rel in ours:
+            if rel == "README.md":
+                continue
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            if link_or_copy(folder / rel, tmp / rel):
+                linked += 1
+            else:
+                copied += 1
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        for rel in theirs:  # a user's files: carried over (same filesystem: links, no copy)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(dest / rel, tmp / rel)
+        for rel in empty_dirs:
+            (tmp / rel).mkdir(parents=True, exist_ok=True)
+        write_json(tmp / OWNED, {"fingerprint": fingerprint, "files": ours})
+    kept = f"; kept {len(theirs)} file(s) RealChat did not write ({', '.join(theirs[:3])}{', …' if len(theirs) > 3 else ''})" if theirs else ""
+    log(f"{dest}: {linked} file(s) hard-linked from {folder}, {copied} copied{kept}")
     return fingerprint, True
 
 
