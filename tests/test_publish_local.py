@@ -35,7 +35,7 @@ def _dead_pid() -> int:
 def pub_recipe(make_recipe, write_json_array, sharegpt_records):
     def make(filters=None, publish=None) -> Path:
         src = write_json_array(sharegpt_records[:80])
-        path = make_recipe(src, filters=filters or [{"op": "shape"}], name="pub")
+        path = make_recipe(src, filters=filters or [{"op": "shape"}], name="pl")
         doc = yaml.safe_load(path.read_text())
         if publish:
             doc["publish"] = publish
@@ -55,8 +55,8 @@ def test_user_files_and_lookalike_temp_folders_survive_a_republish(pub_recipe, t
     from datasets import load_dataset
 
     out = build(pub_recipe())
-    run = tmp_path / "runs" / "pub" / "curate"
-    repo = tmp_path / "hub" / "datasets" / "realchat" / "pub-curate"
+    run = tmp_path / "runs" / "pl" / "curate"
+    repo = tmp_path / "hub" / "datasets" / "realchat" / "pl-curate"
     shard = next((run / "data").glob("*.parquet"))
     published = repo / shard.relative_to(run)
     assert os.stat(published).st_ino == os.stat(shard).st_ino  # hard-linked, not a second copy
@@ -69,7 +69,7 @@ def test_user_files_and_lookalike_temp_folders_survive_a_republish(pub_recipe, t
     (repo / "mine" / "eval.txt").write_text("mine")
     (repo / "empty").mkdir()
     dead = _dead_pid()
-    lookalikes = [repo.parent / f".pub-curate.tmp-{dead}-0123abcd", repo.parent / f".pub-curate.old-{dead}-89abcdef"]
+    lookalikes = [repo.parent / f".pl-curate.tmp-{dead}-0123abcd", repo.parent / f".pl-curate.old-{dead}-89abcdef"]
     for d in lookalikes:  # a user's folders named like RealChat's temporary folders, of a dead process
         d.mkdir()
         (d / "keep.txt").write_text("keep")
@@ -87,7 +87,7 @@ def test_user_files_and_lookalike_temp_folders_survive_a_republish(pub_recipe, t
     stats = json.loads((repo / "stats.json").read_text())
     assert load_dataset(str(repo), split="train").num_rows == stats["kept_rows"]  # user files do not disturb it
     # nothing else appeared or stayed beside the repo folder
-    assert sorted(p.name for p in repo.parent.iterdir()) == sorted(["pub-curate", *(d.name for d in lookalikes)])
+    assert sorted(p.name for p in repo.parent.iterdir()) == sorted(["pl-curate", *(d.name for d in lookalikes)])
 
 
 def test_across_filesystems_files_are_copied(pub_recipe, tmp_path):
@@ -98,7 +98,7 @@ def test_across_filesystems_files_are_copied(pub_recipe, tmp_path):
     try:
         out = build(pub_recipe(publish={"local_root": str(root)}))
         assert "0 file(s) hard-linked" in out
-        repo = root / "datasets" / "realchat" / "pub-curate"
+        repo = root / "datasets" / "realchat" / "pl-curate"
         assert json.loads((repo / "manifest.json").read_text())["step"] == "curate"
     finally:
         import shutil
@@ -157,3 +157,32 @@ def test_only_realchats_own_stale_temp_folders_are_swept_and_a_torn_swap_is_undo
             raise RuntimeError("disk full")
     assert (dest / "README.md").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["repo", theirs.name, alive.name])
+
+
+def test_changing_publish_settings_of_a_finished_step_publishes_to_the_new_place(pub_recipe, tmp_path):
+    recipe = pub_recipe()
+    build(recipe)
+    first = tmp_path / "hub" / "datasets" / "realchat" / "pl-curate"
+    assert (first / "manifest.json").is_file()
+    out = build(recipe)
+    assert "up to date" in out and "published" not in out  # nothing changed: nothing to do
+
+    doc = yaml.safe_load(recipe.read_text())
+    doc["publish"] = {"namespace": "someone", "local_root": str(tmp_path / "elsewhere")}
+    recipe.write_text(yaml.safe_dump(doc))
+    out = build(recipe)
+    assert "up to date" in out and "curate: published" in out  # not rebuilt, but published anew
+    moved = tmp_path / "elsewhere" / "datasets" / "someone" / "pl-curate"
+    assert json.loads((moved / "manifest.json").read_text()) == json.loads((first / "manifest.json").read_text())
+    record = json.loads((tmp_path / "runs" / "pl" / "published" / "curate.json").read_text())
+    assert record["repo_id"] == "someone/pl-curate" and record["destination"]["folder"] == str(moved.resolve())
+    assert "published" not in build(recipe)
+
+    doc["publish"]["repos"] = {"curate": "renamed"}
+    recipe.write_text(yaml.safe_dump(doc))
+    assert "curate: published" in build(recipe)
+    renamed = tmp_path / "elsewhere" / "datasets" / "someone" / "renamed"
+    import shutil
+
+    shutil.rmtree(renamed)  # the published folder deleted by hand: the next build puts it back
+    assert "curate: published" in build(recipe) and (renamed / "README.md").is_file()

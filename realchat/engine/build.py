@@ -197,7 +197,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
           push: bool = True, console: Console | None = None, show_progress: bool = True, wait_s: float = 0.0,
           on_built: Callable[[StepPlan, dict[str, Any]], None] | None = None) -> list[StepPlan]:
     """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
-    from realchat.hub.publish import published_record
+    from realchat.hub.publish import needs_publish
 
     console = console or Console(stderr=True)
     graph = graph_of(loaded)
@@ -230,10 +230,10 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
                     on_built(p, stats)
                 refreshed = refresh_parent_cards(loaded, graph, p)
             if push and loaded.recipe.publish.push:
-                if built or published_record(loaded, p.name, p.fingerprint) is None:
-                    publish(loaded, graph, p.name, log=log)
-                for parent in refreshed:
+                for parent in refreshed:  # first, so that this step's card names their new revisions
                     publish(loaded, graph, parent, log=log)
+                if built or needs_publish(loaded, p.name, p.fingerprint, p.parents):
+                    publish(loaded, graph, p.name, log=log)
     return chosen
 
 

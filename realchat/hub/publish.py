@@ -99,6 +99,44 @@ def published_record(loaded: LoadedRecipe, step: str, fingerprint: str | None = 
     return rec
 
 
+def destination(loaded: LoadedRecipe, step: str) -> dict[str, Any]:
+    """Where ``step`` is published under the recipe's current ``publish`` settings: target, repo,
+    type, and the local folder (resolved) or the Hub endpoint and branch. Recorded with each publish,
+    so that changing the settings of a finished step publishes it to the new place."""
+    cfg = loaded.recipe.publish
+    kind = repo_type(loaded, step)
+    repo = repo_id(loaded, step)
+    if cfg.target == "local":
+        where = {"folder": str(local_repo_dir(cfg, repo, kind, loaded.recipe.run_root).resolve())}
+    else:
+        where = {"endpoint": endpoint(cfg), "branch": cfg.revision, "private": cfg.private}
+    return {"target": cfg.target, "repo_id": repo, "repo_type": kind, **where}
+
+
+def needs_publish(loaded: LoadedRecipe, step: str, fingerprint: str, parents: list[str]) -> bool:
+    """Whether a finished step must be published: never published at this fingerprint, published to
+    another place than the current settings say, a parent since published elsewhere (the card names
+    it), or (locally) the published folder no longer holds this fingerprint."""
+    rec = published_record(loaded, step, fingerprint)
+    if rec is None or rec.get("destination") != destination(loaded, step):
+        return True
+    if rec.get("parents") != _parent_places(loaded, parents):
+        return True
+    if rec["target"] == "local":
+        owned = _owned(Path(rec["destination"]["folder"]))
+        return not owned or owned.get("fingerprint") != fingerprint
+    return False
+
+
+def _parent_places(loaded: LoadedRecipe, parents: list[str]) -> dict[str, str | None]:
+    """Each parent step's published place (the child's card names it) as ``repo@revision``."""
+    out: dict[str, str | None] = {}
+    for parent in sorted(parents):
+        rec = published_record(loaded, parent)
+        out[parent] = f"{rec.get('repo_id')}@{rec.get('revision')}" if rec else None
+    return out
+
+
 # -- lineage ------------------------------------------------------------------------------------
 
 
@@ -152,6 +190,8 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
         "url": repo_url(cfg, repo, kind, revision if cfg.target == "hub" else None, loaded.recipe.run_root),
         "endpoint": endpoint(cfg) if cfg.target == "hub" else None,
         "changed": changed,
+        "destination": destination(loaded, step),
+        "parents": _parent_places(loaded, [p["step"] for p in manifest.get("parents") or [] if p.get("step")]),
         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     path = record_path(loaded, step)
