@@ -199,8 +199,11 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
     """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
     from realchat.hub.publish import needs_publish
 
+    from realchat.hub.http import install_timeouts
+
     console = console or Console(stderr=True)
     graph = graph_of(loaded)
+    install_timeouts()  # Hub sources, models and publishing: no request waits for ever
 
     def log(m: str) -> None:
         console.print(f"[cyan]publish[/cyan] {m}")

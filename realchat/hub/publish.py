@@ -178,7 +178,7 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
         dest = local_repo_dir(cfg, repo, kind, loaded.recipe.run_root)
         revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log)
     else:
-        revision, changed = HubPublisher(cfg).publish(repo, kind, folder, card, step, manifest["fingerprint"])
+        revision, changed = HubPublisher(cfg, log).publish(repo, kind, folder, card, step, manifest["fingerprint"])
     record = {
         "step": step,
         "target": cfg.target,
@@ -281,11 +281,18 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
 class HubPublisher:
     """One commit per changed step through ``huggingface_hub``'s HfApi, with errors a user can act on."""
 
-    def __init__(self, cfg: PublishConfig) -> None:
+    #: After this many seconds without an answer, say what is being waited for.
+    SAY_WAITING_AFTER_S = 5.0
+
+    def __init__(self, cfg: PublishConfig, log: Any = print) -> None:
         from huggingface_hub import HfApi, get_token
+
+        from realchat.hub.http import install_timeouts
 
         self.cfg = cfg
         self.endpoint = endpoint(cfg)
+        self.log = log
+        self.timeouts = install_timeouts()
         token = get_token()
         if not token:
             raise PublishError(
@@ -295,8 +302,18 @@ class HubPublisher:
         self.api = HfApi(endpoint=self.endpoint, token=token)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import threading
+
         from huggingface_hub.errors import HfHubHTTPError
 
+        from realchat.hub.http import is_timeout
+
+        t = self.timeouts
+        waiting = threading.Timer(self.SAY_WAITING_AFTER_S, self.log, args=(
+            f"waiting for {self.endpoint} to answer: {what} (gives up after {t.read:g} s without an answer; "
+            f"REALCHAT_HUB_TIMEOUT sets it)",))
+        waiting.daemon = True
+        waiting.start()
         try:
             return fn(*args, **kwargs)
         except HfHubHTTPError as e:
@@ -314,10 +331,26 @@ class HubPublisher:
         except RealChatError:
             raise
         except Exception as e:  # connection refused, DNS, TLS, timeouts: the transport's own types
-            if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "timeout" in type(e).__name__.lower():
+            timeout = is_timeout(e)
+            if timeout == "read":
+                raise PublishError(f"{what}: {self.endpoint} accepted the connection but sent no answer within "
+                                   f"{t.read:g} s", hint="check publish.endpoint / HF_ENDPOINT; "
+                                   "REALCHAT_HUB_TIMEOUT sets how long to wait") from None
+            if timeout == "connect":
+                raise PublishError(f"{what}: could not connect to {self.endpoint} within {t.connect:g} s",
+                                   hint="check the network, publish.endpoint or HF_ENDPOINT; "
+                                   "REALCHAT_HUB_CONNECT_TIMEOUT sets how long to wait") from None
+            if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "network" in type(e).__name__.lower():
                 raise PublishError(f"{what}: cannot reach {self.endpoint} ({type(e).__name__}: {e})",
                                    hint="check the network, publish.endpoint or HF_ENDPOINT") from None
+            if isinstance(e, ValueError) or "protocol" in type(e).__name__.lower() or "decod" in type(e).__name__.lower():
+                raise PublishError(f"{what}: {self.endpoint} did not answer like a Hugging Face Hub "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})",
+                                   hint="check publish.endpoint / HF_ENDPOINT: it must be a Hub's address, "
+                                   "not a web page or a proxy's login page") from None
             raise
+        finally:
+            waiting.cancel()
 
     def publish(self, repo: str, kind: str, folder: Path, card: str, step: str,
                 fingerprint: str) -> tuple[str, bool]:
@@ -336,8 +369,10 @@ class HubPublisher:
             RepoCard(card).validate(repo_type=kind)
         except ValueError as e:
             raise PublishError(f"card metadata the Hub rejects ({step}): {e}") from None
-        except Exception as e:  # validation endpoint unreachable: the commit below will say so
-            if "connect" not in type(e).__name__.lower():
+        except Exception as e:  # validation endpoint unreachable or silent: the commit below will say so
+            from realchat.hub.http import is_timeout
+
+            if "connect" not in type(e).__name__.lower() and not is_timeout(e):
                 raise
         self._call(f"create {kind} repo {repo}", api.create_repo, repo, repo_type=kind,
                    private=self.cfg.private, exist_ok=True)
@@ -418,6 +453,9 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
     Every parent of every card is visited (an evaluation has several); a node met again is listed with
     ``seen: true`` and not expanded twice. Local cards name their parents by a path relative to the
     publish root, so a copied or moved publish folder still resolves."""
+    from realchat.hub.http import install_timeouts
+
+    install_timeouts()
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
 
