@@ -186,3 +186,24 @@ def test_changing_publish_settings_of_a_finished_step_publishes_to_the_new_place
 
     shutil.rmtree(renamed)  # the published folder deleted by hand: the next build puts it back
     assert "curate: published" in build(recipe) and (renamed / "README.md").is_file()
+
+
+def test_hub_publish_deletes_only_files_realchat_wrote(hub, tmp_path):
+    """On the Hub too: a file someone added to the repo stays; RealChat's own stale shard goes."""
+    from huggingface_hub import HfApi
+
+    from realchat.hub.publish import HubPublisher
+    from realchat.recipe.schema import PublishConfig
+
+    card = "---\nlicense: apache-2.0\nrealchat:\n  step: s\n  kind: curate\n---\n# s\n"
+    api = HfApi()
+    first = _step_folder(tmp_path / "r1", "a", {"data/a.parquet": "1"})
+    HubPublisher(PublishConfig(target="hub", namespace="tester")).publish("tester/owned", "dataset", first, card, "s", "a")
+    api.upload_file(path_or_fileobj=b"my notes", path_in_repo="NOTES.md", repo_id="tester/owned", repo_type="dataset")
+    api.upload_file(path_or_fileobj=b"mine", path_in_repo="extra/eval.txt", repo_id="tester/owned", repo_type="dataset")
+    second = _step_folder(tmp_path / "r2", "b", {"data/b.parquet": "2"})
+    sha, changed = HubPublisher(PublishConfig(target="hub", namespace="tester")).publish(
+        "tester/owned", "dataset", second, card, "s", "b")
+    files = set(api.list_repo_files("tester/owned", repo_type="dataset", revision=sha))
+    assert changed and {"NOTES.md", "extra/eval.txt", "data/b.parquet", OWNED} <= files
+    assert "data/a.parquet" not in files

@@ -383,12 +383,17 @@ class HubPublisher:
         if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files):
             return info.sha, False
 
-        local_files = sorted(p for p in folder.rglob("*") if p.is_file())
-        rel = {p.relative_to(folder).as_posix() for p in local_files}
-        ops: list[Any] = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
+        from realchat.files import TEMP_MARK
+
+        local_files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TEMP_MARK)
+        rel = {p.relative_to(folder).as_posix() for p in local_files} | {"README.md", OWNED}
+        ops: list[Any] = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()),
+                          CommitOperationAdd(path_in_repo=OWNED, path_or_fileobj=(json.dumps(
+                              {"fingerprint": fingerprint, "files": sorted(rel - {OWNED})}, indent=2) + "\n").encode())]
         ops += [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
                 for p in local_files if p.name != "README.md" or p.parent != folder]
-        ops += [CommitOperationDelete(path_in_repo=f) for f in sorted(remote_files - rel - {".gitattributes"})]
+        owned = self._remote_owned(repo, kind, info.sha, remote_files, rel)
+        ops += [CommitOperationDelete(path_in_repo=f) for f in sorted((remote_files & owned) - rel - {".gitattributes"})]
         commit = self._call(
             f"commit to {repo}", api.create_commit, repo, ops, repo_type=kind, revision=rev,
             commit_message=f"realchat {step}: fingerprint {fingerprint}",
@@ -396,6 +401,21 @@ class HubPublisher:
             parent_commit=info.sha,
         )
         return commit.oid, True
+
+    def _remote_owned(self, repo: str, kind: str, sha: str, remote_files: set[str], rel: set[str]) -> set[str]:
+        """The remote files RealChat wrote (only those may be deleted): its :data:`OWNED` list there, or,
+        for a repo published before RealChat kept one, the files under the top-level names it writes."""
+        if OWNED in remote_files:
+            from huggingface_hub import hf_hub_download
+
+            try:
+                rec = json.loads(Path(hf_hub_download(repo, OWNED, repo_type=kind, revision=sha,
+                                                      endpoint=self.endpoint, token=self.api.token)).read_text())
+                return set(rec["files"]) | {OWNED}
+            except Exception:  # unreadable list: fall back to the layout rule below
+                pass
+        tops = {r.split("/", 1)[0] for r in rel}
+        return {f for f in remote_files if f.split("/", 1)[0] in tops}
 
     def _remote_matches(self, repo: str, kind: str, sha: str, fingerprint: str, card: str,
                         remote_files: set[str]) -> bool:
