@@ -207,3 +207,15 @@ def test_hub_publish_deletes_only_files_realchat_wrote(hub, tmp_path):
     files = set(api.list_repo_files("tester/owned", repo_type="dataset", revision=sha))
     assert changed and {"NOTES.md", "extra/eval.txt", "data/b.parquet", OWNED} <= files
     assert "data/a.parquet" not in files
+
+
+def test_a_record_from_before_destinations_were_kept_is_read_without_republishing(pub_recipe, tmp_path):
+    recipe = pub_recipe()
+    build(recipe)
+    path = tmp_path / "runs" / "pl" / "published" / "curate.json"
+    record = json.loads(path.read_text())
+    for key in ("destination", "parents"):
+        del record[key]
+    path.write_text(json.dumps(record))
+    (tmp_path / "hub" / "datasets" / "realchat" / "pl-curate" / OWNED).unlink()
+    assert "published" not in build(recipe)  # same place as recorded: no network, no new revision

@@ -109,7 +109,7 @@ def destination(loaded: LoadedRecipe, step: str) -> dict[str, Any]:
     if cfg.target == "local":
         where = {"folder": str(local_repo_dir(cfg, repo, kind, loaded.recipe.run_root).resolve())}
     else:
-        where = {"endpoint": endpoint(cfg), "branch": cfg.revision, "private": cfg.private}
+        where = {"endpoint": endpoint(cfg), "branch": cfg.revision}
     return {"target": cfg.target, "repo_id": repo, "repo_type": kind, **where}
 
 
@@ -118,14 +118,29 @@ def needs_publish(loaded: LoadedRecipe, step: str, fingerprint: str, parents: li
     another place than the current settings say, a parent since published elsewhere (the card names
     it), or (locally) the published folder no longer holds this fingerprint."""
     rec = published_record(loaded, step, fingerprint)
-    if rec is None or rec.get("destination") != destination(loaded, step):
+    if rec is None:
         return True
-    if rec.get("parents") != _parent_places(loaded, parents):
+    here = destination(loaded, step)
+    went = rec.get("destination") or _legacy_destination(rec, here)
+    if went != here:
         return True
-    if rec["target"] == "local":
-        owned = _owned(Path(rec["destination"]["folder"]))
+    if "parents" in rec and rec["parents"] != _parent_places(loaded, parents):
+        return True
+    if here["target"] == "local":
+        owned = _owned(Path(here["folder"]))
+        if owned is None and "destination" not in rec:  # published before RealChat kept its file list
+            return not isinstance(read_json(Path(here["folder"]) / MANIFEST), dict)
         return not owned or owned.get("fingerprint") != fingerprint
     return False
+
+
+def _legacy_destination(rec: dict[str, Any], here: dict[str, Any]) -> dict[str, Any]:
+    """The destination of a record written before records kept one, from the fields it has (a Hub
+    branch it did not record is taken to be the current one: no network call to find out)."""
+    went = {"target": rec.get("target"), "repo_id": rec.get("repo_id"), "repo_type": rec.get("repo_type")}
+    if rec.get("target") == "local":
+        return {**went, "folder": rec.get("url")}
+    return {**went, "endpoint": rec.get("endpoint"), "branch": here.get("branch")}
 
 
 def _parent_places(loaded: LoadedRecipe, parents: list[str]) -> dict[str, str | None]:
