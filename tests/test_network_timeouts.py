@@ -100,6 +100,18 @@ def test_hub_that_never_answers_fails_with_one_line(bad_server, built_recipe, tm
     assert "REALCHAT_HUB_TIMEOUT" in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("bad_server", ["hang"], indirect=True)
+def test_lineage_from_a_hub_that_never_answers_fails_with_one_line(bad_server, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": bad_server.url, "REALCHAT_HUB_TIMEOUT": "1",
+           "COLUMNS": "300"}
+    r = subprocess.run([sys.executable, "-m", "realchat.cli", "lineage", "someone/some-data"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2, out
+    assert f"lineage of someone/some-data: {bad_server.url} accepted the connection but sent no answer within 1 s" in out
+    assert "Traceback" not in out and "Retry" not in out  # one request, not hf_hub_download's minutes of retries
+
+
 @pytest.mark.parametrize("bad_server", ["html"], indirect=True)
 def test_hub_that_answers_with_a_web_page_fails_with_one_line(bad_server, built_recipe, tmp_path):
     r = push_in_subprocess(built_recipe(bad_server.url), tmp_path)
@@ -124,7 +136,10 @@ def test_timeouts_are_filled_in_where_a_call_left_them_unset(monkeypatch):
     assert request.extensions["timeout"] == {"connect": 3.0, "read": 7.0, "write": 7.0, "pool": 7.0}
     kept = httpx2.Request("GET", "http://127.0.0.1:9/x", extensions={"timeout": httpx2.Timeout(2.0).as_dict()})
     next(h for h in get_session().event_hooks["request"] if h.__name__ == "fill")(kept)
-    assert kept.extensions["timeout"]["read"] == 2.0  # a call's own timeout is kept
+    assert kept.extensions["timeout"]["read"] == 2.0  # a call's own shorter timeout is kept
+    capped = httpx2.Request("GET", "http://127.0.0.1:9/x", extensions={"timeout": httpx2.Timeout(60.0).as_dict()})
+    next(h for h in get_session().event_hooks["request"] if h.__name__ == "fill")(capped)
+    assert capped.extensions["timeout"]["read"] == 7.0  # a longer one (hf_hub_download's 60 s retry) is capped
 
     monkeypatch.setenv("REALCHAT_HUB_TIMEOUT", "soon")
     from realchat.errors import RealChatError

@@ -421,12 +421,10 @@ class HubPublisher:
         """The remote files RealChat wrote (only those may be deleted): its :data:`OWNED` list there, or,
         for a repo published before RealChat kept one, the files under the top-level names it writes."""
         if OWNED in remote_files:
-            from huggingface_hub import hf_hub_download
-
             try:
-                rec = json.loads(Path(hf_hub_download(repo, OWNED, repo_type=kind, revision=sha,
-                                                      endpoint=self.endpoint, token=self.api.token)).read_text())
-                return set(rec["files"]) | {OWNED}
+                return set(json.loads(self._read(repo, kind, sha, OWNED))["files"]) | {OWNED}
+            except RealChatError:
+                raise
             except Exception:  # unreadable list: fall back to the layout rule below
                 pass
         tops = {r.split("/", 1)[0] for r in rel}
@@ -436,16 +434,24 @@ class HubPublisher:
                         remote_files: set[str]) -> bool:
         if MANIFEST not in remote_files or "README.md" not in remote_files:
             return False
-        from huggingface_hub import hf_hub_download
-
         try:
-            m = json.loads(Path(hf_hub_download(repo, MANIFEST, repo_type=kind, revision=sha,
-                                                endpoint=self.endpoint, token=self.api.token)).read_text())
-            readme = Path(hf_hub_download(repo, "README.md", repo_type=kind, revision=sha,
-                                          endpoint=self.endpoint, token=self.api.token)).read_text()
+            m = json.loads(self._read(repo, kind, sha, MANIFEST))
+            readme = self._read(repo, kind, sha, "README.md")
+        except RealChatError:
+            raise
         except Exception:
             return False
-        return m.get("fingerprint") == fingerprint and readme == card
+        return isinstance(m, dict) and m.get("fingerprint") == fingerprint and readme == card
+
+    def _read(self, repo: str, kind: str, sha: str, filename: str) -> str:
+        """One file of the repo at ``sha``: one request with RealChat's timeouts (``hf_hub_download``
+        would retry a silent endpoint for minutes)."""
+        from huggingface_hub import hf_hub_url
+
+        from realchat.hub.http import get_text
+
+        url = hf_hub_url(repo, filename, repo_type=kind, revision=sha, endpoint=self.endpoint)
+        return get_text(url, f"read {repo}/{filename}", token=self.api.token)
 
 
 # -- reading lineage back -----------------------------------------------------------------------
@@ -462,6 +468,10 @@ def _load_card_meta(ref: str, repo_type: str | None, revision: str | None, hub_e
         return RepoCard.load(p).data.to_dict(), str(p.parent)
     if p.exists() or ref.startswith((".", "/", "~")):
         raise PublishError(f"{ref}: no README.md card there")
+
+    from realchat.hub.http import check_answers
+
+    check_answers(hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT, f"lineage of {ref}")
     errors = []
     for kind in [repo_type] if repo_type else ["dataset", "model"]:
         try:
