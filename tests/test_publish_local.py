@@ -219,3 +219,14 @@ def test_a_record_from_before_destinations_were_kept_is_read_without_republishin
     path.write_text(json.dumps(record))
     (tmp_path / "hub" / "datasets" / "realchat" / "pl-curate" / OWNED).unlink()
     assert "published" not in build(recipe)  # same place as recorded: no network, no new revision
+
+
+def test_a_folder_published_before_realchat_kept_its_list(tmp_path):
+    """RealChat's layout there is its own (a stale shard goes); anything else stays."""
+    dest = tmp_path / "hub" / "datasets" / "ns" / "x"
+    _step_folder(dest, "old", {"data/train-00000-of-00002.parquet": "1", "data/train-00001-of-00002.parquet": "2",
+                               "README.md": "old card", "NOTES.md": "mine"})
+    new = _step_folder(tmp_path / "r", "new", {"data/train-00000-of-00001.parquet": "3"})
+    assert _publish_local(dest, new, "card", "new", log=lambda m: None) == ("new", True)
+    assert sorted(p.name for p in (dest / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert (dest / "NOTES.md").read_text() == "mine" and (dest / "README.md").read_text() == "card"

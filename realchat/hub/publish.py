@@ -248,12 +248,9 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
             and all((dest / f).exists() for f in ours)):
         return fingerprint, False
 
-    if owned is not None:
-        prior = set(owned["files"])
-    elif isinstance(read_json(dest / MANIFEST), dict):  # published before RealChat kept its list
-        prior = set(ours)
-    else:
-        prior = set()
+    legacy = owned is None and isinstance(read_json(dest / MANIFEST), dict)  # before RealChat kept its list
+    prior = set(owned["files"]) if owned is not None else set()
+    tops = {r.split("/", 1)[0] for r in ours}
     theirs: list[str] = []
     empty_dirs: list[str] = []
     if dest.is_dir():
@@ -262,6 +259,8 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
             if p.is_dir() and not p.is_symlink():
                 if not any(p.iterdir()):
                     empty_dirs.append(rel)
+            elif legacy and rel.split("/", 1)[0] in tops:
+                continue  # RealChat's layout (data/, rejected/, its files): its own, as on the Hub
             elif rel not in prior and rel not in (OWNED, TEMP_MARK):
                 theirs.append(rel)
     elif dest.exists() or dest.is_symlink():
