@@ -357,7 +357,7 @@ class HubPublisher:
             if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "network" in type(e).__name__.lower():
                 raise PublishError(f"{what}: cannot reach {self.endpoint} ({type(e).__name__}: {e})",
                                    hint="check the network, publish.endpoint or HF_ENDPOINT") from None
-            if isinstance(e, ValueError) or "protocol" in type(e).__name__.lower() or "decod" in type(e).__name__.lower():
+            if isinstance(e, json.JSONDecodeError) or "protocol" in type(e).__name__.lower() or "decod" in type(e).__name__.lower():
                 raise PublishError(f"{what}: {self.endpoint} did not answer like a Hugging Face Hub "
                                    f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})",
                                    hint="check publish.endpoint / HF_ENDPOINT: it must be a Hub's address, "
