@@ -60,6 +60,15 @@ class BadServer:
             c.close()
 
 
+@pytest.fixture(autouse=True)
+def _default_timeouts_after():
+    """Tests here install short timeouts; the next test gets the environment's again."""
+    yield
+    from realchat.hub.http import install_timeouts
+
+    install_timeouts()
+
+
 @pytest.fixture
 def bad_server(request):
     server = BadServer(request.param)
@@ -146,3 +155,18 @@ def test_timeouts_are_filled_in_where_a_call_left_them_unset(monkeypatch):
 
     with pytest.raises(RealChatError, match="REALCHAT_HUB_TIMEOUT='soon': expected a number of seconds"):
         install_timeouts()
+
+
+@pytest.mark.parametrize("bad_server", ["hang"], indirect=True)
+def test_a_slow_answer_says_what_it_waits_for(bad_server, monkeypatch):
+    from realchat.hub.publish import HubPublisher, PublishError
+    from realchat.recipe.schema import PublishConfig
+
+    monkeypatch.setenv("HF_TOKEN", "hf_write")
+    monkeypatch.setenv("REALCHAT_HUB_TIMEOUT", "1")
+    monkeypatch.setattr(HubPublisher, "SAY_WAITING_AFTER_S", 0.2)
+    said: list[str] = []
+    publisher = HubPublisher(PublishConfig(target="hub", namespace="tester", endpoint=bad_server.url), log=said.append)
+    with pytest.raises(PublishError, match="whoami: .* sent no answer within 1 s"):
+        publisher._call("whoami", publisher.api.whoami)
+    assert said and said[0].startswith(f"waiting for {bad_server.url} to answer: whoami (gives up after 1 s")
