@@ -62,10 +62,13 @@ class BadServer:
 
 @pytest.fixture(autouse=True)
 def _default_timeouts_after():
-    """Tests here install short timeouts; the next test gets the environment's again."""
+    """Tests here install short timeouts; the next test gets the defaults again (the environment
+    variables are gone by then: each test sets them with monkeypatch or in a subprocess)."""
     yield
     from realchat.hub.http import install_timeouts
 
+    os.environ.pop("REALCHAT_HUB_TIMEOUT", None)
+    os.environ.pop("REALCHAT_HUB_CONNECT_TIMEOUT", None)
     install_timeouts()
 
 
@@ -155,6 +158,8 @@ def test_timeouts_are_filled_in_where_a_call_left_them_unset(monkeypatch):
 
     with pytest.raises(RealChatError, match="REALCHAT_HUB_TIMEOUT='soon': expected a number of seconds"):
         install_timeouts()
+    monkeypatch.delenv("REALCHAT_HUB_TIMEOUT")
+    monkeypatch.delenv("REALCHAT_HUB_CONNECT_TIMEOUT")
 
 
 @pytest.mark.parametrize("bad_server", ["hang"], indirect=True)
