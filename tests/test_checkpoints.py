@@ -114,3 +114,33 @@ def test_complete_means_state_weights_and_optimizer(tmp_path):
     assert why_incomplete(ck) == "trainer_state.json is not for step 8"
     assert newest_complete(tmp_path) is None and not ck.exists()  # the torn one is gone
     assert newest_complete(tmp_path / "missing") is None
+
+
+def test_full_disk_while_a_checkpoint_is_written_is_one_line_and_the_rerun_resumes(sft_recipe, monkeypatch):
+    """The optimizer state of checkpoint-4 goes to /dev/full, a real device that fails every write
+    with ENOSPC (what a full disk does to torch.save): one line and exit 2, then a rerun resumes."""
+    import torch
+    from transformers import Trainer
+
+    original = Trainer._save_optimizer_and_scheduler
+
+    def save_to_full_disk(self, output_dir):
+        if self.state.global_step == 4:
+            torch.save(self.optimizer.state_dict(), "/dev/full")
+        return original(self, output_dir)
+
+    assert runner.invoke(app, ["build", str(sft_recipe), "--only", "curate", "--no-progress", "--no-push"]).exit_code == 0
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_to_full_disk)
+    result = runner.invoke(app, ["build", str(sft_recipe), "--no-progress", "--no-push"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert "writing training checkpoint" in out and "checkpoint-4 failed (RuntimeError:" in out
+    assert "resumes from the newest complete checkpoint" in out and "Traceback" not in out
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
+
+    result = runner.invoke(app, ["build", str(sft_recipe), "--no-progress", "--no-push"])
+    assert result.exit_code == 0, result.output
+    assert "dropping torn checkpoint" in " ".join(result.output.split())
+    out_dir = Path(yaml.safe_load(sft_recipe.read_text())["run_root"]) / "ck" / "usergpt"
+    stats = json.loads((out_dir / "stats.json").read_text())
+    assert stats["resumed_from"].endswith("checkpoint-2") and stats["steps"] == 6

@@ -23,6 +23,8 @@ import re
 import shutil
 from pathlib import Path
 
+from realchat.errors import RealChatError
+
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
            "adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -75,3 +77,22 @@ def newest_complete(folder: Path, log=None) -> Path | None:
         os.replace(ck, trash)  # one rename: never half-removed under its checkpoint name
         shutil.rmtree(trash, ignore_errors=True)
     return best
+
+
+def save_failure(e: BaseException, folder: Path) -> RealChatError | None:
+    """A one-line error when ``e`` broke off the writing of a checkpoint (a full disk: torch and
+    safetensors report it as a RuntimeError or an OSError), else None.
+
+    Torn checkpoints are dropped before training starts, so a torn newest one after a failure was
+    being written by this run."""
+    cks = checkpoints(folder)
+    if not cks or why_incomplete(cks[-1]) is None:
+        return None
+    cause = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 1e9:.1f} GB free there now"
+    except OSError:
+        free = ""
+    return RealChatError(f"writing training checkpoint {cks[-1]} failed ({type(e).__name__}: {cause[:200]}){free}",
+                         hint="free some disk space and build again: training resumes from the newest complete "
+                              "checkpoint, and this torn one is dropped")

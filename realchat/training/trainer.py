@@ -303,7 +303,15 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     resume = last_checkpoint(work, log)
     if resume:
         log(f"resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except (RuntimeError, OSError) as e:  # a full disk while a checkpoint is written: one line, not a traceback
+        from realchat.training.checkpoints import save_failure
+
+        err = save_failure(e, work / "checkpoints")
+        if err is None:
+            raise
+        raise err from e
     final_eval = trainer.evaluate() if eval_on else {}
     history = list(trainer.state.log_history)
 
