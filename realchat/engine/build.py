@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from realchat import __version__
-from realchat.engine.context import StepContext
+from realchat.engine.context import StepContext, work_dir
 from realchat.engine.fingerprint import fingerprint, input_identities, input_parts
 from realchat.engine.graph import Graph, Node, build_graph
 from realchat.engine.lock import run_lock
@@ -178,6 +178,9 @@ def card_for(loaded: LoadedRecipe, graph: Graph, name: str, manifest: dict[str, 
 def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext) -> dict[str, Any]:
     """Run one step into its atomic output; its work folder (checkpoints, part files) is kept for a
     resume until the output is in place, then removed."""
+    from realchat.hub.http import install_timeouts
+
+    install_timeouts()  # a Hub source or model the step reads: no request waits for ever
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
         result = kind.run(ctx, tmp)
@@ -199,11 +202,8 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
     """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
     from realchat.hub.publish import needs_publish
 
-    from realchat.hub.http import install_timeouts
-
     console = console or Console(stderr=True)
     graph = graph_of(loaded)
-    install_timeouts()  # Hub sources, models and publishing: no request waits for ever
 
     def log(m: str) -> None:
         console.print(f"[cyan]publish[/cyan] {m}")
@@ -212,6 +212,9 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
         plans = plan(loaded, graph)
         fps = {p.name: p.fingerprint for p in plans}
         chosen = select(plans, graph, only, start)
+        if force:  # --force starts clean: no checkpoint or part file of an earlier try is resumed
+            for p in chosen:
+                shutil.rmtree(work_dir(loaded, p.name, p.fingerprint), ignore_errors=True)
         chosen_names = {c.name for c in chosen}
         for p in chosen:
             missing = [q for q in p.parents if q not in chosen_names
@@ -225,18 +228,16 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
             else:
                 console.rule(f"step {p.name} ({p.kind})")
                 ctx = StepContext(loaded, p.node, p.fingerprint, console=console, show_progress=show_progress)
-                if force:  # --force starts clean: no checkpoint or part file of an earlier try is resumed
-                    shutil.rmtree(ctx.work_dir(), ignore_errors=True)
                 stats = build_step(loaded, graph, p, ctx)
                 p.done = built = True
                 if on_built:
                     on_built(p, stats)
                 refreshed = refresh_parent_cards(loaded, graph, p)
             if push and loaded.recipe.publish.push:
-                for parent in refreshed:  # first, so that this step's card names their new revisions
-                    publish(loaded, graph, parent, log=log)
                 if built or needs_publish(loaded, p.name, p.fingerprint, p.parents):
                     publish(loaded, graph, p.name, log=log)
+                for parent in refreshed:
+                    publish(loaded, graph, parent, log=log)
     return chosen
 
 

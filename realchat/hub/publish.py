@@ -144,11 +144,14 @@ def _legacy_destination(rec: dict[str, Any], here: dict[str, Any]) -> dict[str, 
 
 
 def _parent_places(loaded: LoadedRecipe, parents: list[str]) -> dict[str, str | None]:
-    """Each parent step's published place (the child's card names it) as ``repo@revision``."""
+    """Each parent step's published place (the child's card names it): target, repo and where (not the
+    Hub commit: a parent whose card was only refreshed keeps its place, so its children are not
+    published again)."""
     out: dict[str, str | None] = {}
     for parent in sorted(parents):
         rec = published_record(loaded, parent)
-        out[parent] = f"{rec.get('repo_id')}@{rec.get('revision')}" if rec else None
+        out[parent] = (f"{rec.get('target')}:{rec.get('repo_type')}:{rec.get('repo_id')}@"
+                       f"{rec.get('endpoint') or rec.get('url')}" if rec else None)
     return out
 
 

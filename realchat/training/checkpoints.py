@@ -21,7 +21,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from realchat.errors import RealChatError
 
@@ -74,7 +77,10 @@ def newest_complete(folder: Path, log=None) -> Path | None:
             log(f"dropping torn checkpoint {ck} ({why})")
         trash = ck.with_name(f".torn-{ck.name}-{os.getpid()}")
         shutil.rmtree(trash, ignore_errors=True)
-        os.replace(ck, trash)  # one rename: never half-removed under its checkpoint name
+        try:
+            os.replace(ck, trash)  # one rename: never half-removed under its checkpoint name
+        except FileNotFoundError:  # another rank of a multi-process launch moved it first
+            continue
         shutil.rmtree(trash, ignore_errors=True)
     return best
 
@@ -96,3 +102,19 @@ def save_failure(e: BaseException, folder: Path) -> RealChatError | None:
     return RealChatError(f"writing training checkpoint {cks[-1]} failed ({type(e).__name__}: {cause[:200]}){free}",
                          hint="free some disk space and build again: training resumes from the newest complete "
                               "checkpoint, and this torn one is dropped")
+
+
+@contextmanager
+def checkpoint_faults(work: Path, log: Any = None) -> Iterator[None]:
+    """Around a training run in the work folder ``work`` (checkpoints in ``work/checkpoints``): torn
+    checkpoints are dropped first (and said so), and a failure that leaves the checkpoint being
+    written torn (a full disk) becomes :func:`save_failure`'s one-line error."""
+    folder = work / "checkpoints"
+    newest_complete(folder, log=log)
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        err = save_failure(e, folder)
+        if err is None:
+            raise
+        raise err from e

@@ -206,11 +206,11 @@ def packed_documents_separate(model: Any) -> bool:
     return bool(blocked.all())
 
 
-def last_checkpoint(work: Path, log: Any = None) -> str | None:
-    """The newest *complete* checkpoint of this step's work folder (torn ones are dropped)."""
+def last_checkpoint(work: Path) -> str | None:
+    """The newest *complete* checkpoint (:mod:`realchat.training.checkpoints`); torn ones are dropped."""
     from realchat.training.checkpoints import newest_complete
 
-    ck = newest_complete(work / "checkpoints", log=log)
+    ck = newest_complete(work / "checkpoints")
     return str(ck) if ck else None
 
 
@@ -300,18 +300,10 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume = last_checkpoint(work, log)
+    resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    except (RuntimeError, OSError) as e:  # a full disk while a checkpoint is written: one line, not a traceback
-        from realchat.training.checkpoints import save_failure
-
-        err = save_failure(e, work / "checkpoints")
-        if err is None:
-            raise
-        raise err from e
+    result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate() if eval_on else {}
     history = list(trainer.state.log_history)
 
