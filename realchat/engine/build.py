@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from realchat import __version__
-from realchat.engine.context import StepContext, work_dir
+from realchat.engine.context import StepContext
 from realchat.engine.fingerprint import fingerprint, input_identities, input_parts
 from realchat.engine.graph import Graph, Node, build_graph
 from realchat.engine.lock import run_lock
@@ -105,6 +105,19 @@ def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
     return [p for p in plans if p.name in keep]
 
 
+def fresh_start(loaded: LoadedRecipe, chosen: list[StepPlan], force: bool) -> None:
+    """Before a build: Hub requests get timeouts (a Hub source, model or publish never waits for
+    ever), and with ``--force`` the chosen steps' work folders go, so they start clean (no checkpoint
+    or part file of an earlier try is resumed)."""
+    from realchat.engine.outputs import work_dir
+    from realchat.hub.http import install_timeouts
+
+    install_timeouts()
+    if force:
+        for p in chosen:
+            shutil.rmtree(work_dir(loaded.run_root, loaded.name, p.name, p.fingerprint), ignore_errors=True)
+
+
 # -- one step ---------------------------------------------------------------------------------------
 
 
@@ -178,9 +191,6 @@ def card_for(loaded: LoadedRecipe, graph: Graph, name: str, manifest: dict[str, 
 def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext) -> dict[str, Any]:
     """Run one step into its atomic output; its work folder (checkpoints, part files) is kept for a
     resume until the output is in place, then removed."""
-    from realchat.hub.http import install_timeouts
-
-    install_timeouts()  # a Hub source or model the step reads: no request waits for ever
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
         result = kind.run(ctx, tmp)
@@ -212,9 +222,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
         plans = plan(loaded, graph)
         fps = {p.name: p.fingerprint for p in plans}
         chosen = select(plans, graph, only, start)
-        if force:  # --force starts clean: no checkpoint or part file of an earlier try is resumed
-            for p in chosen:
-                shutil.rmtree(work_dir(loaded, p.name, p.fingerprint), ignore_errors=True)
+        fresh_start(loaded, chosen, force)
         chosen_names = {c.name for c in chosen}
         for p in chosen:
             missing = [q for q in p.parents if q not in chosen_names

@@ -58,7 +58,9 @@ class StepContext:
 
     def work_dir(self) -> Path:
         """Checkpoints and other resumable state of this step's run (kept across interruptions)."""
-        return work_dir(self.loaded, self.name, self.fingerprint)
+        from realchat.engine.outputs import work_dir
+
+        return work_dir(self.loaded.run_root, self.loaded.name, self.name, self.fingerprint)
 
     # -- other steps' outputs ----------------------------------------------------------------------
 
@@ -154,9 +156,3 @@ class StepContext:
             for item in items:
                 yield item
                 bar.advance(task)
-
-
-def work_dir(loaded: LoadedRecipe, step: str, fingerprint: str) -> Path:
-    """The work folder of ``step`` at ``fingerprint``: checkpoints and part files a rerun resumes from
-    (``build --force`` removes it first, so the step starts clean)."""
-    return loaded.run_root / loaded.name / ".work" / f"{step}-{fingerprint[:16]}"
