@@ -38,7 +38,12 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-_TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+#: Written into every temporary folder RealChat makes (and removed once the folder is in place): only
+#: folders holding it are ever swept, so a user's folder that merely has a temporary-looking name,
+#: or one of another tool, is never deleted.
+TEMP_MARK = ".realchat-temp"
 
 
 def _alive(pid: int) -> bool:
@@ -52,12 +57,23 @@ def _alive(pid: int) -> bool:
 
 
 def clean_stale(folder: Path) -> None:
-    """Remove temporary folders of ``folder`` left by processes that are gone (crash, kill -9)."""
+    """Tidy what a crashed (kill -9) RealChat process left beside ``folder``: its temporary folders
+    (only those RealChat marked as its own, of a process that is gone) are removed, and when
+    ``folder`` itself is missing because the crash fell between the two renames of
+    :func:`atomic_folder`, the previous content is put back."""
     if not folder.parent.exists():
         return
+    stale = []
     for p in folder.parent.glob(f".{folder.name}.*-*"):
         m = _TEMP.fullmatch(p.name)
-        if m and m["name"] == folder.name and not _alive(int(m["pid"])):
+        if (m and m["name"] == folder.name and p.is_dir() and not p.is_symlink()
+                and (p / TEMP_MARK).is_file() and not _alive(int(m["pid"]))):
+            stale.append((m["what"], p))
+    for what, p in sorted(stale, key=lambda x: x[0] != "old"):
+        if what == "old" and not folder.exists() and not folder.is_symlink():
+            os.replace(p, folder)
+            (folder / TEMP_MARK).unlink(missing_ok=True)
+        else:
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -67,20 +83,42 @@ def _temp_name(folder: Path, what: str) -> Path:
 
 @contextmanager
 def atomic_folder(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``folder`` in one rename, else it is removed."""
+    """Yield a temporary folder; on success it replaces ``folder`` in one rename, else it is removed.
+
+    The previous content stays (renamed aside) until the new folder is in place, and is removed only
+    then; temporary folders carry :data:`TEMP_MARK` so that only RealChat's own are ever swept."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(folder)
     tmp = _temp_name(folder, "tmp")
     tmp.mkdir()
+    (tmp / TEMP_MARK).write_text(f"{os.getpid()}\n")
+    old: Path | None = None
     try:
         yield tmp
-        old = None
         if folder.exists():
             old = _temp_name(folder, "old")
+            (folder / TEMP_MARK).write_text(f"{os.getpid()}\n")
             os.replace(folder, old)
         os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and old.exists() and not folder.exists():
+            os.replace(old, folder)  # the previous content back where it was
+        if folder.is_dir():
+            (folder / TEMP_MARK).unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    (folder / TEMP_MARK).unlink(missing_ok=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """Hard-link ``src`` at ``dst`` where the filesystem allows (no second copy on disk), else copy
+    it; True when linked. RealChat replaces files (never writes into them), so a link stays a faithful
+    copy of what was published."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return True
+    except OSError:  # another filesystem (EXDEV), no hard links (EPERM), too many links (EMLINK)
+        shutil.copy2(src, dst, follow_symlinks=False)
+        return False

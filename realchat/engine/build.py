@@ -106,6 +106,19 @@ def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
     return [p for p in plans if p.name in keep]
 
 
+def fresh_start(loaded: LoadedRecipe, chosen: list[StepPlan], force: bool) -> None:
+    """Before a build: Hub requests get timeouts (a Hub source, model or publish never waits for
+    ever), and with ``--force`` the chosen steps' work folders go, so they start clean (no checkpoint
+    or part file of an earlier try is resumed)."""
+    from realchat.engine.outputs import work_dir
+    from realchat.hub.http import install_timeouts
+
+    install_timeouts()
+    if force:
+        for p in chosen:
+            shutil.rmtree(work_dir(loaded.run_root, loaded.name, p.name, p.fingerprint), ignore_errors=True)
+
+
 # -- one step ---------------------------------------------------------------------------------------
 
 
@@ -209,7 +222,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
           progress_interval_s: float | None = None, wait_s: float = 0.0,
           on_built: Callable[[StepPlan, dict[str, Any]], None] | None = None) -> list[StepPlan]:
     """Build what is not done (``force``: the selected steps anyway), holding the run folder's lock."""
-    from realchat.hub.publish import published_record
+    from realchat.hub.publish import needs_publish
 
     console = console or Console(stderr=True)
     graph = graph_of(loaded)
@@ -224,6 +237,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
         plans = plan(loaded, graph)
         fps = {p.name: p.fingerprint for p in plans}
         chosen = select(plans, graph, only, start)
+        fresh_start(loaded, chosen, force)
         chosen_names = {c.name for c in chosen}
         for p in chosen:
             missing = [q for q in p.parents if q not in chosen_names
@@ -247,7 +261,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
                     on_built(p, stats)
                 refreshed = refresh_parent_cards(loaded, graph, p)
             if push and loaded.recipe.publish.push:
-                if built or published_record(loaded, p.name, p.fingerprint) is None:
+                if built or needs_publish(loaded, p.name, p.fingerprint, p.parents):
                     publish(loaded, graph, p.name, log=log)
                 for parent in refreshed:
                     publish(loaded, graph, parent, log=log)

@@ -61,7 +61,9 @@ class StepContext:
 
     def work_dir(self) -> Path:
         """Checkpoints and other resumable state of this step's run (kept across interruptions)."""
-        return self.loaded.run_root / self.loaded.name / ".work" / f"{self.name}-{self.fingerprint[:16]}"
+        from realchat.engine.outputs import work_dir
+
+        return work_dir(self.loaded.run_root, self.loaded.name, self.name, self.fingerprint)
 
     # -- other steps' outputs ----------------------------------------------------------------------
 

@@ -28,6 +28,12 @@ def step_dir(run_root: Path, recipe_name: str, step: str) -> Path:
     return run_root / recipe_name / step
 
 
+def work_dir(run_root: Path, recipe_name: str, step: str, fingerprint: str) -> Path:
+    """Checkpoints and part files of ``step`` at ``fingerprint`` that a rerun resumes from
+    (``build --force`` removes it first, so the step starts clean)."""
+    return run_root / recipe_name / ".work" / f"{step}-{fingerprint[:16]}"
+
+
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     m = read_json(folder / MANIFEST)
     return m if isinstance(m, dict) else None

@@ -10,7 +10,11 @@ fingerprint.
 * Idempotent: when the target already holds this fingerprint with the same card, nothing is sent and
   no commit is made; the existing revision is recorded.
 * Atomic: on the Hub a commit either lands whole or not at all (an interrupted upload leaves the
-  previous revision as it was); locally the new folder replaces the old one in one rename.
+  previous revision as it was); locally the new folder is assembled beside the old one (files
+  hard-linked from the run folder, copied across filesystems) and replaces it in one rename.
+* Never loses data: locally, only the files in RealChat's own list (``.realchat-files.json``) are
+  replaced; a user's file in the repo folder is carried over, and only temporary folders RealChat
+  marked as its own are ever swept.
 * The token comes from ``HF_TOKEN`` or ``hf auth login`` (huggingface_hub's ``get_token``) and is
   handed to the client only: never written to a card, a record, a log or the console.
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +99,62 @@ def published_record(loaded: LoadedRecipe, step: str, fingerprint: str | None = 
     return rec
 
 
+def destination(loaded: LoadedRecipe, step: str) -> dict[str, Any]:
+    """Where ``step`` is published under the recipe's current ``publish`` settings: target, repo,
+    type, and the local folder (resolved) or the Hub endpoint and branch. Recorded with each publish,
+    so that changing the settings of a finished step publishes it to the new place."""
+    cfg = loaded.recipe.publish
+    kind = repo_type(loaded, step)
+    repo = repo_id(loaded, step)
+    if cfg.target == "local":
+        where = {"folder": str(local_repo_dir(cfg, repo, kind, loaded.recipe.run_root).resolve())}
+    else:
+        where = {"endpoint": endpoint(cfg), "branch": cfg.revision}
+    return {"target": cfg.target, "repo_id": repo, "repo_type": kind, **where}
+
+
+def needs_publish(loaded: LoadedRecipe, step: str, fingerprint: str, parents: list[str]) -> bool:
+    """Whether a finished step must be published: never published at this fingerprint, published to
+    another place than the current settings say, a parent since published elsewhere (the card names
+    it), or (locally) the published folder no longer holds this fingerprint."""
+    rec = published_record(loaded, step, fingerprint)
+    if rec is None:
+        return True
+    here = destination(loaded, step)
+    went = rec.get("destination") or _legacy_destination(rec, here)
+    if went != here:
+        return True
+    if "parents" in rec and rec["parents"] != _parent_places(loaded, parents):
+        return True
+    if here["target"] == "local":
+        owned = _owned(Path(here["folder"]))
+        if owned is None and "destination" not in rec:  # published before RealChat kept its file list
+            return not isinstance(read_json(Path(here["folder"]) / MANIFEST), dict)
+        return not owned or owned.get("fingerprint") != fingerprint
+    return False
+
+
+def _legacy_destination(rec: dict[str, Any], here: dict[str, Any]) -> dict[str, Any]:
+    """The destination of a record written before records kept one, from the fields it has (a Hub
+    branch it did not record is taken to be the current one: no network call to find out)."""
+    went = {"target": rec.get("target"), "repo_id": rec.get("repo_id"), "repo_type": rec.get("repo_type")}
+    if rec.get("target") == "local":
+        return {**went, "folder": rec.get("url")}
+    return {**went, "endpoint": rec.get("endpoint"), "branch": here.get("branch")}
+
+
+def _parent_places(loaded: LoadedRecipe, parents: list[str]) -> dict[str, str | None]:
+    """Each parent step's published place (the child's card names it): target, repo and where (not the
+    Hub commit: a parent whose card was only refreshed keeps its place, so its children are not
+    published again)."""
+    out: dict[str, str | None] = {}
+    for parent in sorted(parents):
+        rec = published_record(loaded, parent)
+        out[parent] = (f"{rec.get('target')}:{rec.get('repo_type')}:{rec.get('repo_id')}@"
+                       f"{rec.get('endpoint') or rec.get('url')}" if rec else None)
+    return out
+
+
 # -- lineage ------------------------------------------------------------------------------------
 
 
@@ -135,9 +194,9 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 
     if cfg.target == "local":
         dest = local_repo_dir(cfg, repo, kind, loaded.recipe.run_root)
-        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"])
+        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log)
     else:
-        revision, changed = HubPublisher(cfg).publish(repo, kind, folder, card, step, manifest["fingerprint"])
+        revision, changed = HubPublisher(cfg, log).publish(repo, kind, folder, card, step, manifest["fingerprint"])
     record = {
         "step": step,
         "target": cfg.target,
@@ -149,6 +208,8 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
         "url": repo_url(cfg, repo, kind, revision if cfg.target == "hub" else None, loaded.recipe.run_root),
         "endpoint": endpoint(cfg) if cfg.target == "hub" else None,
         "changed": changed,
+        "destination": destination(loaded, step),
+        "parents": _parent_places(loaded, [p["step"] for p in manifest.get("parents") or [] if p.get("step")]),
         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     path = record_path(loaded, step)
@@ -159,28 +220,96 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
     return record
 
 
-def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str) -> tuple[str, bool]:
-    """Copy the folder to the Hub-like local layout; the revision is the step fingerprint."""
-    from realchat.files import atomic_folder
+#: RealChat's own list of the files it wrote into a local repo folder (and the fingerprint they are
+#: of): publishing replaces those and nothing else, so a user's file in the folder survives.
+OWNED = ".realchat-files.json"
 
-    current = read_json(dest / MANIFEST)
+
+def _owned(dest: Path) -> dict[str, Any] | None:
+    rec = read_json(dest / OWNED)
+    return rec if isinstance(rec, dict) and isinstance(rec.get("files"), list) else None
+
+
+def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
+                   log: Any = print) -> tuple[str, bool]:
+    """Put the step folder in the Hub-like local layout; the revision is the step fingerprint.
+
+    The new revision is assembled beside the old one: the run folder's files hard-linked (copied where
+    the filesystem cannot link), the card written, and every file RealChat did not write (by its
+    :data:`OWNED` list) linked over from the old folder; then it replaces the old folder in one rename
+    and the old one is removed (:func:`realchat.files.atomic_folder`). A user's file at a path RealChat
+    writes is an error, never overwritten."""
+    from realchat.files import TEMP_MARK, atomic_folder, link_or_copy
+
+    ours = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.name != TEMP_MARK)
+    ours = sorted(set(ours) | {"README.md"})
+    owned = _owned(dest)
     readme = dest / "README.md"
-    if current and current.get("fingerprint") == fingerprint and readme.exists() and readme.read_text() == card:
+    if (owned and owned.get("fingerprint") == fingerprint and set(owned["files"]) == set(ours)
+            and readme.is_file() and readme.read_text(encoding="utf-8") == card
+            and all((dest / f).exists() for f in ours)):
         return fingerprint, False
+
+    legacy = owned is None and isinstance(read_json(dest / MANIFEST), dict)  # before RealChat kept its list
+    prior = set(owned["files"]) if owned is not None else set()
+    tops = {r.split("/", 1)[0] for r in ours}
+    theirs: list[str] = []
+    empty_dirs: list[str] = []
+    if dest.is_dir():
+        for p in sorted(dest.rglob("*")):
+            rel = p.relative_to(dest).as_posix()
+            if p.is_dir() and not p.is_symlink():
+                if not any(p.iterdir()):
+                    empty_dirs.append(rel)
+            elif legacy and rel.split("/", 1)[0] in tops:
+                continue  # RealChat's layout (data/, rejected/, its files): its own, as on the Hub
+            elif rel not in prior and rel not in (OWNED, TEMP_MARK):
+                theirs.append(rel)
+    elif dest.exists() or dest.is_symlink():
+        raise PublishError(f"{dest}: exists and is not a folder; RealChat publishes a folder there",
+                           hint="move it away or set publish.local_root")
+    clash = sorted(set(theirs) & set(ours))
+    if clash:
+        raise PublishError(f"{dest / clash[0]}: a file RealChat did not write is where it publishes "
+                           f"{clash[0]}; nothing was changed", hint="move the file away, then publish again")
+    linked = copied = 0
     with atomic_folder(dest) as tmp:
-        shutil.copytree(folder, tmp, dirs_exist_ok=True)
-        (tmp / "README.md").write_text(card)
+        for rel in ours:
+            if rel == "README.md":
+                continue
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            if link_or_copy(folder / rel, tmp / rel):
+                linked += 1
+            else:
+                copied += 1
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        for rel in theirs:  # a user's files: carried over (same filesystem: links, no copy)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(dest / rel, tmp / rel)
+        for rel in empty_dirs:
+            (tmp / rel).mkdir(parents=True, exist_ok=True)
+        write_json(tmp / OWNED, {"fingerprint": fingerprint, "files": ours})
+    kept = f"; kept {len(theirs)} file(s) RealChat did not write ({', '.join(theirs[:3])}{', …' if len(theirs) > 3 else ''})" if theirs else ""
+    log(f"{dest}: {linked} file(s) hard-linked from {folder}, {copied} copied{kept}")
     return fingerprint, True
 
 
 class HubPublisher:
     """One commit per changed step through ``huggingface_hub``'s HfApi, with errors a user can act on."""
 
-    def __init__(self, cfg: PublishConfig) -> None:
+    #: After this many seconds without an answer, say what is being waited for.
+    SAY_WAITING_AFTER_S = 5.0
+
+    def __init__(self, cfg: PublishConfig, log: Any = print) -> None:
         from huggingface_hub import HfApi, get_token
+
+        from realchat.hub.http import install_timeouts
 
         self.cfg = cfg
         self.endpoint = endpoint(cfg)
+        self.log = log
+        self.timeouts = install_timeouts()
         token = get_token()
         if not token:
             raise PublishError(
@@ -190,8 +319,18 @@ class HubPublisher:
         self.api = HfApi(endpoint=self.endpoint, token=token)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import threading
+
         from huggingface_hub.errors import HfHubHTTPError
 
+        from realchat.hub.http import is_timeout
+
+        t = self.timeouts
+        waiting = threading.Timer(self.SAY_WAITING_AFTER_S, self.log, args=(
+            f"waiting for {self.endpoint} to answer: {what} (gives up after {t.read:g} s without an answer; "
+            f"REALCHAT_HUB_TIMEOUT sets it)",))
+        waiting.daemon = True
+        waiting.start()
         try:
             return fn(*args, **kwargs)
         except HfHubHTTPError as e:
@@ -209,10 +348,26 @@ class HubPublisher:
         except RealChatError:
             raise
         except Exception as e:  # connection refused, DNS, TLS, timeouts: the transport's own types
-            if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "timeout" in type(e).__name__.lower():
+            timeout = is_timeout(e)
+            if timeout == "read":
+                raise PublishError(f"{what}: {self.endpoint} accepted the connection but sent no answer within "
+                                   f"{t.read:g} s", hint="check publish.endpoint / HF_ENDPOINT; "
+                                   "REALCHAT_HUB_TIMEOUT sets how long to wait") from None
+            if timeout == "connect":
+                raise PublishError(f"{what}: could not connect to {self.endpoint} within {t.connect:g} s",
+                                   hint="check the network, publish.endpoint or HF_ENDPOINT; "
+                                   "REALCHAT_HUB_CONNECT_TIMEOUT sets how long to wait") from None
+            if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "network" in type(e).__name__.lower():
                 raise PublishError(f"{what}: cannot reach {self.endpoint} ({type(e).__name__}: {e})",
                                    hint="check the network, publish.endpoint or HF_ENDPOINT") from None
+            if isinstance(e, json.JSONDecodeError) or "protocol" in type(e).__name__.lower() or "decod" in type(e).__name__.lower():
+                raise PublishError(f"{what}: {self.endpoint} did not answer like a Hugging Face Hub "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})",
+                                   hint="check publish.endpoint / HF_ENDPOINT: it must be a Hub's address, "
+                                   "not a web page or a proxy's login page") from None
             raise
+        finally:
+            waiting.cancel()
 
     def publish(self, repo: str, kind: str, folder: Path, card: str, step: str,
                 fingerprint: str) -> tuple[str, bool]:
@@ -231,8 +386,10 @@ class HubPublisher:
             RepoCard(card).validate(repo_type=kind)
         except ValueError as e:
             raise PublishError(f"card metadata the Hub rejects ({step}): {e}") from None
-        except Exception as e:  # validation endpoint unreachable: the commit below will say so
-            if "connect" not in type(e).__name__.lower():
+        except Exception as e:  # validation endpoint unreachable or silent: the commit below will say so
+            from realchat.hub.http import is_timeout
+
+            if "connect" not in type(e).__name__.lower() and not is_timeout(e):
                 raise
         self._call(f"create {kind} repo {repo}", api.create_repo, repo, repo_type=kind,
                    private=self.cfg.private, exist_ok=True)
@@ -243,12 +400,17 @@ class HubPublisher:
         if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files):
             return info.sha, False
 
-        local_files = sorted(p for p in folder.rglob("*") if p.is_file())
-        rel = {p.relative_to(folder).as_posix() for p in local_files}
-        ops: list[Any] = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
+        from realchat.files import TEMP_MARK
+
+        local_files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TEMP_MARK)
+        rel = {p.relative_to(folder).as_posix() for p in local_files} | {"README.md", OWNED}
+        ops: list[Any] = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()),
+                          CommitOperationAdd(path_in_repo=OWNED, path_or_fileobj=(json.dumps(
+                              {"fingerprint": fingerprint, "files": sorted(rel - {OWNED})}, indent=2) + "\n").encode())]
         ops += [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
                 for p in local_files if p.name != "README.md" or p.parent != folder]
-        ops += [CommitOperationDelete(path_in_repo=f) for f in sorted(remote_files - rel - {".gitattributes"})]
+        owned = self._remote_owned(repo, kind, info.sha, remote_files, rel)
+        ops += [CommitOperationDelete(path_in_repo=f) for f in sorted((remote_files & owned) - rel - {".gitattributes"})]
         commit = self._call(
             f"commit to {repo}", api.create_commit, repo, ops, repo_type=kind, revision=rev,
             commit_message=f"realchat {step}: fingerprint {fingerprint}",
@@ -257,20 +419,41 @@ class HubPublisher:
         )
         return commit.oid, True
 
+    def _remote_owned(self, repo: str, kind: str, sha: str, remote_files: set[str], rel: set[str]) -> set[str]:
+        """The remote files RealChat wrote (only those may be deleted): its :data:`OWNED` list there, or,
+        for a repo published before RealChat kept one, the files under the top-level names it writes."""
+        if OWNED in remote_files:
+            try:
+                return set(json.loads(self._read(repo, kind, sha, OWNED))["files"]) | {OWNED}
+            except RealChatError:
+                raise
+            except Exception:  # unreadable list: fall back to the layout rule below
+                pass
+        tops = {r.split("/", 1)[0] for r in rel}
+        return {f for f in remote_files if f.split("/", 1)[0] in tops}
+
     def _remote_matches(self, repo: str, kind: str, sha: str, fingerprint: str, card: str,
                         remote_files: set[str]) -> bool:
         if MANIFEST not in remote_files or "README.md" not in remote_files:
             return False
-        from huggingface_hub import hf_hub_download
-
         try:
-            m = json.loads(Path(hf_hub_download(repo, MANIFEST, repo_type=kind, revision=sha,
-                                                endpoint=self.endpoint, token=self.api.token)).read_text())
-            readme = Path(hf_hub_download(repo, "README.md", repo_type=kind, revision=sha,
-                                          endpoint=self.endpoint, token=self.api.token)).read_text()
+            m = json.loads(self._read(repo, kind, sha, MANIFEST))
+            readme = self._read(repo, kind, sha, "README.md")
+        except RealChatError:
+            raise
         except Exception:
             return False
-        return m.get("fingerprint") == fingerprint and readme == card
+        return isinstance(m, dict) and m.get("fingerprint") == fingerprint and readme == card
+
+    def _read(self, repo: str, kind: str, sha: str, filename: str) -> str:
+        """One file of the repo at ``sha``: one request with RealChat's timeouts (``hf_hub_download``
+        would retry a silent endpoint for minutes)."""
+        from huggingface_hub import hf_hub_url
+
+        from realchat.hub.http import get_text
+
+        url = hf_hub_url(repo, filename, repo_type=kind, revision=sha, endpoint=self.endpoint)
+        return get_text(url, f"read {repo}/{filename}", token=self.api.token)
 
 
 # -- reading lineage back -----------------------------------------------------------------------
@@ -287,6 +470,10 @@ def _load_card_meta(ref: str, repo_type: str | None, revision: str | None, hub_e
         return _card_meta(p), str(p.parent)
     if p.exists() or ref.startswith((".", "/", "~")):
         raise PublishError(f"{ref}: no README.md card there")
+
+    from realchat.hub.http import check_answers
+
+    check_answers(hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT, f"lineage of {ref}")
     errors = []
     for kind in [repo_type] if repo_type else ["dataset", "model"]:
         try:
@@ -325,6 +512,9 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
     Every parent of every card is visited (an evaluation has several); a node met again is listed with
     ``seen: true`` and not expanded twice. Local cards name their parents by a path relative to the
     publish root, so a copied or moved publish folder still resolves."""
+    from realchat.hub.http import install_timeouts
+
+    install_timeouts()
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
 

@@ -189,16 +189,21 @@ def _convert_gguf(path: Path, target: Path) -> None:
 
 
 def content_digest(path: Path) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime) in RealChat's cache so a large
-    model is read once; the digest itself depends on the content only, so fingerprints agree across
-    machines and virtual environments."""
+    """sha256 of a file's bytes, remembered in RealChat's cache so a large model is read once; the
+    digest itself depends on the content only, so fingerprints agree across machines and virtual
+    environments.
+
+    The memo is keyed by path, device, inode, size, mtime **and ctime** (nanoseconds): a file edited
+    in place with the same size whose mtime is then set back (``touch -r``, ``os.utime``, an archive
+    tool) still gets a new ctime, which no user call can set, so it is read again; a file replaced
+    by a rename gets a new inode."""
     import json
 
     from realchat.files import atomic_write_text
 
     st = path.stat()
     memo = cache_dir() / "digests.json"
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{path.resolve()}|{st.st_dev}:{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     try:
         known = json.loads(memo.read_text())
     except (OSError, ValueError):
@@ -209,6 +214,11 @@ def content_digest(path: Path) -> str:
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
+    after = path.stat()
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        return h.hexdigest()  # written to while being read: not remembered
+    prefix = key.split("|", 1)[0] + "|"
+    known = {k: v for k, v in known.items() if not k.startswith(prefix)}  # this path's stale entries
     known[key] = h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(memo, json.dumps(known))

@@ -21,6 +21,7 @@ from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Prod
 from realchat.recipe.refs import DatasetRef, ModelRef
 from realchat.steps.base import StepKind, StepResult
 from realchat.training.chat_format import as_user_simulator
+from realchat.training.checkpoints import checkpoint_faults
 from realchat.training.trainer import TrainingDataError, TrainingSettings, train_sft
 
 
@@ -109,7 +110,7 @@ class Sft(StepKind):
             held = held[: max(1, cfg.max_conversations // 10)] if held else held
         ctx.console.print(f"{ctx.name}: {len(train):,} conversations to train on, {len(held):,} held out; "
                           f"base {cfg.base_model}; loss on {role} turns")
-        with ctx.blame("dataset"):
+        with checkpoint_faults(ctx.work_dir(), log=ctx.console.print), ctx.blame("dataset"):
             stats = train_sft(cfg, base_model=base, train_convs=prepare(cfg, train), eval_convs=prepare(cfg, held),
                               loss_role=role, out=out, work=ctx.work_dir(), seed=ctx.seed,
                               show_progress=ctx.show_progress and ctx.console.is_terminal,

@@ -251,8 +251,11 @@ def packed_documents_separate(model: Any) -> bool:
 
 
 def last_checkpoint(work: Path) -> str | None:
-    cks = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(cks[-1]) if cks else None
+    """The newest *complete* checkpoint (:mod:`realchat.training.checkpoints`); torn ones are dropped."""
+    from realchat.training.checkpoints import newest_complete
+
+    ck = newest_complete(work / "checkpoints")
+    return str(ck) if ck else None
 
 
 def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[dict[str, str]]],

@@ -54,7 +54,7 @@ DEFAULT_ROLES: dict[str, Literal["user", "assistant", "system"]] = {
 
 def source_revision(cfg: SourceConfig, base_dir: Path) -> str:
     """A revision identifying the exact input: the file's sha256 (read once, then remembered per path,
-    size and mtime by :func:`~realchat.models.content_digest`), or the Hub revision asked for."""
+    inode, size, mtime and ctime by :func:`~realchat.models.content_digest`), or the Hub revision asked for."""
     if cfg.format == "hub":
         return cfg.revision or "main"
     path = resolve_local(cfg.path, base_dir)
