@@ -22,7 +22,9 @@ import polars as pl
 from realchat.errors import RealChatError
 from realchat.recipe.refs import FileData, HubData, ResolvedData, StepData
 
-Conversation = dict[str, Any]  # {"id": str, "base_id": str, "messages": [{"role", "content"}]}
+#: {"id": str, "base_id": str, "messages": [{"role", "content"}]}, plus ``ends_conversation`` and
+#: ``intent`` when the step's data has those columns.
+Conversation = dict[str, Any]
 
 TRAIN, HELD_OUT = "train", "held_out"
 
@@ -54,9 +56,12 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     id_col = "conversation_id" if "conversation_id" in df.columns else "session_id"
     out = []
     seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height
-    for cid, s, msgs in zip(df[id_col].to_list(), seg, df["messages"].to_list()):
+    # optional columns a consumer may need: where split cut (``ends_conversation``), a per-conversation goal
+    extra = [c for c in ("ends_conversation", "intent") if c in df.columns]
+    extras = df.select(extra).to_dicts() if extra else [{}] * df.height
+    for cid, s, msgs, more in zip(df[id_col].to_list(), seg, df["messages"].to_list(), extras):
         out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
-                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **more})
     return out
 
 
