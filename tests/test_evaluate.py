@@ -257,7 +257,9 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     assert 0 < real["conversations"] <= min(40, curated.filter(pl.col("split") == "held_out").height)
     for d in (real, *sims.values()):
         assert d["conversations"] >= 1
-        assert d["mtld_user"] > 0 and -1 <= d["topic_diversity_cosine"] <= 1 and 0 < d["distinct_1_user"] <= 1
+        assert d["mtld_paper"] > 0 and d["mtld_joined"] > 0 and 0 < d["distinct_1_user"] <= 1
+        assert -1 <= d["topic_cosine_pairs"] <= d["topic_cosine_paper"] <= 1  # the paper's adds the diagonal
+        assert 0 <= d["first_turn_diversity_ci95"][0] <= d["first_turn_diversity"] <= d["first_turn_diversity_ci95"][1]
     assert "en" in real["languages"]
     assert rep["dataset_steps"] == {"sharegpt": "curate", "usergpt": "sim_usergpt", "roleplay": "sim_roleplay"}
     # fidelity: both models scored on the same real tokens; one row per simulated dataset

@@ -15,10 +15,16 @@ from typing import Any
 DATASET_METRICS = [
     ("conversations", "conversations"), ("mean_rounds", "mean rounds"),
     ("tokens_per_utterance", "tokens / utterance"), ("tokens_per_conversation", "tokens / conversation"),
-    ("mtld_user", "MTLD (user turns) ↑"), ("distinct_1_user", "distinct-1 ↑"), ("distinct_2_user", "distinct-2 ↑"),
-    ("topic_diversity_cosine", "topic cosine ↓"), ("first_turn_cosine", "first-turn cosine ↓"),
+    ("mtld_paper", "MTLD, mean over user turns (paper) ↑"), ("mtld_joined", "MTLD, user turns joined ↑"),
+    ("distinct_1_user", "distinct-1 ↑"), ("distinct_2_user", "distinct-2 ↑"),
+    ("topic_cosine_paper", "topic cosine, n×n incl. diagonal (paper) ↓"),
+    ("topic_cosine_pairs", "topic cosine, distinct pairs ↓"), ("first_turn_cosine", "first-turn cosine ↓"),
+    ("first_turn_diversity", "first-turn diversity (1 − Jaccard) [95% CI] ↑"),
     ("first_turn_distinct_2", "first-turn distinct-2 ↑"),
 ]
+
+#: Figures with an interval stored beside them as ``<key>_ci95``.
+WITH_CI = {"first_turn_diversity"}
 
 
 def _fmt(v: Any) -> str:
@@ -52,15 +58,20 @@ def datasets_section(results: dict[str, Any]) -> str:
     if not ds:
         return ""
     names = list(ds)
-    rows = [[label] + [ds[n].get(key) for n in names] for key, label in DATASET_METRICS]
+    rows = [[label] + [_ci({"v": ds[n].get(key), "ci95": ds[n].get(f"{key}_ci95")}, "v") if key in WITH_CI
+                       else ds[n].get(key) for n in names] for key, label in DATASET_METRICS]
     rows.append(["user-turn tokens p10 / median / p90"] + [
         "{p10} / {median} / {p90}".format(**ds[n]["user_turn_tokens"]) if ds[n].get("user_turn_tokens") else None
         for n in names])
     rows.append(["languages (top 3)"] + [", ".join(f"{k} {v}" for k, v in list(ds[n].get("languages", {}).items())[:3])
                                           for n in names])
     return "## Dataset statistics\n\n" + table(["metric"] + names, rows) + (
-        "\n\nMTLD threshold 0.72 (lexicalrichness); cosine = mean pairwise cosine similarity of MiniLM "
-        "embeddings of the user turns (lower = more diverse), computed without an n×n matrix.\n")
+        "\n\nMTLD threshold 0.72 (lexicalrichness): the paper's figure is the mean of each user turn's MTLD "
+        "(turns without words skipped), ours the MTLD of all user turns joined. Cosine = mean cosine "
+        "similarity of MiniLM embeddings of the user turns (lower = more diverse), computed without an n×n "
+        "matrix: the paper's mean takes the full matrix, diagonal included (pulled up by 1/n), ours distinct "
+        "pairs. First-turn diversity as UserLM: 1 − mean pairwise Jaccard similarity of the first user turns' "
+        "lower-cased word sets.\n")
 
 
 def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> str:
@@ -169,7 +180,7 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     for name, d in (results.get("datasets") or {}).items():
         for key, v in d.items():
-            add("dataset", name, key, v)
+            add("dataset", name, key, v, d.get(f"{key}_ci95"))
         for key, v in (d.get("user_turn_tokens") or {}).items():
             add("dataset", name, f"user_turn_tokens_{key}", v)
     f = results.get("fidelity") or {}
@@ -198,8 +209,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     h: dict[str, Any] = {}
     for name, d in (results.get("datasets") or {}).items():
         h[f"{name}_conversations"] = d.get("conversations")
-        h[f"{name}_mtld"] = d.get("mtld_user")
-        h[f"{name}_topic_cosine"] = d.get("topic_diversity_cosine")
+        h[f"{name}_mtld_paper"] = d.get("mtld_paper")
+        h[f"{name}_topic_cosine_paper"] = d.get("topic_cosine_paper")
+        h[f"{name}_first_turn_diversity"] = d.get("first_turn_diversity")
     f = results.get("fidelity") or {}
     for label, v in (f.get("user_turn_perplexity") or {}).items():
         h[f"{label}_user_perplexity"] = v.get("perplexity")

@@ -125,17 +125,19 @@ def sample_sizes(cfg: EvaluateConfig, sizes: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(figures, raw series for plots and fidelity) of one dataset."""
+def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any, seed: int = 0,
+                     bootstrap: int = 200) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(figures, raw series for plots and fidelity) of one dataset. ``encoder`` None: no topic
+    diversity (``realchat stats --no-embeddings``)."""
     import numpy as np
 
     from realchat.evaluation.embeddings import encode
     from realchat.evaluation.fidelity import rounds_of
     from realchat.curation.langid import LanguageIdentifier
-    from realchat.evaluation.statistics import conversation_stats, distinct_n, mean_pairwise_cosine, user_turns
+    from realchat.evaluation.statistics import conversation_stats, distinct_n, topic_statistics, user_turns
 
     msgs = [c["messages"] for c in convs]
-    stats = conversation_stats(msgs, counter.count)
+    stats = conversation_stats(msgs, counter.count, bootstrap, seed)
     users = user_turns(msgs)
     firsts = user_turns(msgs, first_only=True)
     lengths = counter.count(users) if users else []
@@ -147,13 +149,13 @@ def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> t
     for lang in labels:
         langs[lang] = langs.get(lang, 0) + 1
     stats["languages"] = dict(sorted(langs.items(), key=lambda kv: -kv[1])[:10])
-    user_emb = encode(encoder, users)
-    stats["topic_diversity_cosine"] = round(mean_pairwise_cosine(user_emb), 4) if len(users) > 1 else None
-    first_emb = encode(encoder, firsts)
-    stats["first_turn_cosine"] = round(mean_pairwise_cosine(first_emb), 4) if len(firsts) > 1 else None
+    user_emb = encode(encoder, users) if encoder is not None else None
+    if encoder is not None:
+        stats.update(topic_statistics(user_emb, encode(encoder, firsts)))
     stats["first_turn_distinct_2"] = round(distinct_n(firsts, 2), 4)
     stats["user_turns"] = len(users)
-    return stats, {"user_turn_tokens": lengths, "rounds": rounds_of(msgs), "user_embeddings": user_emb}
+    return stats, {"user_turn_tokens": lengths, "rounds": rounds_of(msgs), "user_embeddings": user_emb,
+                   "user_turns": users}
 
 
 # -- fidelity ---------------------------------------------------------------------------------------
@@ -372,7 +374,7 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
             encoder = load_encoder(cfg.embedding_model, str(ctx.base_dir))
         for name, cs in convs.items():
             ctx.console.print(f"{ctx.name}: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
-            stats, series[name] = describe_dataset(cs, counter, encoder)
+            stats, series[name] = describe_dataset(cs, counter, encoder, seed)
             results["datasets"][name] = {"available": len(full[name]), **stats}
     results["timings_s"]["statistics"] = round(time.perf_counter() - t0, 1)
 
