@@ -94,3 +94,28 @@ def split_held_out(convs: list[Conversation], share: float) -> tuple[list[Conver
     for c in convs:
         (held if is_held_out(c.get("base_id", c["id"]), share) else train).append(c)
     return train, held
+
+
+def read_file_conversations(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Conversation], int, dict[str, int]]:
+    """(usable conversations, records read, unusable records by reason) of one conversation file,
+    through curation's readers and role table: ShareGPT JSON/JSONL, OpenAI ``messages`` JSONL, parquet
+    (a step's ``data/`` folder too). A file that cannot be read at all raises one error naming it."""
+    from realchat.curation.conversations import normalize
+    from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source
+
+    if not path.exists():
+        raise RealChatError("file not found", file=str(path))
+    records, _ = open_source(SourceConfig(format=fmt, path=str(path.resolve()), limit=limit), Path("."))
+    out: list[Conversation] = []
+    rejected: dict[str, int] = {}
+    n = 0
+    for rec in records:
+        n += 1
+        row, rej = normalize(rec, dict(DEFAULT_ROLES), "id", path.stem or "record")
+        if row is None:
+            assert rej is not None
+            rejected[rej.reason] = rejected.get(rej.reason, 0) + 1
+            continue
+        out.append({"id": row["conversation_id"], "base_id": row["conversation_id"],
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
+    return out, n, rejected
