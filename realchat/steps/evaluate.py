@@ -161,29 +161,60 @@ def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any, seed
 # -- fidelity ---------------------------------------------------------------------------------------
 
 
+def is_whole(conv: Conversation) -> bool:
+    """A real conversation that ``split`` did not cut (its first segment, ending where the conversation
+    ended) and that ends on an assistant turn: the only ones where "the real end" is known."""
+    body = [m for m in conv["messages"] if m["role"] != "system"]
+    return (conv.get("ends_conversation") is not False and conv["id"] == conv.get("base_id", conv["id"])
+            and bool(body) and body[-1]["role"] == "assistant")
+
+
 def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Conversation]],
                  series: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
-    """Perplexity of the simulator and the baseline on held-out real user turns, then every simulated
-    dataset against the real one: Fréchet distance, classifier, rounds, how conversations ended."""
+    """Perplexity of the simulator and the baseline on held-out real user turns (the simulator's
+    ending decisions in the same pass), then every simulated dataset against the real one: Fréchet
+    distance, classifier, role adherence, rounds, how conversations ended, intent decomposition."""
     import numpy as np
 
+    from realchat.evaluation import behaviour as bh
     from realchat.evaluation import fidelity as fm
 
     fid = cfg.fidelity
     assert fid is not None
     real = convs[fid.real][: fid.perplexity_conversations]
-    prompt, _marker = ctx.trained_simulator(fid.simulator_model)
+    prompt, marker = ctx.trained_simulator(fid.simulator_model)
     out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "simulated": {}}
+    ending = [c for c in convs[fid.real] if is_whole(c)][: fid.ending_conversations] if marker else []
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
                             ("baseline", fid.baseline_model, "baseline_model")):
         if ref is None:
             continue
-        ctx.console.print(f"{ctx.name}: perplexity of {label} ({ref}) on {len(real)} held-out real conversations")
+        ctx.console.print(f"{ctx.name}: perplexity of {label} ({ref}) on {len(real)} held-out real conversations"
+                          + (f", ending on {len(ending)}" if label == "simulator" and ending else ""))
         path = ctx.resolve_model(ref, f"fidelity.{key}")
         with ctx.blame(f"fidelity.{key}"):
-            ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
-                                                                    fid.max_length, fid.bootstrap, seed)}
+            if label == "simulator" and ending:
+                from realchat.models.backends import LocalModel
+
+                local = LocalModel(path)
+                in_ppl = {id(c) for c in real}
+                in_end = {id(c) for c in ending}
+                union = real + [c for c in ending if id(c) not in in_ppl]
+                nll, end_rows = bh.score_user_turns(
+                    local.model, local.tokenizer, [c["messages"] for c in union], prompt, marker, fid.max_length,
+                    [id(c) in in_ppl for c in union], [id(c) in in_end for c in union])
+                del local
+                ppl[label] = {"model": ref, **fm.perplexity_with_ci(nll, fid.bootstrap, seed)}
+                out["ending"] = {"model": ref, "marker": marker, "selected": len(ending),
+                                 **bh.ending_scores(end_rows, fid.bootstrap, seed)}
+            else:
+                ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
+                                                                        fid.max_length, fid.bootstrap, seed)}
+    if "ending" not in out:
+        out["ending"] = {"model": fid.simulator_model, "marker": marker, "conversations": 0,
+                         "note": "the simulator was trained without an end marker" if not marker
+                         else "off (fidelity.ending_conversations: 0)"}
     out["user_turn_perplexity"] = ppl
     rng = np.random.default_rng(seed)
 
@@ -191,6 +222,24 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
         emb = series[name]["user_embeddings"]
         return emb[rng.choice(len(emb), fid.max_turns, replace=False)] if len(emb) > fid.max_turns else emb
 
+    clf = None
+    if fid.role_turns:
+        from realchat.evaluation.embeddings import encode, load_encoder
+
+        answers = [m["content"] for c in convs[fid.real] for m in c["messages"] if m["role"] == "assistant"]
+        picked = [answers[i] for i in sorted(rng.choice(len(answers), min(fid.role_turns, len(answers)), replace=False))]
+        with ctx.blame("embedding_model"):
+            answer_emb = encode(load_encoder(cfg.embedding_model, str(ctx.base_dir)), picked)
+        clf, out["role_classifier"] = bh.role_classifier(series[fid.real]["user_embeddings"],
+                                                        series[fid.real]["user_turns"], answer_emb, picked,
+                                                        fid.cv_folds, seed)
+
+    def intents(name: str) -> dict[str, Any] | None:
+        pairs = [(c["intent"], c["messages"]) for c in convs[name] if c.get("intent")]
+        return bh.intent_decomposition(pairs, fid.bootstrap, seed) if pairs else None
+
+    if intents(fid.real):
+        out["real_intent_decomposition"] = intents(fid.real)
     r = turns(fid.real)
     index = {d.name: i for i, d in enumerate(cfg.datasets)}
     for name in fid.simulated:
@@ -198,8 +247,13 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
         one: dict[str, Any] = {
             "frechet": fm.frechet_distance(r, s, fid.frechet_dims, fid.bootstrap, seed),
             "classifier": fm.classifier_accuracy(r, s, fid.cv_folds, seed),
-            "rounds": fm.rounds_comparison(series[fid.real]["rounds"], series[name]["rounds"]),
+            "rounds": fm.rounds_comparison(series[fid.real]["rounds"], series[name]["rounds"], fid.bootstrap, seed),
         }
+        if clf is not None:
+            one["role"] = bh.answer_share(clf, series[name]["user_embeddings"], series[name]["user_turns"])
+        decomposition = intents(name)
+        if decomposition:
+            one["intent_decomposition"] = decomposition
         step = ctx.step_of(f"datasets[{index[name]}].dataset")
         reasons = ctx.stats_of(step).get("stop_reasons") if step else None
         if reasons:
