@@ -178,13 +178,26 @@ def eval_show(
                       str(r["n"]), str(r["invalid"]))
         out.print(t)
     if result["pairwise"]:
-        t = Table(title="pairwise (a verdict counts when both orders agree; otherwise a tie)")
-        for col in ("model", "win", "tie", "loss", "win rate", "adjusted"):
+        t = Table(title="pairwise (a verdict counts when both orders agree, otherwise a tie; a pair with an "
+                        "unparsable order is counted apart)")
+        for col in ("model", "win", "tie", "loss", "unparsable", "win rate", "adjusted"):
             t.add_column(col, justify="left" if col == "model" else "right")
         for model, r in result["pairwise"].items():
-            t.add_row(model, str(r["win"]), str(r["tie"]), str(r["loss"]), f"{r['win_rate']:.3f}",
-                      f"{r['win_rate_adjusted']:.3f}")
+            rate = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731 - all pairs unparsable: no rate
+            t.add_row(model, str(r["win"]), str(r["tie"]), str(r["loss"]), str(r["unparsable"]),
+                      rate(r["win_rate"]), rate(r["win_rate_adjusted"]))
         out.print(t)
+    t = Table(title="judges")
+    for col in ("judge", "questions", "verdicts", "unparsable", "position bias (first / second)", "orders disagree"):
+        t.add_column(col, justify="left" if col == "judge" else "right")
+    pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+    for name, j in result["judges"].items():
+        t.add_row(name, str(j["questions"]), str(j["verdicts"]), f"{j['unparsable']} ({pct(j['unparsable_share'])})",
+                  f"{pct(j['position_bias'])} / {pct(j['second_position_bias'])}", pct(j["inconsistent"]))
+    out.print(t)
+    rank = result["ranking"]
+    if not rank["can_rank"]:
+        out.print("[bold yellow]These figures cannot rank the models:[/bold yellow] " + "; ".join(rank["reasons"]) + ".")
 
 
 #: ``realchat stats`` rows in the paper's §4 order: (key, label).
