@@ -91,7 +91,8 @@ def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> 
     end = f.get("ending") or {}
     if end.get("conversations"):
         parts.append(
-            f"Ending (teacher-forced on {end['conversations']} whole held-out `{f['real']}` conversations, "
+            f"Ending (teacher-forced on {end['conversations']} whole held-out `{f['real']}` conversations that "
+            "fit the simulator's window, "
             f"{end['positions']} positions: after each real assistant turn, is the end marker `{end['marker']}` "
             "the simulator's most likely next turn? Gold: the real end):\n\n" + table(
                 ["model", "precision [95% CI]", "recall [95% CI]", "F1 [95% CI] ↑", "ended exactly right [95% CI]",
@@ -131,7 +132,9 @@ def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> 
             parts.append(f"Role adherence is judged by a {rc['method']} ({rc['n_per_class']} turns each); checked "
                          f"by {rc['folds']}-fold cross-validation on those real turns: accuracy "
                          f"{_ci(rc, 'accuracy')}; it calls {_fmt(rc['real_user_turns_answering'])} of real user "
-                         "turns answers, the floor a perfect simulator would show.")
+                         "turns answers, the floor a perfect simulator would show."
+                         + (" Its accuracy is not clearly above chance here, so role adherence says little."
+                            if rc["ci95"][0] <= 0.5 else ""))
         intent_rows = [[name, _ci((s.get("intent_decomposition") or {}), "value"),
                         (s.get("intent_decomposition") or {}).get("turns")]
                        for name, s in sims.items() if s.get("intent_decomposition")]

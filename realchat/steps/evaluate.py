@@ -184,7 +184,19 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
     real = convs[fid.real][: fid.perplexity_conversations]
     prompt, marker = ctx.trained_simulator(fid.simulator_model)
     out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "simulated": {}}
-    ending = [c for c in convs[fid.real] if is_whole(c)][: fid.ending_conversations] if marker else []
+    ending: list[Conversation] = []
+    if marker and fid.ending_conversations:
+        # whole conversations whose simulator layout (prompt, turns, marker) fits max_length: the end
+        # must be inside the window (this favours shorter conversations; the report says how many)
+        counter = ctx.token_counter(cfg.tokenizer, "tokenizer")
+        fixed = sum(counter.count([prompt, marker])) + counter.base_overhead + 2 * counter.turn_overhead
+        for c in convs[fid.real]:
+            if len(ending) >= fid.ending_conversations:
+                break
+            if is_whole(c):
+                body = [m["content"] for m in c["messages"] if m["role"] != "system"]
+                if fixed + sum(counter.count(body)) + counter.turn_overhead * len(body) <= fid.max_length:
+                    ending.append(c)
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
                             ("baseline", fid.baseline_model, "baseline_model")):
