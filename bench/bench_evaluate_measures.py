@@ -4,7 +4,8 @@ On 150 real ShareGPT conversations (the default recipe's statistics sample size)
 (the default simulator's base), times: the paper's MTLD and UserLM's first-turn diversity (per
 dataset), the role classifier (embedding 150 real assistant turns, fitting, cross-validating), and
 the ending measure: the perplexity pass on 16 conversations alone (today's cost) against the same
-pass with the ending decisions on up to 16 whole conversations that fit 512 tokens. Prints figures;
+pass with the ending decisions on up to 16 whole conversations (those of the perplexity pass first),
+both within 512 tokens. Prints figures;
 not a test.
 
     python bench/bench_evaluate_measures.py [--conversations 150] [--ending 16]
@@ -32,7 +33,7 @@ def main() -> None:
     from realchat.evaluation import fidelity as fm
     from realchat.evaluation.embeddings import encode, load_encoder
     from realchat.evaluation.statistics import first_turn_diversity, mtld_per_text, user_turns
-    from realchat.models import materialize_model, token_counter
+    from realchat.models import materialize_model
     from realchat.models.backends import LocalModel
     from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT
     from realchat.steps.evaluate import hash_order, is_whole
@@ -63,12 +64,9 @@ def main() -> None:
     figures["role classifier: embed + fit + 5-fold CV (s)"] = round(time.perf_counter() - t0, 2)
     figures["role classifier CV accuracy"] = f"{check['accuracy']} {check['ci95']}"
 
-    counter = token_counter(DEFAULT_MODEL)
     prompt, marker = DEFAULT_USER_SYSTEM_PROMPT, "<|endconversation|>"
-    fixed = sum(counter.count([prompt, marker])) + counter.base_overhead + 2 * counter.turn_overhead
-    ending = [c for c in convs if is_whole(c) and fixed + sum(counter.count([m["content"] for m in c["messages"]]))
-              + counter.turn_overhead * len(c["messages"]) <= args.max_length][: args.ending]
     real = convs[: args.perplexity]
+    ending = ([c for c in real if is_whole(c)] + [c for c in convs[len(real):] if is_whole(c)])[: args.ending]
     local = LocalModel(materialize_model(DEFAULT_MODEL))
     t0 = time.perf_counter()
     fm.user_turn_nll(local.model, local.tokenizer, [c["messages"] for c in real], prompt, args.max_length)
@@ -82,8 +80,9 @@ def main() -> None:
     both = time.perf_counter() - t0
     figures["perplexity pass alone (s)"] = round(alone, 2)
     figures["perplexity + ending pass (s)"] = round(both, 2)
-    figures["ending conversations / positions / extra forwards"] = (
-        f"{len(rows)} / {sum(len(r['predicted']) for r in rows)} / {len(union) - len(real)}")
+    figures["ending conversations / positions / real ends in window / extra forwards"] = (
+        f"{len(rows)} / {sum(len(r['predicted']) for r in rows)} / {sum(r['end_in_window'] for r in rows)}"
+        f" / {len(union) - len(real)}")
     for k, v in figures.items():
         print(f"{k:55s} {v}")
 

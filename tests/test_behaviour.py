@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from realchat.evaluation import behaviour as bh
@@ -32,6 +31,12 @@ def test_ending_scores_by_hand():
     assert s["exact"] == round(2 / 3, 4) and s["ended_early"] == round(1 / 3, 4)
     assert s["positions"] == 7 and s["mean_p_end_at_end"] == pytest.approx((0.9 + 0.3 + 0.7) / 3, abs=1e-4)
     assert s["f1_ci95"][0] <= s["f1"] <= s["f1_ci95"][1]
+    # a long conversation whose end is past the window: its positions can only be false positives
+    cut = bh.ending_scores(rows + [{"predicted": [True, False], "p_end": [0.8, 0.1], "end_in_window": False}],
+                           bootstrap=20)
+    assert (cut["true_positive"], cut["false_positive"], cut["false_negative"]) == (2, 2, 1)
+    assert cut["precision"] == 0.5 and cut["recall"] == round(2 / 3, 4) and cut["ends_in_window"] == 3
+    assert cut["exact"] == round(2 / 3, 4) and cut["ended_early"] == 0.5
     never = bh.ending_scores([{"predicted": [False, False], "p_end": [0.0, 0.0]}], bootstrap=10)
     assert never["precision"] == never["recall"] == never["f1"] == 0.0 and never["false_negative"] == 1
     assert bh.ending_scores([])["f1"] is None
@@ -64,9 +69,15 @@ def test_one_pass_gives_the_perplexity_and_the_ending_decisions_of_separate_pass
                 logits = model(input_ids=torch.tensor([enc["input_ids"][:t]])).logits[0, -1]
             assert predicted == (int(logits.argmax()) == enc["input_ids"][t])
             assert p_end == pytest.approx(float(torch.softmax(logits, -1)[enc["input_ids"][t]]), abs=2e-4)
-    # a conversation longer than max_length gives perplexity tokens but no ending row
-    nll_short, ends_short = bh.score_user_turns(model, tok, CONVS[:1], "Ask.", MARKER, 24, [True], [True])
-    assert nll_short and not ends_short
+    assert all(e["end_in_window"] for e in ends)
+    # a window that holds the first position but not the end: one position, scored as before, no gold
+    enc = tokenize_with_mask(tok, as_user_simulator(CONVS[0], "Ask.", MARKER), "user")
+    mask = enc["assistant_masks"]
+    turn_starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]  # user 1, user 2, marker
+    window = turn_starts[1]  # the logits before user 2 are in, the marker is not
+    nll_cut, ends_cut = bh.score_user_turns(model, tok, CONVS[:1], "Ask.", MARKER, window, [True], [True])
+    assert nll_cut and ends_cut == [{"predicted": ends[0]["predicted"][:1], "p_end": ends[0]["p_end"][:1],
+                                     "end_in_window": False}]
 
 
 def test_ending_is_learned_where_the_marker_always_follows(tiny_model_dir):

@@ -5,7 +5,8 @@
   assistant turn, would it write its end-of-conversation marker? The marker is plain text (the sft
   step's ``end_marker``), so "writes the marker" is decided on its first token: predicted end where
   that token is the simulator's most likely next token (greedy) at the start of the user turn. Gold: the
-  conversation really ended after its last assistant turn (only conversations ``split`` did not cut).
+  conversation really ended after its last assistant turn (only conversations ``split`` did not cut);
+  positions past the scoring window (``max_length``) are not scored.
   :func:`ending_scores` pools the decisions over turns (UserLM's termination F1) with a bootstrap
   interval over conversations, and counts the conversations ended exactly right (not before, not
   missed).
@@ -56,8 +57,9 @@ def score_user_turns(model: Any, tokenizer: Any, conversations: Sequence[Message
     when it has a marker, the marker as a last user turn); the NLL covers the real user turns only (not
     the marker), cut at ``max_length`` exactly as :func:`~realchat.evaluation.fidelity.user_turn_nll`,
     whose figures it reproduces. An ending row is ``{"predicted": [bool per position after an
-    assistant turn], "p_end": [...]}``, the last position being the real end; a conversation whose
-    whole layout does not fit ``max_length`` gives no ending row (its end would be cut off).
+    assistant turn inside the window], "p_end": [...], "end_in_window": bool}``: positions past
+    ``max_length`` are not scored, and the last position is the real end only when ``end_in_window``
+    (a long conversation still counts its early positions, where ending would be a false positive).
     """
     import torch
 
@@ -78,7 +80,6 @@ def score_user_turns(model: Any, tokenizer: Any, conversations: Sequence[Message
         roles = [m["role"] for m in layout if m["role"] != "system"]
         user_idx = [i for i, r in enumerate(roles) if r == "user"]
         starts = [_token_at(offsets, s) for (s, _e), i in zip(spans, user_idx) if i > 0 and roles[i - 1] == "assistant"]
-        fits = len(ids) <= max_length and all(t is not None for t in starts)
         x = torch.tensor([ids[:max_length]], device=device)
         with torch.inference_mode():
             logits = model(input_ids=x).logits[0].float()
@@ -90,25 +91,38 @@ def score_user_turns(model: Any, tokenizer: Any, conversations: Sequence[Message
             if target.any():
                 nll = torch.nn.functional.cross_entropy(logits[:-1], x[0, 1:], reduction="none").cpu()
                 nll_rows.append((float(nll[target].sum()), int(target.sum())))
-        if want_end and fits and starts:
+        inside = [t for t in starts if t is not None and 0 < t <= x.shape[1]]  # logits[t - 1] exist
+        if want_end and inside and starts[-1] is not None:
             marker_id = ids[starts[-1]]
             probs = torch.softmax(logits, dim=-1)
-            endings.append({"predicted": [int(logits[t - 1].argmax()) == marker_id for t in starts],
-                            "p_end": [round(float(probs[t - 1, marker_id]), 4) for t in starts]})
+            endings.append({"predicted": [int(logits[t - 1].argmax()) == marker_id for t in inside],
+                            "p_end": [round(float(probs[t - 1, marker_id]), 4) for t in inside],
+                            "end_in_window": inside[-1] == starts[-1]})
     return nll_rows, endings
 
 
 def ending_scores(rows: Sequence[dict[str, Any]], bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Pooled per-turn precision, recall and F1 of "the simulator ends here" (gold: the last position
-    of each conversation), each with a 95 % bootstrap interval over conversations; and the share of
-    conversations ended exactly right (at the real end and not before), with a Wilson interval."""
+    """Pooled per-turn precision, recall and F1 of "the simulator ends here" (gold: the real end, the
+    last position of a row whose end is in the window), each with a 95 % bootstrap interval over
+    conversations; and the share of conversations (end in the window) ended exactly right, at the
+    real end and not before, with a Wilson interval."""
     if not rows:
         return {"conversations": 0, "positions": 0, "precision": None, "recall": None, "f1": None}
 
+    def split(r: dict[str, Any]) -> tuple[list[bool], bool | None]:
+        """(decisions before the real end, decision at the real end or None when it is out of the window)"""
+        if r.get("end_in_window", True):
+            return r["predicted"][:-1], r["predicted"][-1]
+        return r["predicted"], None
+
     def counts(sample: Sequence[dict[str, Any]]) -> tuple[int, int, int]:
-        tp = sum(1 for r in sample if r["predicted"][-1])
-        fp = sum(sum(r["predicted"][:-1]) for r in sample)
-        return tp, fp, len(sample) - tp
+        tp = fp = fn = 0
+        for r in sample:
+            before, at_end = split(r)
+            fp += sum(before)
+            tp += at_end is True
+            fn += at_end is False
+        return tp, fp, fn
 
     def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
         p = tp / (tp + fp) if tp + fp else 0.0
@@ -121,18 +135,21 @@ def ending_scores(rows: Sequence[dict[str, Any]], bootstrap: int = 200, seed: in
     draws = np.array([prf(*counts([rows[i] for i in rng.integers(0, len(rows), len(rows))]))
                       for _ in range(bootstrap)])
     lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
-    exact = sum(1 for x in rows if x["predicted"][-1] and not any(x["predicted"][:-1]))
-    early = sum(1 for x in rows if any(x["predicted"][:-1]))
-    gold = [x["p_end"][-1] for x in rows]
-    other = [p for x in rows for p in x["p_end"][:-1]]
-    return {"conversations": len(rows), "positions": sum(len(x["predicted"]) for x in rows),
+    parts = [split(x) for x in rows]
+    ended = [(before, at_end) for before, at_end in parts if at_end is not None]
+    exact = sum(1 for before, at_end in ended if at_end and not any(before))
+    gold = [x["p_end"][-1] for x in rows if x.get("end_in_window", True)]
+    other = [q for x in rows for q in (x["p_end"][:-1] if x.get("end_in_window", True) else x["p_end"])]
+    return {"conversations": len(rows), "ends_in_window": len(ended),
+            "positions": sum(len(x["predicted"]) for x in rows),
             "true_positive": tp, "false_positive": fp, "false_negative": fn,
             "precision": round(p, 4), "precision_ci95": [round(lo[0], 4), round(hi[0], 4)],
             "recall": round(r, 4), "recall_ci95": [round(lo[1], 4), round(hi[1], 4)],
             "f1": round(f, 4), "f1_ci95": [round(lo[2], 4), round(hi[2], 4)],
-            "exact": round(exact / len(rows), 4), "exact_ci95": wilson_interval(exact, len(rows)),
-            "ended_early": round(early / len(rows), 4),
-            "mean_p_end_at_end": round(float(np.mean(gold)), 4),
+            "exact": round(exact / len(ended), 4) if ended else None,
+            "exact_ci95": wilson_interval(exact, len(ended)) if ended else None,
+            "ended_early": round(sum(1 for before, _ in parts if any(before)) / len(rows), 4),
+            "mean_p_end_at_end": round(float(np.mean(gold)), 4) if gold else None,
             "mean_p_end_before": round(float(np.mean(other)), 4) if other else None}
 
 

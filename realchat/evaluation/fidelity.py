@@ -46,7 +46,8 @@ class FidelityConfig(Strict):
     perplexity_conversations: int = Field(32, ge=1)
     max_length: int = Field(1024, ge=16)
     #: Ending measure: this many held-out real conversations that ``split`` did not cut (whole, ending
-    #: on an assistant turn), scored teacher-forced in the same pass as the perplexity; 0 = off.
+    #: on an assistant turn), those of the perplexity pass first, scored teacher-forced in that same
+    #: pass within ``max_length``; 0 = off.
     ending_conversations: int = Field(16, ge=0)
     #: Role adherence: real assistant turns embedded to train the user-vs-assistant classifier
     #: (against as many real user turns); 0 = off.

@@ -91,10 +91,10 @@ def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> 
     end = f.get("ending") or {}
     if end.get("conversations"):
         parts.append(
-            f"Ending (teacher-forced on {end['conversations']} whole held-out `{f['real']}` conversations that "
-            "fit the simulator's window, "
-            f"{end['positions']} positions: after each real assistant turn, is the end marker `{end['marker']}` "
-            "the simulator's most likely next turn? Gold: the real end):\n\n" + table(
+            f"Ending (teacher-forced on {end['conversations']} whole held-out `{f['real']}` conversations, "
+            f"{end['positions']} positions within the {f.get('max_length', '')}-token window, "
+            f"{end['ends_in_window']} real ends among them: after each real assistant turn, is the end "
+            f"marker `{end['marker']}` the simulator's most likely next turn? Gold: the real end):\n\n" + table(
                 ["model", "precision [95% CI]", "recall [95% CI]", "F1 [95% CI] ↑", "ended exactly right [95% CI]",
                  "ended early", "mean P(end) at the end / before"],
                 [[f"`{end['model']}`", _ci({"v": end["precision"], "ci95": end.get("precision_ci95")}, "v"),

@@ -183,20 +183,10 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
     assert fid is not None
     real = convs[fid.real][: fid.perplexity_conversations]
     prompt, marker = ctx.trained_simulator(fid.simulator_model)
-    out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "simulated": {}}
-    ending: list[Conversation] = []
-    if marker and fid.ending_conversations:
-        # whole conversations whose simulator layout (prompt, turns, marker) fits max_length: the end
-        # must be inside the window (this favours shorter conversations; the report says how many)
-        counter = ctx.token_counter(cfg.tokenizer, "tokenizer")
-        fixed = sum(counter.count([prompt, marker])) + counter.base_overhead + 2 * counter.turn_overhead
-        for c in convs[fid.real]:
-            if len(ending) >= fid.ending_conversations:
-                break
-            if is_whole(c):
-                body = [m["content"] for m in c["messages"] if m["role"] != "system"]
-                if fixed + sum(counter.count(body)) + counter.turn_overhead * len(body) <= fid.max_length:
-                    ending.append(c)
+    out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "max_length": fid.max_length, "simulated": {}}
+    # whole conversations, those already in the perplexity pass first (their ending costs nothing more)
+    whole = [c for c in real if is_whole(c)] + [c for c in convs[fid.real][len(real):] if is_whole(c)]
+    ending = whole[: fid.ending_conversations] if marker else []
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
                             ("baseline", fid.baseline_model, "baseline_model")):
@@ -235,11 +225,12 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
         return emb[rng.choice(len(emb), fid.max_turns, replace=False)] if len(emb) > fid.max_turns else emb
 
     clf = None
-    if fid.role_turns:
+    answers = [m["content"] for c in convs[fid.real] for m in c["messages"] if m["role"] == "assistant"]
+    if fid.role_turns and answers:
         from realchat.evaluation.embeddings import encode, load_encoder
 
-        answers = [m["content"] for c in convs[fid.real] for m in c["messages"] if m["role"] == "assistant"]
-        picked = [answers[i] for i in sorted(rng.choice(len(answers), min(fid.role_turns, len(answers)), replace=False))]
+        pick = np.random.default_rng(seed + 1)  # its own draws: the turns sampled below stay as they were
+        picked = [answers[i] for i in sorted(pick.choice(len(answers), min(fid.role_turns, len(answers)), replace=False))]
         with ctx.blame("embedding_model"):
             answer_emb = encode(load_encoder(cfg.embedding_model, str(ctx.base_dir)), picked)
         clf, out["role_classifier"] = bh.role_classifier(series[fid.real]["user_embeddings"],
@@ -250,8 +241,9 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
         pairs = [(c["intent"], c["messages"]) for c in convs[name] if c.get("intent")]
         return bh.intent_decomposition(pairs, fid.bootstrap, seed) if pairs else None
 
-    if intents(fid.real):
-        out["real_intent_decomposition"] = intents(fid.real)
+    real_intent = intents(fid.real)
+    if real_intent:
+        out["real_intent_decomposition"] = real_intent
     r = turns(fid.real)
     index = {d.name: i for i, d in enumerate(cfg.datasets)}
     for name in fid.simulated:
