@@ -331,6 +331,10 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
         card = (tmp_path / "hub" / "realchat" / f"ev-{realm}" / "README.md").read_text()
         assert "## Evaluation" in card and "mt_bench" in card[card.index("## Evaluation"):]
         assert "## Evaluation" in (tmp_path / "runs" / "ev" / realm / "README.md").read_text()
+    # the simulator's model card shows its perplexity and ending figures
+    card = (tmp_path / "runs" / "ev" / "usergpt" / "README.md").read_text()
+    evaluation = card[card.index("## Evaluation"):]
+    assert "Perplexity on the real user turns" in evaluation and "Ending (teacher-forced" in evaluation
     # a rebuild does nothing
     r = runner.invoke(app, ["build", str(eval_recipe()), "--no-progress"])
     assert r.exit_code == 0 and "evaluate: up to date" in " ".join(r.output.split())

@@ -210,13 +210,15 @@ def card_section(results: dict[str, Any], step: str, report_repo: str) -> str:
     sections = []
     if datasets:
         sections += [datasets_section(results), fidelity_section(results, only=datasets)]
+    elif step and step == results.get("simulator_step"):
+        sections.append(fidelity_section(results, only=[]))  # the simulator's perplexity and ending
     if models:
         sections.append(benchmark_section(results))
     body = "\n\n".join(s.strip() for s in sections if s.strip())
     if not body.strip():
         return ""
     body = "\n".join("#" + line if line.startswith("##") else line for line in body.splitlines())
-    named = ", ".join(f"`{n}`" for n in datasets + models)
+    named = ", ".join(f"`{n}`" for n in datasets + models) or "the simulator (`fidelity.simulator_model`)"
     return (f"## Evaluation\n\nFrom RealChat's evaluation in `{report_repo}`, where this artifact is {named}; "
             f"the full report, answers and judgments are there.\n\n{body}\n")
 

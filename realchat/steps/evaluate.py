@@ -419,7 +419,8 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
                                "dataset_steps": {d.name: ctx.step_of(f"datasets[{i}].dataset")
                                                  for i, d in enumerate(cfg.datasets)},
                                "model_steps": {m.name: ctx.step_of(f"benchmark.models[{i}].backend.model")
-                                               for i, m in enumerate(cfg.benchmark.models if cfg.benchmark else [])}}
+                                               for i, m in enumerate(cfg.benchmark.models if cfg.benchmark else [])},
+                               "simulator_step": ctx.step_of("fidelity.simulator_model") if cfg.fidelity else None}
 
     t0 = time.perf_counter()
     full = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
