@@ -29,3 +29,32 @@ def test_ends_conversation_marks_only_the_segment_that_reaches_the_real_end(tiny
     assert by_conv["c2"] == [True]  # ends at its real last assistant turn; the dangling question is a rejected piece
     assert res.rejected["ends_conversation"].to_list() == [False]
     assert kept.schema["ends_conversation"] == pl.Boolean
+
+
+def test_step_readers_carry_ends_conversation_and_intent(tmp_path):
+    """A step's data with the optional columns: every conversation dict carries them (evaluate's ending
+    measure reads ``ends_conversation``, the intent measures ``intent``); without them, no key."""
+    from realchat.data import read_step_conversations
+
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    pl.DataFrame({"conversation_id": ["c1", "c1"], "segment": [0, 1], "messages": [msgs, msgs],
+                  "ends_conversation": [False, True], "intent": ["say hi", "say hi"]}
+                 ).write_parquet(tmp_path / "a" / "data" / "train-0.parquet")
+    got = read_step_conversations(tmp_path / "a")
+    assert [(c["id"], c["ends_conversation"], c["intent"]) for c in got] == [("c1", False, "say hi"),
+                                                                             ("c1#1", True, "say hi")]
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    pl.DataFrame({"conversation_id": ["c2"], "messages": [msgs]}).write_parquet(tmp_path / "b" / "data" / "t.parquet")
+    assert set(read_step_conversations(tmp_path / "b")[0]) == {"id", "base_id", "messages"}
+
+
+def test_only_whole_conversations_are_scored_for_ending():
+    from realchat.steps.evaluate import is_whole
+
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert is_whole({"id": "c", "base_id": "c", "messages": msgs, "ends_conversation": True})
+    assert is_whole({"id": "c", "base_id": "c", "messages": msgs})  # a file's record: not split
+    assert not is_whole({"id": "c", "base_id": "c", "messages": msgs, "ends_conversation": False})  # cut
+    assert not is_whole({"id": "c#1", "base_id": "c", "messages": msgs, "ends_conversation": True})  # a later segment
+    assert not is_whole({"id": "c", "base_id": "c", "messages": msgs + [{"role": "user", "content": "?"}]})
