@@ -1,4 +1,4 @@
-"""``realchat`` command line: build, plan, push, lineage, schema, eval show.
+"""``realchat`` command line: build, plan, push, lineage, schema, eval show, stats.
 
 User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C exits
 130 and leaves no half-written output (steps write atomically).
@@ -229,13 +229,104 @@ def eval_show(
                       str(r["n"]), str(r["invalid"]))
         show(t)
     if result["pairwise"]:
-        t = Table(title="pairwise (a verdict counts when both orders agree; otherwise a tie)")
-        for col in ("model", "win", "tie", "loss", "win rate", "adjusted"):
+        t = Table(title="pairwise (a verdict counts when both orders agree, otherwise a tie; a pair with an "
+                        "unparsable order is counted apart)")
+        for col in ("model", "win", "tie", "loss", "unparsable", "win rate", "adjusted"):
             t.add_column(col, justify="left" if col == "model" else "right")
         for model, r in result["pairwise"].items():
-            t.add_row(model, str(r["win"]), str(r["tie"]), str(r["loss"]), f"{r['win_rate']:.3f}",
-                      f"{r['win_rate_adjusted']:.3f}")
+            rate = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731 - all pairs unparsable: no rate
+            t.add_row(model, str(r["win"]), str(r["tie"]), str(r["loss"]), str(r["unparsable"]),
+                      rate(r["win_rate"]), rate(r["win_rate_adjusted"]))
         show(t)
+    t = Table(title="judges")
+    for col in ("judge", "questions", "verdicts", "unparsable", "position bias (first / second)", "orders disagree"):
+        t.add_column(col, justify="left" if col == "judge" else "right")
+    pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+    for name, j in result["judges"].items():
+        t.add_row(name, str(j["questions"]), str(j["verdicts"]), f"{j['unparsable']} ({pct(j['unparsable_share'])})",
+                  f"{pct(j['position_bias'])} / {pct(j['second_position_bias'])}", pct(j["inconsistent"]))
+    show(t)
+    rank = result["ranking"]
+    if not rank["can_rank"]:
+        out.print("[bold yellow]These figures cannot rank the models:[/bold yellow] " + "; ".join(rank["reasons"]) + ".")
+
+
+#: ``realchat stats`` rows in the paper's §4 order: (key, label).
+STATS_ROWS = [
+    ("conversations", "conversations"), ("mean_rounds", "mean rounds"),
+    ("tokens_per_utterance", "tokens / utterance"), ("tokens_per_conversation", "tokens / conversation"),
+    ("tokens_per_user_turn", "tokens / user turn"), ("tokens_per_assistant_turn", "tokens / assistant turn"),
+    ("mtld_paper", "MTLD, mean over user turns (paper)"), ("mtld_joined", "MTLD, user turns joined"),
+    ("distinct_1_user", "distinct-1 (user turns)"), ("distinct_2_user", "distinct-2 (user turns)"),
+    ("topic_cosine_paper", "topic cosine, n×n incl. diagonal (paper)"),
+    ("topic_cosine_pairs", "topic cosine, distinct pairs"), ("first_turn_cosine", "first-turn cosine"),
+    ("first_turn_diversity", "first-turn diversity (1 − Jaccard)"),
+]
+
+
+@app.command(name="stats")
+def stats_cmd(
+    file: Annotated[Path, typer.Argument(help="Conversation file: ShareGPT JSON/JSONL, OpenAI messages JSONL, "
+                                              "parquet (a file or a folder of them).", show_default=False)],
+    format: Annotated[Optional[str], typer.Option("--format", help="sharegpt, openai_messages or parquet "
+                                                  "(default: from the file name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    max_conversations: Annotated[Optional[int], typer.Option(help="A fixed hash sample of this many conversations.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer for token counts (default: the default recipe's).")] = None,
+    embedding_model: Annotated[Optional[str], typer.Option(help="Sentence-embedding model for topic diversity.")] = None,
+    no_embeddings: Annotated[bool, typer.Option("--no-embeddings", help="Skip topic diversity (no embedding model).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
+) -> None:
+    """The paper's §4 statistics of any conversation file (set any corpus beside the paper's table)."""
+    from realchat.data import read_file_conversations
+    from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
+    from realchat.steps.evaluate import describe_dataset, hash_order
+
+    try:
+        fmt = format or ("parquet" if file.suffix == ".parquet" or file.is_dir() else "sharegpt")
+        if fmt not in ("sharegpt", "openai_messages", "parquet"):
+            raise RealChatError(f"unknown format {fmt!r}", field="--format", hint="sharegpt, openai_messages or parquet")
+        convs, read, unusable = read_file_conversations(file, fmt)
+        convs = [c for c in convs if any(m["role"] == "user" for m in c["messages"])]
+        if not convs:
+            reasons = ", ".join(f"{k} {v}" for k, v in unusable.items()) or "none"
+            raise RealChatError(f"no conversation with a user turn among {read} records (unusable: {reasons})",
+                                file=str(file))
+        available = len(convs)
+        if max_conversations is not None:
+            convs = hash_order(convs)[:max_conversations]
+        from realchat.models import token_counter
+
+        counter = token_counter(tokenizer or DEFAULT_MODEL)
+        encoder = None
+        if not no_embeddings:
+            from realchat.evaluation.embeddings import load_encoder
+
+            encoder = load_encoder(embedding_model or DEFAULT_EMBEDDING_MODEL)
+        figures, _ = describe_dataset(convs, counter, encoder, seed)
+    except RealChatError as e:
+        _fail(e)
+    result = {"file": str(file), "format": fmt, "records_read": read, "unusable_records": unusable,
+              "available": available, **figures}
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        return
+    t = Table(title=f"{file} ({fmt}): {figures['conversations']:,} of {available:,} conversations, "
+                    f"{read:,} records read")
+    t.add_column("statistic")
+    t.add_column("value", justify="right")
+    for key, label in STATS_ROWS:
+        v = result.get(key)
+        if v is None:
+            continue
+        text = f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
+        ci = result.get(f"{key}_ci95")
+        t.add_row(label, text + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""))
+    ut = result.get("user_turn_tokens")
+    if ut:
+        t.add_row("user-turn tokens p10 / median / p90", f"{ut['p10']} / {ut['median']} / {ut['p90']}")
+    t.add_row("languages (top 3)", ", ".join(f"{k} {v}" for k, v in list(result.get("languages", {}).items())[:3]))
+    show(t)
 
 
 @app.command(name="plan")

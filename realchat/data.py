@@ -22,7 +22,9 @@ import polars as pl
 from realchat.errors import RealChatError
 from realchat.recipe.refs import FileData, HubData, ResolvedData, StepData
 
-Conversation = dict[str, Any]  # {"id": str, "base_id": str, "messages": [{"role", "content"}]}
+#: {"id": str, "base_id": str, "messages": [{"role", "content"}]}, plus ``ends_conversation`` and
+#: ``intent`` when the step's data has those columns.
+Conversation = dict[str, Any]
 
 TRAIN, HELD_OUT = "train", "held_out"
 
@@ -54,9 +56,12 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     id_col = "conversation_id" if "conversation_id" in df.columns else "session_id"
     out = []
     seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height
-    for cid, s, msgs in zip(df[id_col].to_list(), seg, df["messages"].to_list()):
+    # optional columns a consumer may need: where split cut (``ends_conversation``), a per-conversation goal
+    extra = [c for c in ("ends_conversation", "intent") if c in df.columns]
+    extras = df.select(extra).to_dicts() if extra else [{}] * df.height
+    for cid, s, msgs, more in zip(df[id_col].to_list(), seg, df["messages"].to_list(), extras):
         out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
-                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **more})
     return out
 
 
@@ -91,3 +96,28 @@ def split_held_out(convs: list[Conversation], share: float) -> tuple[list[Conver
     for c in convs:
         (held if is_held_out(c.get("base_id", c["id"]), share) else train).append(c)
     return train, held
+
+
+def read_file_conversations(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Conversation], int, dict[str, int]]:
+    """(usable conversations, records read, unusable records by reason) of one conversation file,
+    through curation's readers and role table: ShareGPT JSON/JSONL, OpenAI ``messages`` JSONL, parquet
+    (a step's ``data/`` folder too). A file that cannot be read at all raises one error naming it."""
+    from realchat.curation.conversations import normalize
+    from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source
+
+    if not path.exists():
+        raise RealChatError("file not found", file=str(path))
+    records, _ = open_source(SourceConfig(format=fmt, path=str(path.resolve()), limit=limit), Path("."))
+    out: list[Conversation] = []
+    rejected: dict[str, int] = {}
+    n = 0
+    for rec in records:
+        n += 1
+        row, rej = normalize(rec, dict(DEFAULT_ROLES), "id", path.stem or "record")
+        if row is None:
+            assert rej is not None
+            rejected[rej.reason] = rejected.get(rej.reason, 0) + 1
+            continue
+        out.append({"id": row["conversation_id"], "base_id": row["conversation_id"],
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
+    return out, n, rejected

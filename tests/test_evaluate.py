@@ -182,8 +182,15 @@ def test_judge_client_over_http_writes_fastchat_files_that_eval_show_reads(judge
     data = json.loads(r.stdout)
     assert data["single"]["good"]["overall"] == 7.0 and data["single"]["bad"]["invalid"] == 1
     r = runner.invoke(app, ["eval", "show", str(tmp_path / "judge-1_pair.jsonl"), "--json"])
-    pairwise = json.loads(r.stdout)["pairwise"]
-    assert pairwise["good"] == {"win": 0, "tie": 3, "loss": 0, "win_rate": 0.0, "win_rate_adjusted": 0.5}
+    data = json.loads(r.stdout)
+    assert data["pairwise"]["good"] == {"win": 0, "tie": 3, "loss": 0, "unparsable": 1, "win_rate": 0.0,
+                                        "win_rate_adjusted": 0.5}
+    # the judge says A whatever the order: its position bias is 100 %, and it cannot rank the models
+    assert data["judges"]["judge-1"]["position_bias"] == 1.0 and data["judges"]["judge-1"]["pairs_both_parsed"] == 3
+    assert data["judges"]["judge-1"]["unparsable_share"] == round(2 / 8, 4)
+    assert not data["ranking"]["can_rank"]
+    r = runner.invoke(app, ["eval", "show", str(tmp_path / "judge-1_pair.jsonl")])
+    assert r.exit_code == 0 and "cannot rank the models" in " ".join(r.output.split())
 
 
 # -- the step -------------------------------------------------------------------------------------
@@ -210,6 +217,7 @@ def eval_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir,
                  "per_device_train_batch_size": 2, "save_steps": 2}
         doc["steps"].update({
             "usergpt": {"kind": "sft", "loss_on": "user", "base_model": tiny, "dataset": "curate",
+                        "end_marker": "<|endconversation|>",
                         "eval_dataset": {"step": "curate", "split": "held_out"}, "max_length": 256,
                         "max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_steps": 2},
             "sim_usergpt": {**sim, "simulator": "usergpt",
@@ -257,7 +265,9 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     assert 0 < real["conversations"] <= min(40, curated.filter(pl.col("split") == "held_out").height)
     for d in (real, *sims.values()):
         assert d["conversations"] >= 1
-        assert d["mtld_user"] > 0 and -1 <= d["topic_diversity_cosine"] <= 1 and 0 < d["distinct_1_user"] <= 1
+        assert d["mtld_paper"] > 0 and d["mtld_joined"] > 0 and 0 < d["distinct_1_user"] <= 1
+        assert -1 <= d["topic_cosine_pairs"] <= d["topic_cosine_paper"] <= 1  # the paper's adds the diagonal
+        assert 0 <= d["first_turn_diversity_ci95"][0] <= d["first_turn_diversity"] <= d["first_turn_diversity_ci95"][1]
     assert "en" in real["languages"]
     assert rep["dataset_steps"] == {"sharegpt": "curate", "usergpt": "sim_usergpt", "roleplay": "sim_roleplay"}
     # fidelity: both models scored on the same real tokens; one row per simulated dataset
@@ -266,8 +276,15 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     assert ppl["simulator"]["tokens"] == ppl["baseline"]["tokens"] > 0
     assert ppl["simulator"]["perplexity"] != ppl["baseline"]["perplexity"]  # trained differs from base
     assert fid["real"] == "sharegpt" and set(fid["simulated"]) == {"usergpt", "roleplay"}
+    # ending: teacher-forced on whole held-out conversations, in the perplexity pass
+    end = fid["ending"]
+    assert end["marker"] == "<|endconversation|>" and 0 < end["conversations"] <= end["selected"]
+    assert end["positions"] >= end["conversations"] and 0 <= end["f1"] <= 1 and len(end["f1_ci95"]) == 2
+    assert end["true_positive"] + end["false_negative"] == end["conversations"]
+    assert fid["role_classifier"]["accuracy"] is not None
     for name, row in fid["simulated"].items():
-        assert set(row) >= {"frechet", "classifier", "rounds", "stop_reasons", "ended_by"}, name
+        assert set(row) >= {"frechet", "classifier", "rounds", "stop_reasons", "ended_by", "role"}, name
+        assert 0 <= row["role"]["role_adherence"] <= 1 and row["rounds"]["total_variation_ci95"] is not None
         fr = row["frechet"]
         assert fr["distance"] is not None and fr["ci95"][0] <= fr["ci95"][1]
         assert 0 <= row["classifier"]["accuracy"] <= 1
@@ -287,6 +304,10 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     # report, plots, metrics table; the published repo loads with datasets (default and judgment configs)
     md = (out / "report.md").read_text()
     assert "## Simulator fidelity" in md and "mt_bench" in md and (out / "plots" / "distributions.png").stat().st_size > 1000
+    assert "Ending (teacher-forced" in md and "role adherence" in md and "MTLD, mean over user turns (paper)" in md
+    # the test judge always answers A: the report says plainly that it cannot rank the models
+    assert "These figures cannot rank the models" in md and "position bias" in md
+    assert rep["benchmarks"]["benchmarks"]["vicuna_bench"]["judges"]["judge-1"]["position_bias"] == 1.0
     rows = [line.split(" | ")[0] for line in md[md.index("## Simulator fidelity"):].splitlines()]
     assert "| usergpt" in rows and "| roleplay" in rows  # a fidelity row for each simulation
     assert (out / "plots" / "mt_bench.png").exists()
@@ -310,6 +331,10 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
         card = (tmp_path / "hub" / "realchat" / f"ev-{realm}" / "README.md").read_text()
         assert "## Evaluation" in card and "mt_bench" in card[card.index("## Evaluation"):]
         assert "## Evaluation" in (tmp_path / "runs" / "ev" / realm / "README.md").read_text()
+    # the simulator's model card shows its perplexity and ending figures
+    card = (tmp_path / "runs" / "ev" / "usergpt" / "README.md").read_text()
+    evaluation = card[card.index("## Evaluation"):]
+    assert "Perplexity on the real user turns" in evaluation and "Ending (teacher-forced" in evaluation
     # a rebuild does nothing
     r = runner.invoke(app, ["build", str(eval_recipe()), "--no-progress"])
     assert r.exit_code == 0 and "evaluate: up to date" in " ".join(r.output.split())

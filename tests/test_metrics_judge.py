@@ -83,7 +83,8 @@ def test_eval_show_on_judgment_file(tmp_path):
     path = tmp_path / "judgments.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     result = summarize(rows)
-    assert result["single"]["realm"] == {"turn_1": 8.0, "turn_2": 6.0, "overall": 7.0, "n": 2, "invalid": 1}
+    assert result["single"]["realm"] == {"turn_1": 8.0, "turn_2": 6.0, "overall": 7.0, "n": 2, "invalid": 1,
+                                         "overall_ci95": [round(7 - 1.96, 4), round(7 + 1.96, 4)]}
     assert result["pairwise"]["realm"]["win"] == 1 and result["pairwise"]["realm"]["tie"] == 1
     assert result["pairwise"]["realm"]["win_rate_adjusted"] == 0.75
     r = CliRunner().invoke(app, ["eval", "show", str(path)])
@@ -106,3 +107,40 @@ def test_judge_prompts_from_shared_eval_parse_with_our_rules():
     assert single and pair
     assert all("[[rating]]" in p["system_prompt"] + p["prompt_template"] for p in single)
     assert all("[[A]]" in p["system_prompt"] for p in pair)
+
+
+def test_judge_quality_position_bias_and_unparsable_pairs_apart():
+    """By hand: 4 pairwise rows. Row 1 agrees (model_1 wins); rows 2 and 3 pick answer A in both orders
+    (g1 model_1, g2 model_2: position bias); row 4 has an unparsable second order."""
+    rows = [{"question_id": q, "model_1": "m", "model_2": "base", "g1_winner": g1, "g2_winner": g2,
+             "judge": ["j", "pair-v2"], "turn": 1}
+            for q, (g1, g2) in enumerate([("model_1", "model_1"), ("model_1", "model_2"),
+                                          ("model_1", "model_2"), ("model_2", "error")])]
+    rows.append({"question_id": 0, "model": "m", "judge": ["j", "single-v1"], "score": -1, "turn": 1})
+    s = summarize(rows)
+    assert s["pairwise"]["m"] == {"win": 1, "tie": 2, "loss": 0, "unparsable": 1, "win_rate": round(1 / 3, 4),
+                                  "win_rate_adjusted": round(2 / 3, 4)}  # the error pair is not a tie
+    j = s["judges"]["j"]
+    # verdicts: 4 pairs × 2 orders + 1 single = 9; unparsable: 1 order + 1 score = 2
+    assert (j["questions"], j["verdicts"], j["unparsable"], j["pairs_both_parsed"]) == (4, 9, 2, 3)
+    assert j["unparsable_share"] == round(2 / 9, 4)
+    assert j["position_bias"] == round(2 / 3, 4) and j["second_position_bias"] == 0.0
+    assert j["inconsistent"] == round(2 / 3, 4)
+    assert not s["ranking"]["can_rank"]
+    text = " ".join(s["ranking"]["reasons"])
+    assert "position bias" in text and "unparsable" in text and "coin toss" in text
+
+
+def test_ranking_possible_with_a_consistent_judge_and_separated_scores():
+    rows = []
+    for q in range(20):
+        rows.append({"question_id": q, "model": "good", "judge": ["j", "single-v1"], "score": 8 + q % 2, "turn": 1})
+        rows.append({"question_id": q, "model": "bad", "judge": ["j", "single-v1"], "score": 2 + q % 2, "turn": 1})
+        rows.append({"question_id": q, "model_1": "good", "model_2": "bad", "g1_winner": "model_1",
+                     "g2_winner": "model_1", "judge": ["j", "pair-v2"], "turn": 1})
+    s = summarize(rows)
+    assert s["single"]["good"]["overall_ci95"][0] > s["single"]["bad"]["overall_ci95"][1]
+    assert s["judges"]["j"]["position_bias"] == 0.0 and s["ranking"] == {"can_rank": True, "reasons": []}
+    # the same scores from a judge that ties them: intervals overlap, so it cannot rank them
+    flat = [dict(r, score=5) if "score" in r else r for r in rows]
+    assert "intervals all overlap" in " ".join(summarize(flat)["ranking"]["reasons"])

@@ -47,6 +47,13 @@ class FidelityConfig(Strict):
     perplexity_conversations: int = Field(32, ge=1)
     #: Tokens of context when scoring perplexity (longer conversations are cut from the front).
     max_length: int = Field(1024, ge=16)
+    #: Ending measure: this many held-out real conversations that ``split`` did not cut (whole, ending
+    #: on an assistant turn), those of the perplexity pass first, scored teacher-forced in that same
+    #: pass within ``max_length``; 0 = off.
+    ending_conversations: int = Field(16, ge=0)
+    #: Role adherence: real assistant turns embedded to train the user-vs-assistant classifier
+    #: (against as many real user turns); 0 = off.
+    role_turns: int = Field(200, ge=0)
     #: Embedding-space comparison: Fréchet distance after PCA to this many dimensions (few samples
     #: cannot estimate a full covariance), and a logistic-regression human-vs-simulated classifier.
     frechet_dims: int = Field(16, ge=1)
@@ -209,13 +216,28 @@ def rounds_of(conversations: Sequence[Messages]) -> list[int]:
     return [sum(1 for m in msgs if m["role"] == "user") for msgs in conversations]
 
 
-def rounds_comparison(real: Sequence[int], simulated: Sequence[int]) -> dict[str, Any]:
-    """Rounds histograms, means and the total-variation distance between the two distributions."""
+def total_variation(real: Sequence[int], simulated: Sequence[int]) -> float:
+    """½ Σ_k |P_real(k) − P_sim(k)| over the rounds values k of both samples."""
+    hr, hs = Counter(real), Counter(simulated)
+    nr, ns = max(len(real), 1), max(len(simulated), 1)
+    return 0.5 * sum(abs(hr[k] / nr - hs[k] / ns) for k in set(hr) | set(hs))
+
+
+def rounds_comparison(real: Sequence[int], simulated: Sequence[int], bootstrap: int = 200,
+                      seed: int = 0) -> dict[str, Any]:
+    """Rounds histograms, means and the total-variation distance between the two distributions, with a
+    95 % bootstrap interval (both samples redrawn)."""
     hr, hs = Counter(real), Counter(simulated)
     keys = sorted(set(hr) | set(hs))
-    nr, ns = max(len(real), 1), max(len(simulated), 1)
-    tv = 0.5 * sum(abs(hr[k] / nr - hs[k] / ns) for k in keys)
+    ci = None
+    if real and simulated:
+        rng = np.random.default_rng(seed)
+        r, s = np.asarray(real), np.asarray(simulated)
+        draws = [total_variation(r[rng.integers(0, len(r), len(r))].tolist(), s[rng.integers(0, len(s), len(s))].tolist())
+                 for _ in range(bootstrap)]
+        lo, hi = np.percentile(draws, [2.5, 97.5])
+        ci = [round(float(lo), 4), round(float(hi), 4)]
     return {"real_mean": round(float(np.mean(real)), 2) if real else None,
             "simulated_mean": round(float(np.mean(simulated)), 2) if simulated else None,
-            "total_variation": round(tv, 4),
+            "total_variation": round(total_variation(real, simulated), 4), "total_variation_ci95": ci,
             "real_histogram": {str(k): hr[k] for k in keys}, "simulated_histogram": {str(k): hs[k] for k in keys}}

@@ -5,6 +5,8 @@ Parsing follows FastChat's rules so figures compare with published ones: single-
 ``[[B]]`` or ``[[C]]`` (tie) and records ``error`` otherwise. ``summarize`` reads any FastChat-format
 judgment file, ours or published ones: mean score per model and turn over valid scores, and pairwise
 win/tie/loss where a verdict counts only when both orders agree (FastChat's position-bias rule).
+It also says how good the judge is (questions, unparsable share, position bias) and whether the
+figures can rank the models at all, so a weak judge's numbers are never read as findings.
 """
 
 from __future__ import annotations
@@ -93,9 +95,14 @@ def read_judgments(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize(rows: list[dict[str, Any]], path: str = "judgments") -> dict[str, Any]:
+    """Scores, pairwise results, each judge's quality and whether the figures can rank the models.
+
+    Pairwise: a verdict counts when both orders agree; both orders parsed but disagreeing is a tie
+    (FastChat's rule); a pair where either order is unparsable is counted apart (``unparsable``), not
+    as a tie (FastChat drops it)."""
     single: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     invalid: dict[str, int] = defaultdict(int)
-    pair: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "loss": 0})
+    pair: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "loss": 0, "unparsable": 0})
     for i, r in enumerate(rows, 1):
         if "score" in r and "model" in r:
             if float(r["score"]) < 0:
@@ -104,11 +111,13 @@ def summarize(rows: list[dict[str, Any]], path: str = "judgments") -> dict[str, 
                 single[r["model"]][int(r.get("turn", 1))].append(float(r["score"]))
         elif "model_1" in r and "g1_winner" in r:
             g1, g2 = r["g1_winner"], r.get("g2_winner", r["g1_winner"])
-            winner = g1 if g1 == g2 else "tie"  # inconsistent across the two orders: a tie
-            if winner == "error":
-                invalid[f"{r['model_1']} vs {r['model_2']}"] += 1
-                continue
             a, b = r["model_1"], r["model_2"]
+            if "error" in (g1, g2):
+                invalid[f"{a} vs {b}"] += 1
+                pair[a]["unparsable"] += 1
+                pair[b]["unparsable"] += 1
+                continue
+            winner = g1 if g1 == g2 else "tie"  # inconsistent across the two orders: a tie
             if winner == "model_1":
                 pair[a]["win"] += 1
                 pair[b]["loss"] += 1
@@ -125,16 +134,108 @@ def summarize(rows: list[dict[str, Any]], path: str = "judgments") -> dict[str, 
     for model, turns in single.items():
         allv = [s for v in turns.values() for s in v]
         scores[model] = {"turn_1": _mean(turns.get(1, [])), "turn_2": _mean(turns.get(2, [])),
-                         "overall": _mean(allv), "n": len(allv), "invalid": invalid.get(model, 0)}
+                         "overall": _mean(allv), "n": len(allv), "invalid": invalid.get(model, 0),
+                         "overall_ci95": _mean_ci(allv)}
     wins = {}
     for model, c in pair.items():
         n = c["win"] + c["tie"] + c["loss"]
         wins[model] = {**c, "win_rate": round(c["win"] / n, 4) if n else None,
                        "win_rate_adjusted": round((c["win"] + 0.5 * c["tie"]) / n, 4) if n else None}
-    return {"single": dict(sorted(scores.items(), key=lambda kv: -(kv[1]["overall"] or 0))),
-            "pairwise": dict(sorted(wins.items(), key=lambda kv: -(kv[1]["win_rate_adjusted"] or 0))),
-            "invalid": dict(invalid)}
+    out = {"single": dict(sorted(scores.items(), key=lambda kv: -(kv[1]["overall"] or 0))),
+           "pairwise": dict(sorted(wins.items(), key=lambda kv: -(kv[1]["win_rate_adjusted"] or 0))),
+           "invalid": dict(invalid), "judges": judge_quality(rows)}
+    out["ranking"] = ranking(out)
+    return out
+
+
+def _judge_name(r: dict[str, Any]) -> str:
+    j = r.get("judge")
+    return str(j[0]) if isinstance(j, list) and j else str(j or "judge")
+
+
+def judge_quality(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per judge: questions seen, verdicts, the share it left unparsable, and its position bias from
+    the both-orders pairs (both parsed): how often it prefers whichever answer comes first in both
+    orders (``position_bias``), whichever comes second, and how often the two orders disagree at all."""
+    acc: dict[str, dict[str, Any]] = defaultdict(lambda: {"questions": set(), "verdicts": 0, "unparsable": 0,
+                                                         "pairs": 0, "first": 0, "second": 0, "inconsistent": 0})
+    for r in rows:
+        j = acc[_judge_name(r)]
+        j["questions"].add(r.get("question_id"))
+        if "score" in r:
+            j["verdicts"] += 1
+            j["unparsable"] += float(r["score"]) < 0
+        elif "g1_winner" in r:
+            g1, g2 = r["g1_winner"], r.get("g2_winner", r["g1_winner"])
+            j["verdicts"] += 2
+            j["unparsable"] += (g1 == "error") + (g2 == "error")
+            if "error" not in (g1, g2):
+                j["pairs"] += 1
+                j["first"] += g1 == "model_1" and g2 == "model_2"   # answer A both times
+                j["second"] += g1 == "model_2" and g2 == "model_1"  # answer B both times
+                j["inconsistent"] += g1 != g2
+    out = {}
+    for name, j in acc.items():
+        pairs = j["pairs"]
+        out[name] = {"questions": len(j["questions"]), "verdicts": j["verdicts"], "unparsable": j["unparsable"],
+                     "unparsable_share": round(j["unparsable"] / j["verdicts"], 4) if j["verdicts"] else None,
+                     "pairs_both_parsed": pairs,
+                     "position_bias": round(j["first"] / pairs, 4) if pairs else None,
+                     "second_position_bias": round(j["second"] / pairs, 4) if pairs else None,
+                     "inconsistent": round(j["inconsistent"] / pairs, 4) if pairs else None}
+    return out
+
+
+#: Above these a judge's figures do not rank models (the report says so).
+MAX_UNPARSABLE_SHARE = 0.2
+MAX_POSITION_BIAS = 0.3
+
+
+def ranking(summary: dict[str, Any]) -> dict[str, Any]:
+    """Whether these judgments can rank the models, and if not, why (plain sentences for the report).
+
+    Not when: a judge leaves more than 20 % of its verdicts unparsable; a judge picks the same position
+    in both orders in more than 30 % of the pairs; no two models' single-grading 95 % intervals are
+    apart; no model's decisive pairwise record (wins vs losses) is apart from a coin toss (Wilson)."""
+    from realchat.evaluation.fidelity import wilson_interval
+
+    reasons = []
+    for name, j in (summary.get("judges") or {}).items():
+        if j["unparsable_share"] is not None and j["unparsable_share"] > MAX_UNPARSABLE_SHARE:
+            reasons.append(f"judge {name} left {j['unparsable_share']:.0%} of its verdicts unparsable")
+        bias = max(j["position_bias"] or 0, j["second_position_bias"] or 0)
+        if j["pairs_both_parsed"] and bias > MAX_POSITION_BIAS:
+            reasons.append(f"judge {name} prefers the same position in both orders in {bias:.0%} of the pairs "
+                           "(position bias): its pairwise verdicts follow the order, not the answers")
+    single = {m: v for m, v in (summary.get("single") or {}).items() if v.get("overall_ci95")}
+    if len(single) >= 2:
+        cis = [v["overall_ci95"] for v in single.values()]
+        apart = any(a[1] < b[0] or b[1] < a[0] for k, a in enumerate(cis) for b in cis[k + 1:])
+        if not apart:
+            reasons.append("the single-grading scores' 95 % intervals all overlap: the score differences are noise")
+    pw = summary.get("pairwise") or {}
+    if pw:
+        decisive = []
+        for v in pw.values():
+            n = v["win"] + v["loss"]
+            if n:
+                lo, hi = wilson_interval(v["win"], n)
+                decisive.append(lo > 0.5 or hi < 0.5)
+        if not any(decisive):
+            reasons.append("no pairwise record is apart from a coin toss (wins vs losses, 95 % Wilson interval; "
+                           "ties and unparsable pairs aside)")
+    return {"can_rank": not reasons, "reasons": reasons}
 
 
 def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def _mean_ci(xs: list[float]) -> list[float] | None:
+    """Normal-approximation 95 % interval of a mean (None below two values)."""
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    half = 1.96 * sd / len(xs) ** 0.5
+    return [round(m - half, 4), round(m + half, 4)]

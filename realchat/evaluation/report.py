@@ -15,10 +15,16 @@ from typing import Any
 DATASET_METRICS = [
     ("conversations", "conversations"), ("mean_rounds", "mean rounds"),
     ("tokens_per_utterance", "tokens / utterance"), ("tokens_per_conversation", "tokens / conversation"),
-    ("mtld_user", "MTLD (user turns) ↑"), ("distinct_1_user", "distinct-1 ↑"), ("distinct_2_user", "distinct-2 ↑"),
-    ("topic_diversity_cosine", "topic cosine ↓"), ("first_turn_cosine", "first-turn cosine ↓"),
+    ("mtld_paper", "MTLD, mean over user turns (paper) ↑"), ("mtld_joined", "MTLD, user turns joined ↑"),
+    ("distinct_1_user", "distinct-1 ↑"), ("distinct_2_user", "distinct-2 ↑"),
+    ("topic_cosine_paper", "topic cosine, n×n incl. diagonal (paper) ↓"),
+    ("topic_cosine_pairs", "topic cosine, distinct pairs ↓"), ("first_turn_cosine", "first-turn cosine ↓"),
+    ("first_turn_diversity", "first-turn diversity (1 − Jaccard) [95% CI] ↑"),
     ("first_turn_distinct_2", "first-turn distinct-2 ↑"),
 ]
+
+#: Figures with an interval stored beside them as ``<key>_ci95``.
+WITH_CI = {"first_turn_diversity"}
 
 
 def _fmt(v: Any) -> str:
@@ -54,7 +60,8 @@ def datasets_section(results: dict[str, Any], languages: bool = True) -> str:
     if not ds:
         return ""
     names = list(ds)
-    rows = [[label] + [ds[n].get(key) for n in names] for key, label in DATASET_METRICS]
+    rows = [[label] + [_ci({"v": ds[n].get(key), "ci95": ds[n].get(f"{key}_ci95")}, "v") if key in WITH_CI
+                       else ds[n].get(key) for n in names] for key, label in DATASET_METRICS]
     rows.append(["user-turn tokens p10 / median / p90"] + [
         "{p10} / {median} / {p90}".format(**ds[n]["user_turn_tokens"]) if ds[n].get("user_turn_tokens") else None
         for n in names])
@@ -62,8 +69,12 @@ def datasets_section(results: dict[str, Any], languages: bool = True) -> str:
         rows.append(["languages (top 3)"] + [", ".join(f"{k} {v}" for k, v in list(ds[n].get("languages", {}).items())[:3])
                                               for n in names])
     return "## Dataset statistics\n\n" + table(["metric"] + names, rows) + (
-        "\n\nMTLD threshold 0.72 (lexicalrichness); cosine = mean pairwise cosine similarity of MiniLM "
-        "embeddings of the user turns (lower = more diverse), computed without an n×n matrix.\n")
+        "\n\nMTLD threshold 0.72 (lexicalrichness): the paper's figure is the mean of each user turn's MTLD "
+        "(turns without words skipped), ours the MTLD of all user turns joined. Cosine = mean cosine "
+        "similarity of MiniLM embeddings of the user turns (lower = more diverse), computed without an n×n "
+        "matrix: the paper's mean takes the full matrix, diagonal included (pulled up by 1/n), ours distinct "
+        "pairs. First-turn diversity as UserLM: 1 − mean pairwise Jaccard similarity of the first user turns' "
+        "lower-cased word sets.\n")
 
 
 def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> str:
@@ -80,24 +91,63 @@ def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> 
         parts.append(f"Perplexity on the real user turns of held-out `{f['real']}` conversations (lower = more "
                      "human-like), each turn given the real conversation so far:\n\n"
                      + table(["model", "ref", "perplexity [95% CI]", "tokens", "conversations"], rows))
+    end = f.get("ending") or {}
+    if end.get("conversations"):
+        parts.append(
+            f"Ending (teacher-forced on {end['conversations']} whole held-out `{f['real']}` conversations, "
+            f"{end['positions']} positions within the {f.get('max_length', '')}-token window, "
+            f"{end['ends_in_window']} real ends among them: after each real assistant turn, is the end "
+            f"marker `{end['marker']}` the simulator's most likely next turn? Gold: the real end):\n\n" + table(
+                ["model", "precision [95% CI]", "recall [95% CI]", "F1 [95% CI] ↑", "ended exactly right [95% CI]",
+                 "ended early", "mean P(end) at the end / before"],
+                [[f"`{end['model']}`", _ci({"v": end["precision"], "ci95": end.get("precision_ci95")}, "v"),
+                  _ci({"v": end["recall"], "ci95": end.get("recall_ci95")}, "v"),
+                  _ci({"v": end["f1"], "ci95": end.get("f1_ci95")}, "v"),
+                  _ci({"v": end["exact"], "ci95": end.get("exact_ci95")}, "v"), end["ended_early"],
+                  f"{_fmt(end['mean_p_end_at_end'])} / {_fmt(end['mean_p_end_before'])}"]]))
+    elif end.get("note"):
+        parts.append(f"Ending: not measured ({end['note']}).")
     sims = {k: v for k, v in (f.get("simulated") or {}).items() if only is None or k in only}
     if sims:
         rows = []
         for name, s in sims.items():
             fr, cl, rd = s.get("frechet") or {}, s.get("classifier") or {}, s.get("rounds") or {}
             ended = s.get("ended_by") or {}
+            role = s.get("role") or {}
             rows.append([name, _ci(fr, "distance"), _ci(cl, "accuracy"), rd.get("simulated_mean"),
-                         rd.get("total_variation"), f"{ended.get('simulator', 0.0):.0%}" if ended else None])
+                         _ci({"v": rd.get("total_variation"), "ci95": rd.get("total_variation_ci95")}, "v"),
+                         _ci({"v": role.get("role_adherence"), "ci95": role.get("role_adherence_ci95")}, "v"),
+                         f"{ended.get('simulator', 0.0):.0%}" if ended else None])
         any_fr = next(iter(sims.values())).get("frechet") or {}
         parts.append(f"Each simulated dataset against the held-out real `{f['real']}` user turns (MiniLM embeddings; "
                      f"Fréchet distance after PCA to {any_fr.get('dims')} dimensions, the real set's split-half "
                      f"distance {_fmt(any_fr.get('real_split_half'))} is the noise floor; classifier accuracy 0.5 "
-                     "= indistinguishable):\n\n" + table(
+                     "= indistinguishable; role adherence = share of user turns that do not read like an "
+                     "assistant's answer):\n\n" + table(
                          ["simulated", "Fréchet [95% CI] ↓", "classifier accuracy [95% CI] ↓", "mean rounds",
-                          "rounds TV distance ↓", "ended by the simulator"], rows))
+                          "rounds TV distance [95% CI] ↓", "role adherence [95% CI] ↑", "ended by the simulator"],
+                         rows))
         real_mean = (next(iter(sims.values())).get("rounds") or {}).get("real_mean")
         parts.append(f"Real conversations run {_fmt(real_mean)} rounds on average (simulations are capped by "
                      "`max_rounds`).")
+        rc = f.get("role_classifier") or {}
+        if rc.get("accuracy") is not None:
+            parts.append(f"Role adherence is judged by a {rc['method']} ({rc['n_per_class']} turns each); checked "
+                         f"by {rc['folds']}-fold cross-validation on those real turns: accuracy "
+                         f"{_ci(rc, 'accuracy')}; it calls {_fmt(rc['real_user_turns_answering'])} of real user "
+                         "turns answers, the floor a perfect simulator would show."
+                         + (" Its accuracy is not clearly above chance here, so role adherence says little."
+                            if rc["ci95"][0] <= 0.5 else ""))
+        intent_rows = [[name, _ci((s.get("intent_decomposition") or {}), "value"),
+                        (s.get("intent_decomposition") or {}).get("turns")]
+                       for name, s in sims.items() if s.get("intent_decomposition")]
+        if f.get("real_intent_decomposition"):
+            d = f["real_intent_decomposition"]
+            intent_rows.insert(0, [f"{f['real']} (real)", _ci(d, "value"), d.get("turns")])
+        if intent_rows:
+            parts.append("Intent decomposition (mean over user turns of the share of the turn's content words that "
+                         "are in the conversation's intent; lower = the goal is revealed gradually):\n\n"
+                         + table(["dataset", "intent decomposition [95% CI] ↓", "turns"], intent_rows))
     return "\n\n".join(parts) + "\n"
 
 
@@ -108,17 +158,32 @@ def benchmark_section(results: dict[str, Any]) -> str:
     parts = [f"## Benchmarks (judge: `{b['judge']}`)"]
     for bench, s in b["benchmarks"].items():
         parts.append(f"### {bench} ({s['questions']} questions)")
+        rank = s.get("ranking") or {}
+        if rank and not rank["can_rank"]:
+            parts.append(f"**These figures cannot rank the models**: {'; '.join(rank['reasons'])}. They show the "
+                         "machinery at work, not which model is better.")
+        judges = s.get("judges") or {}
+        if judges:
+            parts.append(table(["judge", "model", "questions", "verdicts", "unparsable", "position bias (first / second)",
+                                "orders disagree"],
+                               [[name, f"`{b['judge']}`", j["questions"], j["verdicts"],
+                                 f"{j['unparsable']} ({j['unparsable_share']:.0%})" if j["unparsable_share"] is not None else None,
+                                 f"{j['position_bias']:.0%} / {j['second_position_bias']:.0%}"
+                                 if j["position_bias"] is not None else None,
+                                 f"{j['inconsistent']:.0%}" if j["inconsistent"] is not None else None]
+                                for name, j in judges.items()]))
         if s["single"]:
-            parts.append(table(["model", "turn 1", "turn 2", "overall", "valid", "unparsable"],
-                               [[m, v["turn_1"], v["turn_2"], v["overall"], v["n"], v["invalid"]]
-                                for m, v in s["single"].items()]))
+            parts.append(table(["model", "turn 1", "turn 2", "overall [95% CI]", "valid", "unparsable"],
+                               [[m, v["turn_1"], v["turn_2"], _ci({"v": v["overall"], "ci95": v.get("overall_ci95")}, "v"),
+                                 v["n"], v["invalid"]] for m, v in s["single"].items()]))
         if s["pairwise"]:
-            parts.append(table(["model", "win", "tie", "loss", "win rate", "win rate (ties ½)"],
-                               [[m, v["win"], v["tie"], v["loss"], v["win_rate"], v["win_rate_adjusted"]]
-                                for m, v in s["pairwise"].items()]))
+            parts.append(table(["model", "win", "tie", "loss", "unparsable (apart)", "win rate", "win rate (ties ½)"],
+                               [[m, v["win"], v["tie"], v["loss"], v.get("unparsable", 0), v["win_rate"],
+                                 v["win_rate_adjusted"]] for m, v in s["pairwise"].items()]))
         invalid = {k: v for k, v in s["invalid"].items() if v}
         if invalid:
-            parts.append("Unparsable verdicts (FastChat's -1 / error), excluded from the means: "
+            parts.append("Unparsable verdicts (FastChat's -1 / error), excluded from the means and from the "
+                         "pairwise counts (a pair with an unparsable order is not a tie): "
                          + ", ".join(f"{k} {v}" for k, v in invalid.items()) + ".")
     return "\n\n".join(parts) + "\n"
 
@@ -148,13 +213,15 @@ def card_section(results: dict[str, Any], step: str, report_repo: str) -> str:
     sections = []
     if datasets:
         sections += [datasets_section(results, languages=False), fidelity_section(results, only=datasets)]
+    elif step and step == results.get("simulator_step"):
+        sections.append(fidelity_section(results, only=[]))  # the simulator's perplexity and ending
     if models:
         sections.append(benchmark_section(results))
     body = "\n\n".join(s.strip() for s in sections if s.strip())
     if not body.strip():
         return ""
     body = "\n".join("#" + line if line.startswith("##") else line for line in body.splitlines())
-    named = ", ".join(f"`{n}`" for n in datasets + models)
+    named = ", ".join(f"`{n}`" for n in datasets + models) or "the simulator (`fidelity.simulator_model`)"
     return (f"## Evaluation\n\nFrom RealChat's evaluation in `{report_repo}`, where this artifact is {named}; "
             f"the full report, answers and judgments are there.\n\n{body}\n")
 
@@ -172,7 +239,7 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     for name, d in (results.get("datasets") or {}).items():
         for key, v in d.items():
-            add("dataset", name, key, v)
+            add("dataset", name, key, v, d.get(f"{key}_ci95"))
         for key, v in (d.get("user_turn_tokens") or {}).items():
             add("dataset", name, f"user_turn_tokens_{key}", v)
     f = results.get("fidelity") or {}
@@ -185,14 +252,31 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("fidelity", name, "classifier_accuracy", cl.get("accuracy"), cl.get("ci95"))
         for k, v in (s.get("ended_by") or {}).items():
             add("fidelity", name, f"ended_by_{k}", v)
-        add("fidelity", name, "rounds_total_variation", (s.get("rounds") or {}).get("total_variation"))
+        rd = s.get("rounds") or {}
+        add("fidelity", name, "rounds_total_variation", rd.get("total_variation"), rd.get("total_variation_ci95"))
+        role = s.get("role") or {}
+        add("fidelity", name, "role_adherence", role.get("role_adherence"), role.get("role_adherence_ci95"))
+        d = s.get("intent_decomposition") or {}
+        add("fidelity", name, "intent_decomposition", d.get("value"), d.get("ci95"))
+    end = f.get("ending") or {}
+    for key in ("precision", "recall", "f1", "exact"):
+        add("fidelity", "simulator", f"ending_{key}", end.get(key), end.get(f"{key}_ci95"))
+    rc = f.get("role_classifier") or {}
+    add("fidelity", f.get("real", "real"), "role_classifier_accuracy", rc.get("accuracy"), rc.get("ci95"))
     for bench, s in ((results.get("benchmarks") or {}).get("benchmarks") or {}).items():
         for model, v in s["single"].items():
             for key in ("turn_1", "turn_2", "overall", "invalid"):
                 add(bench, model, f"score_{key}", v.get(key))
+        for model, v in s["single"].items():
+            add(bench, model, "score_overall_with_ci", v.get("overall"), v.get("overall_ci95"))
         for model, v in s["pairwise"].items():
-            for key in ("win", "tie", "loss", "win_rate_adjusted"):
+            for key in ("win", "tie", "loss", "unparsable", "win_rate_adjusted"):
                 add(bench, model, f"pairwise_{key}", v.get(key))
+        for judge, j in (s.get("judges") or {}).items():
+            for key in ("questions", "unparsable_share", "position_bias", "second_position_bias", "inconsistent"):
+                add(bench, judge, f"judge_{key}", j.get(key))
+        if s.get("ranking"):
+            add(bench, "judgments", "can_rank_models", float(s["ranking"]["can_rank"]))
     return rows
 
 
@@ -201,17 +285,23 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     h: dict[str, Any] = {}
     for name, d in (results.get("datasets") or {}).items():
         h[f"{name}_conversations"] = d.get("conversations")
-        h[f"{name}_mtld"] = d.get("mtld_user")
-        h[f"{name}_topic_cosine"] = d.get("topic_diversity_cosine")
+        h[f"{name}_mtld_paper"] = d.get("mtld_paper")
+        h[f"{name}_topic_cosine_paper"] = d.get("topic_cosine_paper")
+        h[f"{name}_first_turn_diversity"] = d.get("first_turn_diversity")
     f = results.get("fidelity") or {}
     for label, v in (f.get("user_turn_perplexity") or {}).items():
         h[f"{label}_user_perplexity"] = v.get("perplexity")
     for name, s in (f.get("simulated") or {}).items():
         h[f"{name}_frechet_distance"] = (s.get("frechet") or {}).get("distance")
         h[f"{name}_classifier_accuracy"] = (s.get("classifier") or {}).get("accuracy")
+        h[f"{name}_role_adherence"] = (s.get("role") or {}).get("role_adherence")
+    if (f.get("ending") or {}).get("f1") is not None:
+        h["simulator_ending_f1"] = f["ending"]["f1"]
     for bench, s in ((results.get("benchmarks") or {}).get("benchmarks") or {}).items():
         for model, v in s["single"].items():
             h[f"{bench}_{model}_score"] = v.get("overall")
+        if s.get("ranking"):
+            h[f"{bench}_can_rank_models"] = s["ranking"]["can_rank"]
     h["seconds"] = results.get("seconds")
     return h
 
@@ -255,7 +345,11 @@ def make_plots(folder: Path, results: dict[str, Any], series: dict[str, dict[str
         for k, (model, v) in enumerate(cats.items()):
             ax.bar(np.arange(len(names)) + k * width, [v.get(c, 0) for c in names], width, label=model)
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right")
-        ax.set(title=f"{bench}: mean judge score per category", ylim=(0, 10), ylabel="score (1-10)")
+        title = f"{bench}: mean judge score per category"
+        rank = s.get("ranking") or {}
+        if rank and not rank["can_rank"]:
+            title += "\nthis judge cannot rank these models (see the report)"
+        ax.set(title=title, ylim=(0, 10), ylabel="score (1-10)")
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / f"{bench}.png", dpi=110)

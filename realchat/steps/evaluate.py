@@ -129,17 +129,19 @@ def sample_sizes(cfg: EvaluateConfig, sizes: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(figures, raw series for plots and fidelity) of one dataset."""
+def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any, seed: int = 0,
+                     bootstrap: int = 200) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(figures, raw series for plots and fidelity) of one dataset. ``encoder`` None: no topic
+    diversity (``realchat stats --no-embeddings``)."""
     import numpy as np
 
     from realchat.evaluation.embeddings import encode
     from realchat.evaluation.fidelity import rounds_of
     from realchat.curation.langid import LanguageIdentifier
-    from realchat.evaluation.statistics import conversation_stats, distinct_n, mean_pairwise_cosine, user_turns
+    from realchat.evaluation.statistics import conversation_stats, distinct_n, topic_statistics, user_turns
 
     msgs = [c["messages"] for c in convs]
-    stats = conversation_stats(msgs, counter.count)
+    stats = conversation_stats(msgs, counter.count, bootstrap, seed)
     users = user_turns(msgs)
     firsts = user_turns(msgs, first_only=True)
     lengths = counter.count(users) if users else []
@@ -151,41 +153,74 @@ def describe_dataset(convs: list[Conversation], counter: Any, encoder: Any) -> t
     for lang in labels:
         langs[lang] = langs.get(lang, 0) + 1
     stats["languages"] = dict(sorted(langs.items(), key=lambda kv: -kv[1])[:10])
-    user_emb = encode(encoder, users)
-    stats["topic_diversity_cosine"] = round(mean_pairwise_cosine(user_emb), 4) if len(users) > 1 else None
-    first_emb = encode(encoder, firsts)
-    stats["first_turn_cosine"] = round(mean_pairwise_cosine(first_emb), 4) if len(firsts) > 1 else None
+    user_emb = encode(encoder, users) if encoder is not None else None
+    if encoder is not None:
+        stats.update(topic_statistics(user_emb, encode(encoder, firsts)))
     stats["first_turn_distinct_2"] = round(distinct_n(firsts, 2), 4)
     stats["user_turns"] = len(users)
-    return stats, {"user_turn_tokens": lengths, "rounds": rounds_of(msgs), "user_embeddings": user_emb}
+    return stats, {"user_turn_tokens": lengths, "rounds": rounds_of(msgs), "user_embeddings": user_emb,
+                   "user_turns": users}
 
 
 # -- fidelity ---------------------------------------------------------------------------------------
 
 
+def is_whole(conv: Conversation) -> bool:
+    """A real conversation that ``split`` did not cut (its first segment, ending where the conversation
+    ended) and that ends on an assistant turn: the only ones where "the real end" is known."""
+    body = [m for m in conv["messages"] if m["role"] != "system"]
+    return (conv.get("ends_conversation") is not False and conv["id"] == conv.get("base_id", conv["id"])
+            and bool(body) and body[-1]["role"] == "assistant")
+
+
 def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Conversation]],
                  series: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
-    """Perplexity of the simulator and the baseline on held-out real user turns, then every simulated
-    dataset against the real one: Fréchet distance, classifier, rounds, how conversations ended."""
+    """Perplexity of the simulator and the baseline on held-out real user turns (the simulator's
+    ending decisions in the same pass), then every simulated dataset against the real one: Fréchet
+    distance, classifier, role adherence, rounds, how conversations ended, intent decomposition."""
     import numpy as np
 
+    from realchat.evaluation import behaviour as bh
     from realchat.evaluation import fidelity as fm
 
     fid = cfg.fidelity
     assert fid is not None
     real = convs[fid.real][: fid.perplexity_conversations]
-    prompt, _marker = ctx.trained_simulator(fid.simulator_model)
-    out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "simulated": {}}
+    prompt, marker = ctx.trained_simulator(fid.simulator_model)
+    out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "max_length": fid.max_length, "simulated": {}}
+    # whole conversations, those already in the perplexity pass first (their ending costs nothing more)
+    whole = [c for c in real if is_whole(c)] + [c for c in convs[fid.real][len(real):] if is_whole(c)]
+    ending = whole[: fid.ending_conversations] if marker else []
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
                             ("baseline", fid.baseline_model, "baseline_model")):
         if ref is None:
             continue
-        ctx.console.print(f"{ctx.name}: perplexity of {label} ({ref}) on {len(real)} held-out real conversations")
+        ctx.console.print(f"{ctx.name}: perplexity of {label} ({ref}) on {len(real)} held-out real conversations"
+                          + (f", ending on {len(ending)}" if label == "simulator" and ending else ""))
         path = ctx.resolve_model(ref, f"fidelity.{key}")
         with ctx.blame(f"fidelity.{key}"):
-            ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
-                                                                    fid.max_length, fid.bootstrap, seed)}
+            if label == "simulator" and ending:
+                from realchat.models.backends import LocalModel
+
+                local = LocalModel(path)
+                in_ppl = {id(c) for c in real}
+                in_end = {id(c) for c in ending}
+                union = real + [c for c in ending if id(c) not in in_ppl]
+                nll, end_rows = bh.score_user_turns(
+                    local.model, local.tokenizer, [c["messages"] for c in union], prompt, marker, fid.max_length,
+                    [id(c) in in_ppl for c in union], [id(c) in in_end for c in union])
+                del local
+                ppl[label] = {"model": ref, **fm.perplexity_with_ci(nll, fid.bootstrap, seed)}
+                out["ending"] = {"model": ref, "marker": marker, "selected": len(ending),
+                                 **bh.ending_scores(end_rows, fid.bootstrap, seed)}
+            else:
+                ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
+                                                                        fid.max_length, fid.bootstrap, seed)}
+    if "ending" not in out:
+        out["ending"] = {"model": fid.simulator_model, "marker": marker, "conversations": 0,
+                         "note": "the simulator was trained without an end marker" if not marker
+                         else "off (fidelity.ending_conversations: 0)"}
     out["user_turn_perplexity"] = ppl
     rng = np.random.default_rng(seed)
 
@@ -193,6 +228,26 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
         emb = series[name]["user_embeddings"]
         return emb[rng.choice(len(emb), fid.max_turns, replace=False)] if len(emb) > fid.max_turns else emb
 
+    clf = None
+    answers = [m["content"] for c in convs[fid.real] for m in c["messages"] if m["role"] == "assistant"]
+    if fid.role_turns and answers:
+        from realchat.evaluation.embeddings import encode, load_encoder
+
+        pick = np.random.default_rng(seed + 1)  # its own draws: the turns sampled below stay as they were
+        picked = [answers[i] for i in sorted(pick.choice(len(answers), min(fid.role_turns, len(answers)), replace=False))]
+        with ctx.blame("embedding_model"):
+            answer_emb = encode(load_encoder(cfg.embedding_model, str(ctx.base_dir)), picked)
+        clf, out["role_classifier"] = bh.role_classifier(series[fid.real]["user_embeddings"],
+                                                        series[fid.real]["user_turns"], answer_emb, picked,
+                                                        fid.cv_folds, seed)
+
+    def intents(name: str) -> dict[str, Any] | None:
+        pairs = [(c["intent"], c["messages"]) for c in convs[name] if c.get("intent")]
+        return bh.intent_decomposition(pairs, fid.bootstrap, seed) if pairs else None
+
+    real_intent = intents(fid.real)
+    if real_intent:
+        out["real_intent_decomposition"] = real_intent
     r = turns(fid.real)
     index = {d.name: i for i, d in enumerate(cfg.datasets)}
     for name in fid.simulated:
@@ -200,8 +255,13 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
         one: dict[str, Any] = {
             "frechet": fm.frechet_distance(r, s, fid.frechet_dims, fid.bootstrap, seed),
             "classifier": fm.classifier_accuracy(r, s, fid.cv_folds, seed),
-            "rounds": fm.rounds_comparison(series[fid.real]["rounds"], series[name]["rounds"]),
+            "rounds": fm.rounds_comparison(series[fid.real]["rounds"], series[name]["rounds"], fid.bootstrap, seed),
         }
+        if clf is not None:
+            one["role"] = bh.answer_share(clf, series[name]["user_embeddings"], series[name]["user_turns"])
+        decomposition = intents(name)
+        if decomposition:
+            one["intent_decomposition"] = decomposition
         step = ctx.step_of(f"datasets[{index[name]}].dataset")
         reasons = ctx.stats_of(step).get("stop_reasons") if step else None
         if reasons:
@@ -412,7 +472,8 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
                                "dataset_steps": {d.name: ctx.step_of(f"datasets[{i}].dataset")
                                                  for i, d in enumerate(cfg.datasets)},
                                "model_steps": {m.name: ctx.step_of(f"benchmark.models[{i}].backend.model")
-                                               for i, m in enumerate(cfg.benchmark.models if cfg.benchmark else [])}}
+                                               for i, m in enumerate(cfg.benchmark.models if cfg.benchmark else [])},
+                               "simulator_step": ctx.step_of("fidelity.simulator_model") if cfg.fidelity else None}
 
     t0 = time.perf_counter()
     full = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
@@ -425,7 +486,7 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
             encoder = load_encoder(cfg.embedding_model, str(ctx.base_dir))
         for name, cs in convs.items():
             ctx.console.print(f"{ctx.name}: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
-            stats, series[name] = describe_dataset(cs, counter, encoder)
+            stats, series[name] = describe_dataset(cs, counter, encoder, seed)
             results["datasets"][name] = {"available": len(full[name]), **stats}
     results["timings_s"]["statistics"] = round(time.perf_counter() - t0, 1)
 

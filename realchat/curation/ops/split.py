@@ -10,6 +10,11 @@ Nothing is silently lost: a user turn whose answer alone cannot fit the budget, 
 that was never answered, leave the kept set as rejected *pieces* (rows whose ``segment`` is -1), with
 their token count as score. The per-user-turn ``user_*`` columns are sliced along with the segments. Token counting is the
 expensive part, so conversations that provably fit (by a byte bound) are not tokenized.
+
+Every kept row gets ``ends_conversation``: True when the segment ends at the conversation's real last
+assistant turn (the conversation really ended there), False when ``split`` cut it. A simulator learns
+its end-of-conversation marker only where a conversation really ended, and the evaluation's ending
+measure scores only conversations that were not cut.
 """
 
 from __future__ import annotations
@@ -121,16 +126,20 @@ class Split(Filter):
             )
             n_split += len(segments) > 1
             user_ordinal = _user_ordinals(body)
+            last_answer = max((i for i, m in enumerate(body) if m["role"] == "assistant"), default=-1)
             for k, seg in enumerate(segments):
-                kept.append(_slice(row, system, body, seg, user_ordinal, user_cols, k))
+                r = _slice(row, system, body, seg, user_ordinal, user_cols, k)
+                r["ends_conversation"] = seg[-1] == last_answer
+                kept.append(r)
             for piece, why in pieces:
                 r = _slice(row, [], body, piece, user_ordinal, user_cols, -1)
+                r["ends_conversation"] = False
                 r["score"] = float(sum(counts[n_sys + i] for i in piece))
                 r["detail"] = why
                 rejected.append(r)
-        schema = table.schema
-        kept_df = pl.DataFrame(kept, schema=schema) if kept else table.clear()
-        rej_schema = dict(schema) | {"score": pl.Float64, "detail": pl.String}
+        schema = dict(table.schema) | {"ends_conversation": pl.Boolean}
+        kept_df = pl.DataFrame(kept, schema=schema) if kept else pl.DataFrame(schema=schema)
+        rej_schema = schema | {"score": pl.Float64, "detail": pl.String}
         rej_df = pl.DataFrame(rejected, schema=rej_schema)
         return OpResult(
             kept=kept_df,
