@@ -236,4 +236,11 @@ def _stats(kept: pl.DataFrame, rejected: pl.DataFrame, n_read: int, kept_convers
         stats["languages"] = {k: int(v) for k, v in langs.iter_rows()}
     if "user_tokens" in kept.columns:
         stats["user_turn_tokens"] = _quantiles(kept.select(pl.col("user_tokens").explode()).drop_nulls()["user_tokens"])
+    pii: dict[str, int] = {}
+    for r in rules:  # findings of every redact_pii rule, per kind, for the card
+        if r["op"] == "redact_pii":
+            for k, v in r["counters"].items():
+                pii[k] = pii.get(k, 0) + v
+    if pii:
+        stats["pii"] = pii
     return stats

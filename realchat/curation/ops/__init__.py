@@ -9,6 +9,7 @@ from realchat.curation.ops.language import Language
 from realchat.curation.ops.length import Length
 from realchat.curation.ops.near_dedup import NearDedup
 from realchat.curation.ops.quality import Quality
+from realchat.curation.ops.redact_pii import RedactPii
 from realchat.curation.ops.shape import Shape
 from realchat.curation.ops.split import Split
 from realchat.curation.ops.strip_chat_artifacts import StripChatArtifacts
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[Filter]] = {
         ExactDedup,
         NearDedup,
         Split,
+        RedactPii,
     )
 }
 
