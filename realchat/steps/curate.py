@@ -26,6 +26,7 @@ from pydantic import Field
 from realchat.curation.conversations import normalize
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import MESSAGES_DTYPE
+from realchat.curation.reference import read_reference
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source, source_revision
 from realchat.data import split_of
 from realchat.engine.context import StepContext
@@ -126,7 +127,10 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use
     for i, params in enumerate(cfg.filters):
         t0 = time.perf_counter()
-        op = REGISTRY[params.op](params, tokens, ctx.progress)
+        inputs = {}
+        if getattr(params, "reference", None) is not None:  # an earlier release to dedup against
+            inputs["reference"] = read_reference(ctx, f"filters[{i}].reference")
+        op = REGISTRY[params.op](params, tokens, ctx.progress, inputs)
         n_in = table.height
         with ctx.console.status(f"filters[{i}] {params.op} on {n_in:,} rows"):
             result = op.apply(table)
