@@ -125,11 +125,21 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     }]
 
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use
-    for i, params in enumerate(cfg.filters):
+    references = {i: read_reference(ctx, f"filters[{i}].reference")  # earlier releases to dedup against
+                  for i, params in enumerate(cfg.filters) if getattr(params, "reference", None) is not None}
+    executor = ctx.loaded.recipe.executor
+    if executor.kind == "ray":
+        from realchat.curation.ray_executor import run_ops_on_ray
+
+        table, op_rejected, op_rules = run_ops_on_ray(ctx, cfg, table, executor, references)
+        for i, rej in op_rejected:
+            op = cfg.filters[i].op
+            rejected.append(rej.with_columns(pl.lit(op).alias("reason"), pl.lit(f"filters[{i}].{op}").alias("rule"),
+                                             pl.lit(None, dtype=pl.String).alias("raw")))
+        rules += op_rules
+    for i, params in enumerate(cfg.filters if executor.kind == "local" else []):
         t0 = time.perf_counter()
-        inputs = {}
-        if getattr(params, "reference", None) is not None:  # an earlier release to dedup against
-            inputs["reference"] = read_reference(ctx, f"filters[{i}].reference")
+        inputs = {"reference": references[i]} if i in references else None
         op = REGISTRY[params.op](params, tokens, ctx.progress, inputs)
         n_in = table.height
         with ctx.console.status(f"filters[{i}] {params.op} on {n_in:,} rows"):

@@ -92,7 +92,7 @@ class NearDedup(Filter):
                 jac = m.jaccard(signatures[j])
                 if jac >= p.threshold:
                     uf.union(i, j)
-                    if jac > best[i]:
+                    if jac > best[i] or (jac == best[i] and j < match[i]):  # ties: the earliest
                         best[i], match[i] = jac, j
             lsh.insert(i, m)
         roots = [uf.find(i) for i in range(n)]
