@@ -86,3 +86,19 @@ def test_ray_executor_equals_local_on_a_slice(write_json_array, sharegpt_records
         assert (a["rule"], a["in"], a["out"], a["rejected"], a["counters"]) == \
                (b["rule"], b["in"], b["out"], b["rejected"], b["counters"])
     assert stats_r["rejected_by_reason"] == stats_l["rejected_by_reason"]
+
+
+def test_an_unreachable_cluster_is_one_error_naming_the_key(write_json_array, sharegpt_records, tmp_path,
+                                                              tiny_tokenizer_dir, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    source = write_json_array(sharegpt_records[:5], "five.json")
+    doc = {"name": "nocluster", "run_root": str(tmp_path / "runs"),
+           "executor": {"kind": "ray", "address": "auto"},
+           "steps": {"curate": {"kind": "curate", "source": {"path": str(source)},
+                                "tokenizer": str(tiny_tokenizer_dir)}}}
+    recipe = tmp_path / "nocluster.yaml"
+    recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = runner.invoke(app, ["build", str(recipe), "--no-progress", "--no-push"])
+    assert result.exit_code == 2
+    assert "executor.address: cannot reach the Ray cluster" in " ".join(result.output.split())
+    assert not (tmp_path / "runs" / "nocluster" / "curate").exists()

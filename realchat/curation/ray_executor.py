@@ -6,13 +6,16 @@ shards of ``executor.shard_rows`` conversations (in source order) held in Ray's 
 * consecutive **per-conversation ops** (everything but dedup: each decides a row from that row alone)
   run as one Ray task per shard: a batch map, the ops chained inside it;
 * **exact dedup** is a shuffle by key: each shard's rows become ``(order, id, key)`` with the key's
-  64-bit hash as the partition key; a Ray Data ``groupby(hash).map_groups`` keeps, per key, the first
-  row in source order and rejects the others naming it;
+  64-bit hash as the partition key; the reduce side keeps, per key, the first row in source order and
+  rejects the others naming it;
 * **near dedup** is MinHash LSH done as a shuffle: each shard computes the signatures (datasketch, the
-  same seed, hence the same permutations, as the local op) and emits one row per LSH band; a Ray Data
-  ``groupby`` on the band's hash brings the rows of one bucket together, where every pair is verified
-  by its estimated Jaccard; the driver joins the verified pairs into connected components (union-find,
-  the earliest row as the root) and the verdicts go back to the shards.
+  same seed, hence the same permutations, as the local op) and emits one row per LSH band; a shuffle
+  on the band's hash brings the rows of one bucket together, where every pair is verified by its
+  estimated Jaccard; the driver joins the verified pairs into connected components (union-find, the
+  earliest row as the root) and the verdicts go back to the shards.
+
+Shuffles are :func:`shuffle`: Ray tasks that hash-partition (map) and group (reduce), the pattern Ray
+Data's ``groupby().map_groups()`` implements, without its per-shuffle start-up cost.
 
 ``order`` is ``source_index * 2**16 + segment``: sorting by it is the local table's order (reading
 keeps source order, ops keep row order, ``split`` emits a conversation's segments in place), so "first
@@ -39,6 +42,7 @@ from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import OpParams
 from realchat.curation.ops.exact_dedup import normalised_user_text
 from realchat.curation.ops.near_dedup import _UnionFind, shingles
+from realchat.errors import RecipeError
 
 if TYPE_CHECKING:
     from realchat.curation.reference import Reference
@@ -173,7 +177,11 @@ def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: 
                                                                list[dict[str, Any]]]:
     """Run ``cfg.filters`` on ``table``: the kept table, each op's rejected rows by op position, and
     per-rule figures (``seconds`` of a per-conversation op: summed over its shards)."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise RecipeError("the Ray executor needs Ray: pip install 'realchat[ray]'", file=str(ctx.loaded.path),
+                          field="executor.kind") from None
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -182,7 +190,13 @@ def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: 
                                   "runtime_env": {"env_vars": env}}
         if executor.address is None and executor.num_cpus is not None:
             kwargs["num_cpus"] = executor.num_cpus
-        ray.init(address=executor.address, **kwargs)
+        try:
+            ray.init(address=executor.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RecipeError(f"cannot reach the Ray cluster: {str(e).splitlines()[0] if str(e) else e}",
+                              file=str(ctx.loaded.path), field="executor.address",
+                              hint="null starts Ray here; 'auto' needs `ray start --head` on this machine; "
+                                   "ray://host:10001 a running Ray Client server") from None
     try:
         return _run(ctx, cfg, table, executor, references)
     finally:
@@ -194,9 +208,7 @@ def _run(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorC
          references: dict[int, "Reference"]) -> tuple[pl.DataFrame, list[tuple[int, pl.DataFrame]],
                                                     list[dict[str, Any]]]:
     import ray
-    import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     tokenizer = None
     if any(REGISTRY[p.op].needs_tokenizer for p in cfg.filters):
         ctx.token_counter(cfg.tokenizer, "tokenizer")  # converts once, into the shared cache
@@ -268,17 +280,44 @@ def _ref_frame(ref: "Reference") -> pl.DataFrame:
     return ref.table.with_columns(pl.int_range(-r, 0, dtype=pl.Int64).alias("_order"))
 
 
+def _partition(table: Any, key: str, parts: int) -> Any:
+    """Map side of a shuffle: one Arrow table per partition, by the key's hash (an int64 column)."""
+    df = pl.from_arrow(table)
+    df = df.with_columns((pl.col(key) % parts).alias("_part"))
+    out = [df.filter(pl.col("_part") == k).drop("_part").to_arrow() for k in range(parts)]
+    return out[0] if parts == 1 else tuple(out)
+
+
+def _reduce(fn: Callable[..., Any], args: tuple[Any, ...], *tables: Any) -> Any:
+    """Reduce side of a shuffle: every row of one partition, whatever map task it came from."""
+    import pyarrow as pa
+
+    return fn(pa.concat_tables([t for t in tables if t.num_rows] or [tables[0]]), *args)
+
+
+def shuffle(refs: list[Any], key: str, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """Hash-partition Arrow tables by ``key`` and apply ``fn`` to each partition (all rows of a key
+    meet in one call). Ray tasks, map then reduce: Ray Data's ``groupby().map_groups()`` does the same
+    but costs 20–30 s per shuffle at this size (its shuffle operators start 200 partitions), against
+    about a second here."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    parts = max(1, min(len(refs), 2 * cpus))
+    mapped = [ray.remote(_partition).options(num_returns=parts).remote(r, key, parts) for r in refs]
+    if parts == 1:
+        mapped = [[m] for m in mapped]
+    return [ray.remote(_reduce).remote(fn, args, *[m[k] for m in mapped]) for k in range(parts)]
+
+
 def _exact_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tuple[pl.DataFrame, dict[str, int]]:
     import ray
-    import ray.data
 
     key_task = ray.remote(_exact_keys)
     refs = [key_task.remote(s, p, False) for s in shards]
     if ref is not None:
         refs.append(key_task.remote(_ref_frame(ref), p, True))
-    ds = ray.data.from_arrow_refs(refs)
-    grouped = ds.groupby("_h").map_groups(_exact_group, batch_format="pyarrow")
-    out = [pl.from_arrow(t) for t in ray.get(grouped.to_arrow_refs())]
+    out = [pl.from_arrow(t) for t in ray.get(shuffle(refs, "_h", _exact_group))]
     res = pl.concat(out, how="vertical_relaxed") if out else pl.DataFrame(
         schema={"_order": pl.Int64, "detail": pl.String, "_in_ref": pl.Boolean, "_cluster": pl.Int64})
     counters = {"duplicate_clusters": res["_cluster"].drop_nulls().n_unique()}
@@ -293,7 +332,6 @@ def _exact_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tup
 
 def _near_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tuple[pl.DataFrame, dict[str, int]]:
     import ray
-    import ray.data
     from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # type: ignore[attr-defined]
@@ -305,9 +343,7 @@ def _near_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tupl
     ids = pl.concat(ray.get([ids_task.remote(s) for s in shards]))
     if ref is not None:
         ids = pl.concat([_ref_frame(ref).select("_order", "conversation_id"), ids])
-    ds = ray.data.from_arrow_refs(refs)
-    pairs_ds = ds.groupby("_h").map_groups(lambda b: _bucket_pairs(b, p.threshold), batch_format="pyarrow")  # type: ignore[attr-defined]
-    parts = [pl.from_arrow(t) for t in ray.get(pairs_ds.to_arrow_refs())]
+    parts = [pl.from_arrow(t) for t in ray.get(shuffle(refs, "_h", _bucket_pairs, p.threshold))]  # type: ignore[attr-defined]
     pairs = (pl.concat(parts) if parts else pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "jaccard": pl.Float64}))
     pairs = pairs.unique(["a", "b"]).sort("b", "a")
     # dense positions in the order the local op visits rows: the reference first, then source order
