@@ -127,3 +127,30 @@ def test_reference_to_a_published_folder(write_json_array, sharegpt_records, tmp
     ids = set(kept1["conversation_id"])
     for d in ref_rows["detail"]:
         assert d.removeprefix("duplicate of ").split(" in reference")[0] in ids
+
+
+def test_reference_to_a_hub_dataset(hub, write_json_array, sharegpt_records, tmp_path, tiny_tokenizer_dir):
+    """A release on the Hub (the tests' Hub server, through huggingface_hub) as the reference."""
+    records = sharegpt_records[:50]
+    base = {"run_root": str(tmp_path / "runs")}
+    first = tmp_path / "h1.yaml"
+    first.write_text(yaml.safe_dump({**base, "name": "h1", "publish": {"target": "hub", "namespace": "realchat-org"},
+                                     "steps": {"curate": {
+        "kind": "curate", "source": {"path": str(write_json_array(records[:30], "a.json"))},
+        "tokenizer": str(tiny_tokenizer_dir)}}}))
+    code, out = build(first)
+    assert code == 0, out
+    record = json.loads((tmp_path / "runs" / "h1" / "published" / "curate.json").read_text())
+    second = tmp_path / "h2.yaml"
+    second.write_text(yaml.safe_dump({**base, "name": "h2", "steps": {"curate": {
+        "kind": "curate", "source": {"path": str(write_json_array(records[20:], "b.json"))},
+        "tokenizer": str(tiny_tokenizer_dir),
+        "filters": [{"op": "exact_dedup",
+                     "reference": {"hub": "realchat-org/h1-curate", "revision": record["revision"]}}]}}}))
+    code, out = build(second, "--no-push")
+    assert code == 0, out
+    rejected = pl.read_parquet(tmp_path / "runs" / "h2" / "curate" / "rejected")
+    ref = rejected.filter(pl.col("detail").str.contains(f"in reference realchat-org/h1-curate@{record['revision']}",
+                                                         literal=True))
+    assert set(ref["source_index"]) == set(range(10))  # records 20..29 of the release
+    assert set(d.split()[2] for d in ref["detail"]) == {r["id"] for r in records[20:30]}
