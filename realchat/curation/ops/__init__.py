@@ -5,6 +5,7 @@ from __future__ import annotations
 from realchat.curation.ops.base import Filter, OpParams
 from realchat.curation.ops.clean_html import CleanHtml
 from realchat.curation.ops.exact_dedup import ExactDedup
+from realchat.curation.ops.fix_unicode import FixUnicode
 from realchat.curation.ops.language import Language
 from realchat.curation.ops.length import Length
 from realchat.curation.ops.near_dedup import NearDedup
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[Filter]] = {
         NearDedup,
         Split,
         RedactPii,
+        FixUnicode,
     )
 }
 
