@@ -102,3 +102,28 @@ def test_an_unreachable_cluster_is_one_error_naming_the_key(write_json_array, sh
     assert result.exit_code == 2
     assert "executor.address: cannot reach the Ray cluster" in " ".join(result.output.split())
     assert not (tmp_path / "runs" / "nocluster" / "curate").exists()
+
+
+def test_ray_dedup_against_a_reference_equals_local(write_json_array, sharegpt_records, tmp_path,
+                                                    tiny_tokenizer_dir):
+    records = _perturbed(sharegpt_records[:300])
+    old = write_json_array(records[:150], "old.json")
+    new = write_json_array(records[100:], "new.json")
+    ref = {"step": "old", "split": "all"}
+    doc = {"name": "months", "run_root": str(tmp_path / "local"),
+           "steps": {"old": {"kind": "curate", "source": {"path": str(old)}, "tokenizer": str(tiny_tokenizer_dir)},
+                     "new": {"kind": "curate", "source": {"path": str(new)}, "tokenizer": str(tiny_tokenizer_dir),
+                             "filters": [{"op": "exact_dedup", "reference": ref},
+                                         {"op": "near_dedup", "reference": ref}]}}}
+    recipe = tmp_path / "months.yaml"
+    recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
+    _build(recipe)
+    _build(recipe, "--set", f"run_root={tmp_path / 'ray'}", "--set", "executor.kind=ray",
+           "--set", "executor.num_cpus=2", "--set", "executor.shard_rows=40")
+    kept_l, rej_l, stats_l = _outputs(tmp_path / "local" / "months" / "new")
+    kept_r, rej_r, stats_r = _outputs(tmp_path / "ray" / "months" / "new")
+    assert rej_l.filter(pl.col("detail").str.contains("in reference old")).height >= 50
+    assert kept_r.equals(kept_l)
+    cols = ["conversation_id", "source_index", "reason", "rule", "score", "detail"]
+    assert rej_r.select(cols).equals(rej_l.select(cols))
+    assert [r["counters"] for r in stats_r["rules"]] == [r["counters"] for r in stats_l["rules"]]
