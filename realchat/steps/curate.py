@@ -27,6 +27,7 @@ from realchat.curation.conversations import normalize
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import MESSAGES_DTYPE
 from realchat.curation.reference import read_reference
+from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source, source_revision
 from realchat.data import split_of
 from realchat.engine.context import StepContext
@@ -71,6 +72,9 @@ class CurateConfig(StepConfig):
     held_out_share: float = Field(0.02, ge=0, lt=1)
     #: Rows per parquet shard of the output.
     shard_rows: int = Field(50_000, ge=1)
+    #: Also draw the score distributions (``scores.png``, linked from the card); the figures are always
+    #: in ``stats.json`` and the card. Off by default: matplotlib costs about a second.
+    score_plot: bool = False
 
 
 class Curate(StepKind):
@@ -173,6 +177,10 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     stats = _stats(table, rejected_df, n_read, kept_index.len(), n_rejected, rules, report,
                    time.perf_counter() - started)
     stats["held_out_share"] = share
+    stats["scores"] = score_report(table, rejected_df, list(cfg.filters))
+    if cfg.score_plot and stats["scores"]:
+        plot_scores(stats["scores"], out / "scores.png")
+        stats["score_plot"] = "scores.png"
     stats["split_rows"] = dict(sorted(table.group_by("split").len().iter_rows())) if table.height else {}
     _write_shards(table, out / "data", cfg.shard_rows)
     _write_shards(rejected_df, out / "rejected", cfg.shard_rows)
