@@ -185,11 +185,11 @@ def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: 
 
     started_here = not ray.is_initialized()
     if started_here:
-        env = {k: os.environ[k] for k in _ENV if os.environ.get(k)}
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "runtime_env": {"env_vars": env}}
-        if executor.address is None and executor.num_cpus is not None:
-            kwargs["num_cpus"] = executor.num_cpus
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if executor.address is None:  # a runtime of our own: its workers see this process's caches
+            kwargs["runtime_env"] = {"env_vars": {k: os.environ[k] for k in _ENV if os.environ.get(k)}}
+            if executor.num_cpus is not None:
+                kwargs["num_cpus"] = executor.num_cpus
         try:
             ray.init(address=executor.address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
