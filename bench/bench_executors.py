@@ -5,7 +5,8 @@ real work: every copy gets a new id; one copy in ten is exact (exact_dedup remov
 one word of each user turn changed (near_dedup removes it), the others have a tenth of their user-turn
 words replaced (new conversations as far as dedup can tell). Each executor runs the default recipe's
 curate step (or ``--recipe``) in a child process, so the peak memory printed is the whole process
-tree's (driver and Ray workers), sampled every 0.2 s. Not a test: figures vary with the machine.
+tree's (driver, Ray's daemons and workers) as PSS, shared pages counted once (the sum of RSS would
+count Ray's object store once per worker), sampled every 0.2 s. Not a test: figures vary with the machine.
 
     python bench/bench_executors.py --conversations 20000 [--executors local ray] [--num-cpus 2]
 """
@@ -93,7 +94,8 @@ def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: in
         while proc.poll() is None:
             try:
                 tree = [p] + p.children(recursive=True)
-                peak[0] = max(peak[0], sum(c.memory_info().rss for c in tree if c.is_running()))
+                # PSS: shared pages (Ray's object store is mapped by every worker) counted once
+                peak[0] = max(peak[0], sum(c.memory_full_info().pss for c in tree if c.is_running()))
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -129,7 +131,7 @@ def main() -> None:
         for ex in args.executors:
             results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows)
             print(f"{ex:<6} wall {r['wall']:7.1f} s   {r['read'] / r['wall']:8,.0f} conversations/s   "
-                  f"peak RSS (process tree) {r['peak_rss_mb']:7,.0f} MB   kept {r['kept']:,}")
+                  f"peak PSS (process tree) {r['peak_rss_mb']:7,.0f} MB   kept {r['kept']:,}")
             for rule in r["rules"]:
                 print(f"         {rule['rule']:<30} {rule['seconds']:>8.2f} s  rejected {rule['rejected']:>7,}")
         if len(results) == 2:
