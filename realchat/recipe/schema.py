@@ -20,6 +20,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from realchat.errors import RecipeError
 from realchat.recipe.base import SLUG, Slug, StepConfig, Strict
+from realchat.recipe.executor import ExecutorConfig
 
 
 class PublishConfig(Strict):
@@ -78,6 +79,8 @@ class Recipe(Strict):
     steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
     #: Where finished steps are published (a local Hub-like folder by default, or the Hub).
     publish: PublishConfig = PublishConfig()
+    #: Where curation runs: ``{kind: local}`` or ``{kind: ray, address: null | auto | ray://…}``.
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _repos_name_steps(self) -> "Recipe":

@@ -26,6 +26,8 @@ from pydantic import Field
 from realchat.curation.conversations import UniqueIds, normalize
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import MESSAGES_DTYPE
+from realchat.curation.reference import read_reference
+from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source, source_revision
 from realchat.data import split_of
 from realchat.engine.context import StepContext
@@ -71,6 +73,9 @@ class CurateConfig(StepConfig):
     held_out_share: float = Field(0.02, ge=0, lt=1)
     #: Rows per parquet shard of the output.
     shard_rows: int = Field(50_000, ge=1)
+    #: Also draw the score distributions (``scores.png``, linked from the card); the figures are always
+    #: in ``stats.json`` and the card. Off by default: matplotlib costs about a second.
+    score_plot: bool = False
 
 
 class Curate(StepKind):
@@ -148,9 +153,22 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     }]
 
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use
-    for i, params in enumerate(cfg.filters):
+    references = {i: read_reference(ctx, f"filters[{i}].reference")  # earlier releases to dedup against
+                  for i, params in enumerate(cfg.filters) if getattr(params, "reference", None) is not None}
+    executor = ctx.loaded.recipe.executor
+    if executor.kind == "ray":
+        from realchat.curation.ray_executor import run_ops_on_ray
+
+        table, op_rejected, op_rules = run_ops_on_ray(ctx, cfg, table, executor, references)
+        for i, rej in op_rejected:
+            op = cfg.filters[i].op
+            rejected.append(rej.with_columns(pl.lit(op).alias("reason"), pl.lit(f"filters[{i}].{op}").alias("rule"),
+                                             pl.lit(None, dtype=pl.String).alias("raw")))
+        rules += op_rules
+    for i, params in enumerate(cfg.filters if executor.kind == "local" else []):
         t0 = time.perf_counter()
-        op = REGISTRY[params.op](params, tokens, ctx.progress)
+        inputs = {"reference": references[i]} if i in references else None
+        op = REGISTRY[params.op](params, tokens, ctx.progress, inputs)
         n_in = table.height
         # a line when the op starts and one when it ends in a job log; a bar on a terminal
         with ctx.progress_counter(f"filters[{i}] {params.op}", n_in, "rows") as shown:
@@ -185,6 +203,10 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     stats = _stats(table, rejected_df, n_read, kept_index.len(), n_rejected, rules, report,
                    time.perf_counter() - started)
     stats["held_out_share"] = share
+    stats["scores"] = score_report(table, rejected_df, list(cfg.filters))
+    if cfg.score_plot and stats["scores"]:
+        plot_scores(stats["scores"], out / "scores.png")
+        stats["score_plot"] = "scores.png"
     stats["split_rows"] = dict(sorted(table.group_by("split").len().iter_rows())) if table.height else {}
     _write_shards(table, out / "data", cfg.shard_rows)
     _write_shards(rejected_df, out / "rejected", cfg.shard_rows)
@@ -262,4 +284,11 @@ def _stats(kept: pl.DataFrame, rejected: pl.DataFrame, n_read: int, kept_convers
         stats["languages"] = {k: int(v) for k, v in langs.iter_rows()}
     if "user_tokens" in kept.columns:
         stats["user_turn_tokens"] = _quantiles(kept.select(pl.col("user_tokens").explode()).drop_nulls()["user_tokens"])
+    pii: dict[str, int] = {}
+    for r in rules:  # findings of every redact_pii rule, per kind, for the card
+        if r["op"] == "redact_pii":
+            for k, v in r["counters"].items():
+                pii[k] = pii.get(k, 0) + v
+    if pii:
+        stats["pii"] = pii
     return stats

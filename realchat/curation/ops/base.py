@@ -77,12 +77,16 @@ class Filter(ABC):
     needs_tokenizer: ClassVar[bool] = False
 
     def __init__(self, params: OpParams, tokens: Callable[[], TokenCounter],
-                 progress: Callable[[Iterable[Any], str, int | None], Iterator[Any]] | None = None) -> None:
+                 progress: Callable[[Iterable[Any], str, int | None], Iterator[Any]] | None = None,
+                 inputs: dict[str, Any] | None = None) -> None:
         """``tokens`` gives the step's token counter, loaded only when an op first asks for it;
-        ``progress`` wraps long loops in the engine's progress display (identity by default)."""
+        ``progress`` wraps long loops in the engine's progress display (identity by default);
+        ``inputs`` holds what the step read for the op's dataset references, by field name (a
+        :class:`~realchat.curation.reference.Reference` for dedup's ``reference``)."""
         self.params = params
         self.tokens = tokens
         self.progress = progress or (lambda items, description, total=None: iter(items))
+        self.inputs = inputs or {}
 
     @abstractmethod
     def apply(self, table: pl.DataFrame) -> OpResult:

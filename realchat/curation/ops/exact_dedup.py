@@ -4,6 +4,10 @@ The paper de-duplicated on the concatenated turns. RealChat keys on the *user* t
 the simulator learns), normalised: case-folded, whitespace collapsed and, optionally, punctuation
 removed. The first occurrence in source order is kept; each duplicate is rejected with the id of the
 conversation it repeats, so clusters can be inspected.
+
+With ``reference`` (an earlier release: a previous curate step, a published folder or Hub dataset),
+every conversation whose key the reference already holds is rejected too, its detail naming the
+reference and the conversation there (``duplicate of OlhSVrJ_0 in reference curate_2023``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Literal
 import polars as pl
 
 from realchat.curation.ops.base import Filter, OpParams, OpResult
+from realchat.recipe.refs import DatasetRef
 
 
 class Params(OpParams):
@@ -21,6 +26,9 @@ class Params(OpParams):
     lowercase: bool = True
     #: Compare user turns with punctuation removed.
     strip_punctuation: bool = False
+    #: An earlier release whose conversations are not to be repeated (``{step: old, split: all}``, a
+    #: published folder ``{path: …, format: parquet}`` or a Hub dataset ``{hub: org/name}``).
+    reference: DatasetRef | None = None  # type: ignore[valid-type]
 
 
 def normalised_user_text(table: pl.DataFrame, lowercase: bool, strip_punctuation: bool) -> pl.Expr:
@@ -48,10 +56,22 @@ class ExactDedup(Filter):
             pl.len().over("_key").alias("_size"),
         )
         clusters = keyed.filter(pl.col("_size") > 1)["_key"].n_unique()
-        keep = keyed["_first"]
-        detail = pl.Series([None if k else f"duplicate of {o}" for k, o in
-                            zip(keep.to_list(), keyed["_orig"].to_list())], dtype=pl.String)
+        ref = self.inputs.get("reference")
+        if ref is not None:
+            held = (ref.table.select(normalised_user_text(ref.table, p.lowercase, p.strip_punctuation).alias("_key"),
+                                     pl.col("conversation_id").alias("_ref"))
+                    .unique("_key", keep="first", maintain_order=True))
+            keyed = keyed.join(held, on="_key", how="left", maintain_order="left")
+        else:
+            keyed = keyed.with_columns(pl.lit(None, dtype=pl.String).alias("_ref"))
+        keep = keyed["_first"] & keyed["_ref"].is_null()
+        detail = pl.Series([None if k else (f"duplicate of {r} in reference {ref.name}" if r is not None
+                                            else f"duplicate of {o}")
+                            for k, o, r in zip(keep.to_list(), keyed["_orig"].to_list(), keyed["_ref"].to_list())],
+                           dtype=pl.String)
         score = (~keep).cast(pl.Float64)
         result = self.partition(table, keep, score, detail)
         result.counters["duplicate_clusters"] = clusters
+        if ref is not None:
+            result.counters["in_reference"] = int(keyed["_ref"].is_not_null().sum())
         return result

@@ -1,0 +1,383 @@
+"""The curate step's ops on Ray: shards for per-conversation ops, shuffles by key for dedup.
+
+The local executor applies each op to the whole table in one process. Here the table is cut into
+shards of ``executor.shard_rows`` conversations (in source order) held in Ray's object store, and
+
+* consecutive **per-conversation ops** (everything but dedup: each decides a row from that row alone)
+  run as one Ray task per shard: a batch map, the ops chained inside it;
+* **exact dedup** is a shuffle by key: each shard's rows become ``(order, id, key)`` with the key's
+  64-bit hash as the partition key; the reduce side keeps, per key, the first row in source order and
+  rejects the others naming it;
+* **near dedup** is MinHash LSH done as a shuffle: each shard computes the signatures (datasketch, the
+  same seed, hence the same permutations, as the local op) and emits one row per LSH band; a shuffle
+  on the band's hash brings the rows of one bucket together, where every pair is verified by its
+  estimated Jaccard; the driver joins the verified pairs into connected components (union-find, the
+  earliest row as the root) and the verdicts go back to the shards.
+
+Shuffles are :func:`shuffle`: Ray tasks that hash-partition (map) and group (reduce), the pattern Ray
+Data's ``groupby().map_groups()`` implements, without its per-shuffle start-up cost.
+
+``order`` is ``source_index * 2**16 + segment``: sorting by it is the local table's order (reading
+keeps source order, ops keep row order, ``split`` emits a conversation's segments in place), so "first
+in source order" means the same row on both executors, and so do the kept ids, the rejection reasons
+and the details (``tests/test_ray_executor.py`` checks it). A dedup reference (an earlier release)
+enters with negative orders, ahead of every new row, as it does locally.
+
+What stays on the driver: reading and normalising the source (one stream, as locally), the final
+table, and the union-find over verified pairs (edges, not rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from realchat.curation.ops import REGISTRY
+from realchat.curation.ops.base import OpParams
+from realchat.curation.ops.exact_dedup import normalised_user_text
+from realchat.curation.ops.near_dedup import _UnionFind, shingles
+from realchat.errors import RecipeError
+
+if TYPE_CHECKING:
+    from realchat.curation.reference import Reference
+    from realchat.engine.context import StepContext
+    from realchat.recipe.executor import ExecutorConfig
+
+GLOBAL_OPS = {"exact_dedup", "near_dedup"}
+_SEGMENT_BITS = 16
+_ENV = ("REALCHAT_CACHE", "FTLANG_CACHE", "HF_HOME", "HF_ENDPOINT", "PYTHONPATH")
+
+
+def _order(df: pl.DataFrame) -> pl.Expr:
+    return (pl.col("source_index").cast(pl.Int64) * (1 << _SEGMENT_BITS) + pl.col("segment").cast(pl.Int64)).alias("_order")
+
+
+# -- worker side --------------------------------------------------------------------------------------
+
+_TOKENS: dict[tuple[str, str], Any] = {}
+
+
+def _token_getter(tokenizer: tuple[str, str] | None) -> Callable[[], Any]:
+    def get() -> Any:
+        from realchat.models import token_counter
+
+        assert tokenizer is not None
+        if tokenizer not in _TOKENS:  # once per worker process
+            _TOKENS[tokenizer] = token_counter(*tokenizer)
+        return _TOKENS[tokenizer]
+    return get
+
+
+def _row_ops(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, str] | None
+             ) -> tuple[pl.DataFrame, list[pl.DataFrame | None], list[dict[str, Any]]]:
+    """A chain of per-conversation ops on one shard: kept rows, each op's rejected rows and figures."""
+    rejected: list[pl.DataFrame | None] = []
+    meta: list[dict[str, Any]] = []
+    for params in ops:
+        t0 = time.perf_counter()
+        n_in = shard.height
+        result = REGISTRY[params.op](params, _token_getter(tokenizer)).apply(shard)
+        rej = result.rejected if result.rejected is not None and result.rejected.height else None
+        rejected.append(rej)
+        shard = result.kept
+        meta.append({"in": n_in, "out": shard.height, "counters": result.counters,
+                     "seconds": time.perf_counter() - t0})
+    return shard, rejected, meta
+
+
+def _exact_keys(shard: pl.DataFrame, p: OpParams, ref: bool) -> Any:
+    """``(order, id, key, hash, ref)`` per row, as an Arrow table for Ray Data."""
+    cols = [pl.col("_order") if ref else _order(shard), pl.col("conversation_id").alias("_id")]
+    df = shard.select(*cols, normalised_user_text(shard, p.lowercase, p.strip_punctuation).alias("_key"))  # type: ignore[attr-defined]
+    return df.with_columns(pl.col("_key").hash(seed=0).alias("_h"), pl.lit(ref).alias("_ref")).to_arrow()
+
+
+def _exact_group(batch: Any) -> Any:
+    """One hash partition: per key, the first row in order survives (a reference row beats all)."""
+    df = pl.from_arrow(batch).sort("_order")
+    out = []
+    for key_rows in df.partition_by("_key", maintain_order=True):
+        refs = key_rows.filter(pl.col("_ref"))
+        rows = key_rows.filter(~pl.col("_ref"))
+        if rows.height == 0:
+            continue
+        first_id = rows["_id"][0]
+        cluster = rows["_order"][0] if rows.height > 1 else None
+        for k, (order, _id) in enumerate(zip(rows["_order"], rows["_id"])):
+            if refs.height:
+                out.append((order, f"duplicate of {refs['_id'][0]} in reference ", True, cluster))
+            elif k:
+                out.append((order, f"duplicate of {first_id}", False, cluster))
+            elif cluster is not None:
+                out.append((order, None, False, cluster))  # the survivor: counted for the clusters only
+    return pl.DataFrame(out, schema={"_order": pl.Int64, "detail": pl.String, "_in_ref": pl.Boolean,
+                                     "_cluster": pl.Int64}, orient="row").to_arrow()
+
+
+def _band_rows(shard: pl.DataFrame, p: OpParams, bands: int, rows: int, ref: bool) -> Any:
+    """One row per (conversation, LSH band): the band's hash, its bytes, and the whole signature."""
+    from datasketch import MinHash
+
+    orders = (shard["_order"] if ref else shard.select(_order(shard))["_order"]).to_list()
+    texts = shard.select(normalised_user_text(shard, True, False).alias("t"))["t"].to_list()
+    sigs = [m.hashvalues for m in MinHash.generator(
+        (list(shingles(t, p.shingle_size)) for t in texts), num_perm=p.num_perm, seed=p.seed)]  # type: ignore[attr-defined]
+    out_order, out_h, out_band, out_sig = [], [], [], []
+    for order, hv in zip(orders, sigs):
+        sig = hv.astype(np.uint64).tobytes()
+        for b in range(bands):
+            band = b.to_bytes(2, "little") + hv[b * rows:(b + 1) * rows].astype(np.uint64).tobytes()
+            out_order.append(order)
+            out_band.append(band)
+            out_h.append(int.from_bytes(hashlib.blake2b(band, digest_size=8).digest(), "little", signed=True))
+            out_sig.append(sig)
+    return pl.DataFrame({"_order": out_order, "_h": out_h, "_band": out_band, "_sig": out_sig},
+                        schema={"_order": pl.Int64, "_h": pl.Int64, "_band": pl.Binary, "_sig": pl.Binary}).to_arrow()
+
+
+def _bucket_pairs(batch: Any, threshold: float) -> Any:
+    """Rows of one hash partition: every pair in the same band bucket, kept when its Jaccard passes."""
+    df = pl.from_arrow(batch)
+    out_a, out_b, out_j = [], [], []
+    for bucket in df.partition_by("_band"):
+        if bucket.height < 2:
+            continue
+        orders = bucket["_order"].to_list()
+        sigs = np.stack([np.frombuffer(s, dtype=np.uint64) for s in bucket["_sig"].to_list()])
+        for x in range(len(orders)):
+            eq = np.count_nonzero(sigs[x + 1:] == sigs[x], axis=1) / sigs.shape[1]
+            for y in np.nonzero(eq >= threshold)[0]:
+                a, b = orders[x], orders[x + 1 + int(y)]
+                out_a.append(min(a, b))
+                out_b.append(max(a, b))
+                out_j.append(float(eq[y]))
+    return pl.DataFrame({"a": out_a, "b": out_b, "jaccard": out_j},
+                        schema={"a": pl.Int64, "b": pl.Int64, "jaccard": pl.Float64}).to_arrow()
+
+
+def _apply_verdicts(shard: pl.DataFrame, verdicts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split a shard by the dedup verdicts (``_order`` → score, detail)."""
+    marked = shard.with_columns(_order(shard)).join(verdicts, on="_order", how="left", maintain_order="left")
+    kept = marked.filter(pl.col("detail").is_null()).drop("_order", "score", "detail")
+    rejected = marked.filter(pl.col("detail").is_not_null()).drop("_order")
+    return kept, rejected
+
+
+# -- driver side --------------------------------------------------------------------------------------
+
+
+def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorConfig",
+                   references: dict[int, "Reference"]) -> tuple[pl.DataFrame, list[tuple[int, pl.DataFrame]],
+                                                               list[dict[str, Any]]]:
+    """Run ``cfg.filters`` on ``table``: the kept table, each op's rejected rows by op position, and
+    per-rule figures (``seconds`` of a per-conversation op: summed over its shards)."""
+    try:
+        import ray
+    except ImportError:
+        raise RecipeError("the Ray executor needs Ray: pip install 'realchat[ray]'", file=str(ctx.loaded.path),
+                          field="executor.kind") from None
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if executor.address is None:  # a runtime of our own: its workers see this process's caches
+            kwargs["runtime_env"] = {"env_vars": {k: os.environ[k] for k in _ENV if os.environ.get(k)}}
+            if executor.num_cpus is not None:
+                kwargs["num_cpus"] = executor.num_cpus
+        try:
+            ray.init(address=executor.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RecipeError(f"cannot reach the Ray cluster: {str(e).splitlines()[0] if str(e) else e}",
+                              file=str(ctx.loaded.path), field="executor.address",
+                              hint="null starts Ray here; 'auto' needs `ray start --head` on this machine; "
+                                   "ray://host:10001 a running Ray Client server") from None
+    try:
+        return _run(ctx, cfg, table, executor, references)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorConfig",
+         references: dict[int, "Reference"]) -> tuple[pl.DataFrame, list[tuple[int, pl.DataFrame]],
+                                                    list[dict[str, Any]]]:
+    import ray
+
+    tokenizer = None
+    if any(REGISTRY[p.op].needs_tokenizer for p in cfg.filters):
+        ctx.token_counter(cfg.tokenizer, "tokenizer")  # converts once, into the shared cache
+        path = ctx.resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer in ctx.loaded.recipe.steps else cfg.tokenizer
+        tokenizer = (str(path), str(ctx.base_dir))
+    row_task = ray.remote(num_returns=3)(_row_ops)
+    apply_task = ray.remote(num_returns=2)(_apply_verdicts)
+    n = executor.shard_rows
+    shards = [ray.put(table.slice(k, n)) for k in range(0, max(table.height, 1), n)]
+    rejected: list[tuple[int, pl.DataFrame]] = []
+    rules: list[dict[str, Any]] = []
+    filters = list(cfg.filters)
+    i = 0
+    while i < len(filters):
+        if filters[i].op not in GLOBAL_OPS:
+            j = i
+            while j < len(filters) and filters[j].op not in GLOBAL_OPS:
+                j += 1
+            chain = filters[i:j]
+            t0 = time.perf_counter()
+            with ctx.console.status(f"filters[{i}:{j}] on Ray, {len(shards)} shards"):
+                outs = [row_task.remote(s, chain, tokenizer) for s in shards]
+                shards = [o[0] for o in outs]
+                metas = ray.get([o[2] for o in outs])
+                rejs = ray.get([o[1] for o in outs])
+            wall = time.perf_counter() - t0
+            for k, params in enumerate(chain):
+                counters: dict[str, int] = {}
+                for m in metas:
+                    for name, v in m[k]["counters"].items():
+                        counters[name] = counters.get(name, 0) + v
+                parts = [r[k] for r in rejs if r[k] is not None]
+                n_rej = sum(p.height for p in parts)
+                if parts:
+                    rejected.append((i + k, pl.concat(parts, how="diagonal_relaxed")))
+                rules.append({"rule": f"filters[{i + k}].{params.op}", "op": params.op,
+                              "in": sum(m[k]["in"] for m in metas), "out": sum(m[k]["out"] for m in metas),
+                              "rejected": n_rej, "seconds": round(sum(m[k]["seconds"] for m in metas), 3),
+                              "counters": counters, "wall_seconds": round(wall, 3)})
+            i = j
+            continue
+        params = filters[i]
+        t0 = time.perf_counter()
+        n_in = sum(ray.get([ray.remote(lambda s: s.height).remote(s) for s in shards]))
+        ref = references.get(i)
+        with ctx.console.status(f"filters[{i}] {params.op} on Ray (shuffle by key)"):
+            if params.op == "exact_dedup":
+                verdicts, counters = _exact_dedup(shards, params, ref)
+            else:
+                verdicts, counters = _near_dedup(shards, params, ref)
+            vref = ray.put(verdicts)
+            outs = [apply_task.remote(s, vref) for s in shards]
+            shards = [o[0] for o in outs]
+            parts = [r for r in ray.get([o[1] for o in outs]) if r.height]
+        n_rej = sum(p.height for p in parts)
+        if parts:
+            rejected.append((i, pl.concat(parts, how="diagonal_relaxed")))
+        rules.append({"rule": f"filters[{i}].{params.op}", "op": params.op, "in": n_in, "out": n_in - n_rej,
+                      "rejected": n_rej, "seconds": round(time.perf_counter() - t0, 3), "counters": counters})
+        i += 1
+    kept_parts = ray.get(shards)
+    kept = pl.concat(kept_parts, how="diagonal_relaxed") if kept_parts else table.clear()
+    return kept, rejected, rules
+
+
+def _ref_frame(ref: "Reference") -> pl.DataFrame:
+    """The reference's rows with orders before every new row (-R … -1), in the reference's order."""
+    r = ref.table.height
+    return ref.table.with_columns(pl.int_range(-r, 0, dtype=pl.Int64).alias("_order"))
+
+
+def _partition(table: Any, key: str, parts: int) -> Any:
+    """Map side of a shuffle: one Arrow table per partition, by the key's hash (an int64 column)."""
+    df = pl.from_arrow(table)
+    df = df.with_columns((pl.col(key) % parts).alias("_part"))
+    out = [df.filter(pl.col("_part") == k).drop("_part").to_arrow() for k in range(parts)]
+    return out[0] if parts == 1 else tuple(out)
+
+
+def _reduce(fn: Callable[..., Any], args: tuple[Any, ...], *tables: Any) -> Any:
+    """Reduce side of a shuffle: every row of one partition, whatever map task it came from."""
+    import pyarrow as pa
+
+    return fn(pa.concat_tables([t for t in tables if t.num_rows] or [tables[0]]), *args)
+
+
+def shuffle(refs: list[Any], key: str, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """Hash-partition Arrow tables by ``key`` and apply ``fn`` to each partition (all rows of a key
+    meet in one call). Ray tasks, map then reduce: Ray Data's ``groupby().map_groups()`` does the same
+    but costs 20–30 s per shuffle at this size (its shuffle operators start 200 partitions), against
+    about a second here."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    parts = max(1, min(len(refs), 2 * cpus))
+    mapped = [ray.remote(_partition).options(num_returns=parts).remote(r, key, parts) for r in refs]
+    if parts == 1:
+        mapped = [[m] for m in mapped]
+    return [ray.remote(_reduce).remote(fn, args, *[m[k] for m in mapped]) for k in range(parts)]
+
+
+def _exact_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tuple[pl.DataFrame, dict[str, int]]:
+    import ray
+
+    key_task = ray.remote(_exact_keys)
+    refs = [key_task.remote(s, p, False) for s in shards]
+    if ref is not None:
+        refs.append(key_task.remote(_ref_frame(ref), p, True))
+    out = [pl.from_arrow(t) for t in ray.get(shuffle(refs, "_h", _exact_group))]
+    res = pl.concat(out, how="vertical_relaxed") if out else pl.DataFrame(
+        schema={"_order": pl.Int64, "detail": pl.String, "_in_ref": pl.Boolean, "_cluster": pl.Int64})
+    counters = {"duplicate_clusters": res["_cluster"].drop_nulls().n_unique()}
+    if ref is not None:
+        res = res.with_columns(pl.when(pl.col("_in_ref")).then(pl.col("detail") + pl.lit(ref.name))
+                               .otherwise(pl.col("detail")).alias("detail"))
+        counters["in_reference"] = int(res["_in_ref"].sum())
+    verdicts = res.filter(pl.col("detail").is_not_null()).select(
+        "_order", pl.lit(1.0).alias("score"), "detail")
+    return verdicts, counters
+
+
+def _near_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tuple[pl.DataFrame, dict[str, int]]:
+    import ray
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # type: ignore[attr-defined]
+    band_task = ray.remote(_band_rows)
+    refs = [band_task.remote(s, p, lsh.b, lsh.r, False) for s in shards]
+    if ref is not None:
+        refs.append(band_task.remote(_ref_frame(ref), p, lsh.b, lsh.r, True))
+    ids_task = ray.remote(lambda s: s.select(_order(s), pl.col("conversation_id")))
+    ids = pl.concat(ray.get([ids_task.remote(s) for s in shards]))
+    if ref is not None:
+        ids = pl.concat([_ref_frame(ref).select("_order", "conversation_id"), ids])
+    parts = [pl.from_arrow(t) for t in ray.get(shuffle(refs, "_h", _bucket_pairs, p.threshold))]  # type: ignore[attr-defined]
+    pairs = (pl.concat(parts) if parts else pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "jaccard": pl.Float64}))
+    pairs = pairs.unique(["a", "b"]).sort("b", "a")
+    # dense positions in the order the local op visits rows: the reference first, then source order
+    orders = ids["_order"].to_list()
+    pos = {o: k for k, o in enumerate(orders)}
+    cids = ids["conversation_id"].to_list()
+    r = ref.table.height if ref is not None else 0
+    m = len(orders)
+    uf = _UnionFind(m)
+    best = [0.0] * m
+    match = [-1] * m
+    for a, b, jac in pairs.iter_rows():
+        ia, ib = pos[a], pos[b]
+        uf.union(ia, ib)
+        if jac > best[ib] or (jac == best[ib] and ia < match[ib]):
+            best[ib], match[ib] = jac, ia
+    roots = [uf.find(k) for k in range(m)]
+    v_order, v_score, v_detail = [], [], []
+    sizes: dict[int, int] = {}
+    for k in range(r, m):
+        sizes[roots[k]] = sizes.get(roots[k], 0) + 1
+        if roots[k] == k:
+            continue
+        if roots[k] < r:
+            d = f"near-duplicate of {cids[roots[k]]} in reference {ref.name} (matched {cids[match[k]]})"  # type: ignore[union-attr]
+        else:
+            d = f"near-duplicate of {cids[roots[k]]} (matched {cids[match[k]]})"
+        v_order.append(orders[k])
+        v_score.append(best[k])
+        v_detail.append(d)
+    multi = [s + (1 if root < r else 0) for root, s in sizes.items() if s > 1 or root < r]
+    counters = {"duplicate_clusters": len(multi), "largest_cluster": max(multi, default=1)}
+    if ref is not None:
+        counters["in_reference"] = sum(1 for k in range(r, m) if roots[k] < r)
+    verdicts = pl.DataFrame({"_order": v_order, "score": v_score, "detail": v_detail},
+                            schema={"_order": pl.Int64, "score": pl.Float64, "detail": pl.String})
+    return verdicts, counters

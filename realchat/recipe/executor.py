@@ -1,0 +1,28 @@
+"""Where a recipe's curation runs: in this process (``local``) or on a Ray cluster (``ray``).
+
+The executor is a property of the *build*, not of the data: both give the same kept rows and the same
+rejection reasons, so it is not part of any step's fingerprint, and ``--set executor.kind=ray``
+switches a recipe without invalidating what is built.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from realchat.recipe.base import Strict
+
+
+class ExecutorConfig(Strict):
+    """``{kind: local}`` (default) or ``{kind: ray, address: …, num_cpus: …}``."""
+
+    kind: Literal["local", "ray"] = "local"
+    #: Ray only. ``null``: start a Ray runtime on this machine for the build (and stop it after);
+    #: ``"auto"``: join the cluster this machine is part of (``ray start --head`` ran here);
+    #: ``"ray://host:10001"``: a remote cluster through Ray Client. RealChat must be installed on its nodes.
+    address: str | None = None
+    #: Ray only, for a runtime started here: the CPUs it may use (default: all).
+    num_cpus: int | None = Field(None, ge=1)
+    #: Ray only: conversations per shard (one task per shard for the per-conversation ops).
+    shard_rows: int = Field(2_000, ge=1)
