@@ -17,6 +17,7 @@ from realchat.recipe.base import Strict
 class ExecutorConfig(Strict):
     """``{kind: local}`` (default) or ``{kind: ray, address: …, num_cpus: …}``."""
 
+    #: `local`: this process; `ray`: the curate step on Ray (a runtime started here, or `address`).
     kind: Literal["local", "ray"] = "local"
     #: Ray only. ``null``: start a Ray runtime on this machine for the build (and stop it after);
     #: ``"auto"``: join the cluster this machine is part of (``ray start --head`` ran here);

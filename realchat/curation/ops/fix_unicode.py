@@ -28,6 +28,7 @@ _CONFIG = TextFixerConfig(
 
 class Params(OpParams):
     op: Literal["fix_unicode"] = "fix_unicode"
+    #: Turns of these roles are repaired (all of them by default).
     roles: list[Literal["user", "assistant", "system"]] = ["user", "assistant", "system"]
 
 
