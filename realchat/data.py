@@ -54,9 +54,12 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     id_col = "conversation_id" if "conversation_id" in df.columns else "session_id"
     out = []
     seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height
-    for cid, s, msgs in zip(df[id_col].to_list(), seg, df["messages"].to_list()):
+    # curate's split marks the segments that end where the real conversation ended (absent = all do)
+    ends = df["ends_conversation"].to_list() if "ends_conversation" in df.columns else [True] * df.height
+    for cid, s, msgs, end in zip(df[id_col].to_list(), seg, df["messages"].to_list(), ends):
         out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
-                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs],
+                    "ends_conversation": end is not False})
     return out
 
 
