@@ -129,7 +129,8 @@ def similar(a: str, b: str, threshold: float) -> bool:
     return m.real_quick_ratio() >= threshold and m.quick_ratio() >= threshold and m.ratio() >= threshold
 
 
-_SENTENCE_END = re.compile(r"[.!?…。！？](?:[\"')\]]*)(?=\s|$)|\n")
+#: A sentence ends at . ! ? (not a list number's "2.") before a space or the end, or at a line break.
+_SENTENCE_END = re.compile(r"(?:(?<![0-9])\.|[!?…。！？])(?:[\"')\]]*)(?=\s|$)|\n")
 
 
 def trim_to_sentence(text: str) -> str:
