@@ -294,6 +294,12 @@ class OpenAIChat(TemplateModel):
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams,
              answer_prefix: str = "") -> list[Generation]:
+        """Chat completions. An ``answer_prefix`` needs the answer opened for the model, which chat
+        endpoints do not offer: with ``tokenizer`` set it becomes a text completion of the rendered
+        conversation plus the prefix; without, the prefix is not used (the model writes it)."""
+        if answer_prefix and self.tokenizer is not None:
+            return super().chat(conversations, sampling, answer_prefix)
+
         async def make(client: Any, messages: list[dict[str, str]]) -> Generation:
             r = await client.chat.completions.create(messages=messages, **self._body(sampling))
             choice = r.choices[0]
