@@ -56,10 +56,12 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     id_col = "conversation_id" if "conversation_id" in df.columns else "session_id"
     out = []
     seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height
-    # optional columns a consumer may need: where split cut (``ends_conversation``), a per-conversation goal
+    # optional columns a consumer may need: a per-conversation goal (``intent``); curate's split marks the
+    # segments that end where the real conversation ended (``ends_conversation``; absent = all do)
     extra = [c for c in ("ends_conversation", "intent") if c in df.columns]
     extras = df.select(extra).to_dicts() if extra else [{}] * df.height
     for cid, s, msgs, more in zip(df[id_col].to_list(), seg, df["messages"].to_list(), extras):
+        more["ends_conversation"] = more.get("ends_conversation") is not False
         out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
                     "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **more})
     return out

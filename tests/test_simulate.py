@@ -164,7 +164,8 @@ def test_endpoint_answerer_failures_are_recorded_not_fatal(sim_recipe, tmp_path,
     try:
         recipe = sim_recipe(answerer={"kind": "openai", "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
                                       "model": "flaky", "api_key_env": "TEST_CHAT_KEY", "max_retries": 1,
-                                      "timeout_s": 5, "max_concurrency": 4}, conversations=12)
+                                      "timeout_s": 5, "max_concurrency": 4}, conversations=12,
+                            max_failed_share=1.0)
         r = runner.invoke(app, ["build", str(recipe), "--no-progress"])
         assert r.exit_code == 0, r.output
     finally:
@@ -173,6 +174,7 @@ def test_endpoint_answerer_failures_are_recorded_not_fatal(sim_recipe, tmp_path,
     failed = pl.concat([load(tmp_path), load(tmp_path, "rejected")]).filter(pl.col("stop_reason") == "failed")
     assert stats["failed"] == failed.height > 0
     assert all(e and ("HTTP 500" in e or "unusable answer" in e) for e in failed["error"].to_list())
+    assert stats["max_failed_share"] == 1.0
     assert FlakyChat.seen_keys and all(k == "Bearer sk-secret-123" for k in FlakyChat.seen_keys)
     for f in tmp_path.rglob("*"):
         if f.is_file():

@@ -131,7 +131,9 @@ class StepContext:
         from realchat.models.backends import LocalModel, OpenAIChat, VLLMModel
 
         if backend.kind == "openai":
-            return OpenAIChat(backend)
+            tok = self.resolve_model(backend.tokenizer, f"{key}.tokenizer") if backend.tokenizer else None
+            with self.blame(f"{key}.tokenizer"):
+                return OpenAIChat(backend, tok)
         path = self.resolve_model(backend.model, f"{key}.model")
         with self.blame(f"{key}.model"):
             if backend.kind == "vllm":

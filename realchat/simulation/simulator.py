@@ -16,12 +16,22 @@ Three ways to write the user's turn (same loop, chosen in the recipe):
 Stop rules, each recorded as the conversation's ``stop_reason``: ``max_rounds``, ``context_budget``
 (the simulator's context plus its next generation would exceed its budget: the paper's rule),
 ``end_marker`` (the simulator wrote its end-of-conversation marker), ``empty_question``,
-``repeated_question``, ``copied_answer``, ``seed_too_long``, ``failed`` (a backend error, kept in
-``error``).
+``repeated_question``, ``copied_answer``, ``truncated_answer`` (``truncated_answers: drop``),
+``seed_too_long``, ``failed`` (a backend error, kept in ``error``).
+
+Behaviour as UserLM asks of a user simulator: the end marker is banned until ``min_rounds`` rounds
+are complete (while decoding where the backend can ban strings, else by resampling), and a question
+that repeats an earlier one (verbatim or nearly) is resampled, at most ``max_resamples`` times, before
+the ``repeated_question`` stop rule applies. Each session counts its resamples.
+
+Conversations are pulled from the input as others finish, so a batch stays full (``capacity``
+sessions in flight) instead of draining to the slowest conversation of a wave.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +49,8 @@ class SimulationSettings(Strict):
     simulator: Literal["usergpt", "roleplay", "magpie"] = "usergpt"
     #: Maximum rounds (a round = one user turn + one answer); null = no limit (the paper's way).
     max_rounds: int | None = Field(5, ge=1)
+    #: The end marker is banned until this many rounds are complete (never end before a question).
+    min_rounds: int = Field(1, ge=0)
     #: The simulator's context budget in tokens: stop when its context plus its next generation would
     #: exceed it (the paper's rule, 2,048).
     context_budget: int = Field(2048, ge=16)
@@ -46,6 +58,15 @@ class SimulationSettings(Strict):
     stop_on_end_marker: bool = True
     #: Stop on an empty question, a repeat of an earlier question, or a copy of the last answer.
     stop_on_degenerate: bool = True
+    #: A question at least this similar (difflib ratio of the normalised texts, 1 = verbatim) to an
+    #: earlier user turn is a repeat.
+    repeat_similarity: float = Field(0.9, gt=0, le=1)
+    #: Resamples of one question (a repeat, or an end marker before ``min_rounds``) before the stop
+    #: rule applies; only with sampling (temperature > 0).
+    max_resamples: int = Field(2, ge=0)
+    #: Answers cut at ``assistant_sampling.max_new_tokens``: ``keep`` them, ``trim`` them back to
+    #: their last complete sentence, or ``drop`` the round (the conversation ends before it).
+    truncated_answers: Literal["keep", "trim", "drop"] = "keep"
     #: Decoding of the simulator's (user) turns.
     user_sampling: SamplingParams = SamplingParams()
     #: Decoding of the answerer's turns.
@@ -70,11 +91,21 @@ class Session:
     error: str | None = None
     user_tokens: list[int] = field(default_factory=list)
     assistant_tokens: list[int] = field(default_factory=list)
+    #: One per assistant turn: ``stop``, ``length`` (cut at the token limit), ``trimmed`` (cut, then
+    #: trimmed to its last sentence), None (a seed's answer, or a backend that does not say).
+    finish_reasons: list[str | None] = field(default_factory=list)
+    #: Questions resampled because they repeated an earlier one / wrote the end marker too early.
+    repeat_resamples: int = 0
+    end_marker_resamples: int = 0
+    #: Answers cut at the token limit (whatever was done with them).
+    truncated_answers: int = 0
 
     def record(self, settings_id: str) -> dict[str, Any]:
         return {"session_id": self.session_id, "mode": self.mode, "seed_id": self.seed_id,
                 "messages": self.messages, "rounds": self.rounds, "stop_reason": self.stop_reason,
-                "error": self.error, "settings_id": settings_id}
+                "error": self.error, "settings_id": settings_id, "finish_reasons": self.finish_reasons,
+                "repeat_resamples": self.repeat_resamples, "end_marker_resamples": self.end_marker_resamples,
+                "truncated_answers": self.truncated_answers}
 
 
 def user_turn_opener(render: Callable[..., str]) -> str:
@@ -90,6 +121,26 @@ def user_turn_opener(render: Callable[..., str]) -> str:
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def similar(a: str, b: str, threshold: float) -> bool:
+    """Whether two normalised texts are (near-)verbatim copies: difflib's ratio ≥ ``threshold``."""
+    if a == b:
+        return True
+    if threshold >= 1 or not a or not b:
+        return False
+    m = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return m.real_quick_ratio() >= threshold and m.quick_ratio() >= threshold and m.ratio() >= threshold
+
+
+#: A sentence ends at . ! ? (not a list number's "2.") before a space or the end, or at a line break.
+_SENTENCE_END = re.compile(r"(?:(?<![0-9])\.|[!?…。！？])(?:[\"')\]]*)(?=\s|$)|\n")
+
+
+def trim_to_sentence(text: str) -> str:
+    """``text`` up to its last complete sentence (or line); empty when there is none."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends else ""
 
 
 class Simulation:
@@ -133,52 +184,124 @@ class Simulation:
         s.stop_reason, s.error = reason, error
         self.on_finish(s)
 
-    def run(self, sessions: Iterable[Session]) -> None:
+    def too_long(self, s: Session, prompt: str | None = None) -> bool:
+        prompt = prompt if prompt is not None else self.simulator_prompt(s)
+        return self.sim.count(prompt) + self.cfg.user_sampling.max_new_tokens > self.cfg.context_budget
+
+    def run(self, sessions: Iterable[Session], capacity: int | None = None) -> None:
+        """Simulate every session; at most ``capacity`` in flight, refilled as sessions finish."""
+        pending = iter(sessions)
+        live: list[Session] = []
+        exhausted = False
+        while True:
+            while not exhausted and (capacity is None or len(live) < capacity):
+                s = next(pending, None)
+                if s is None:
+                    exhausted = True
+                elif s.messages and self.too_long(s):
+                    self.finish(s, "seed_too_long")  # the seed alone fills the budget (as in the paper)
+                else:
+                    live.append(s)
+            if not live:
+                return
+            self.step(live)
+
+    def step(self, live: list[Session]) -> None:
+        """One question for every live session that needs one, then one answer for each."""
         cfg = self.cfg
-        live = [s for s in sessions]
-        # seeds whose question alone fills the simulator's budget are skipped (as in the paper)
-        for s in list(live):
-            if s.messages and self.sim.count(self.simulator_prompt(s)) + cfg.user_sampling.max_new_tokens > cfg.context_budget:
+        prompts, asking = [], []
+        for s in [s for s in live if not s.messages or s.messages[-1]["role"] == "assistant"]:
+            prompt = self.simulator_prompt(s)
+            if s.messages and self.too_long(s, prompt):
                 live.remove(s)
-                self.finish(s, "seed_too_long")
-        while live:
-            # 1. sessions whose last turn is the assistant's (or empty) need a question
-            ask = [s for s in live if not s.messages or s.messages[-1]["role"] == "assistant"]
-            prompts, asking = [], []
-            for s in ask:
-                prompt = self.simulator_prompt(s)
-                if s.messages and self.sim.count(prompt) + cfg.user_sampling.max_new_tokens > cfg.context_budget:
+                self.finish(s, "context_budget")
+                continue
+            prompts.append(prompt)
+            asking.append(s)
+        for s, g in zip(asking, self.ask(asking, prompts)):
+            text = g.text
+            if self.early_end(s, text):  # still there after the resamples: cut it off
+                text = text.split(self.end_marker)[0]  # type: ignore[arg-type]
+            reason = self.judge_question(s, text, g.error)
+            if reason:
+                live.remove(s)
+                self.finish(s, reason, g.error)
+                continue
+            s.messages.append({"role": "user", "content": text.strip()})
+            s.user_tokens.append(g.tokens)
+        # every live session now ends on a user turn: answer all of them in one batch
+        answering = [s for s in live if s.messages and s.messages[-1]["role"] == "user"]
+        if not answering:
+            return
+        gens = self.ans.chat([self.answerer_messages(s) for s in answering], cfg.assistant_sampling)
+        for s, g in zip(answering, gens):
+            self.generated_tokens += g.tokens
+            if g.error is not None:
+                s.messages.pop()  # the question stays unanswered: drop it, keep what is complete
+                live.remove(s)
+                self.finish(s, "failed", g.error)
+                continue
+            text, reason = g.text.strip(), g.finish_reason
+            if reason == "length":
+                s.truncated_answers += 1
+                if cfg.truncated_answers == "trim":
+                    text, reason = trim_to_sentence(text), "trimmed"
+                if cfg.truncated_answers == "drop" or not text:
+                    s.messages.pop()
                     live.remove(s)
-                    self.finish(s, "context_budget")
+                    self.finish(s, "truncated_answer")
                     continue
-                prompts.append(prompt)
-                asking.append(s)
-            for s, g in zip(asking, self.sim.generate(prompts, cfg.user_sampling) if prompts else []):
+            s.messages.append({"role": "assistant", "content": text})
+            s.assistant_tokens.append(g.tokens)
+            s.finish_reasons.append(reason)
+            s.rounds += 1
+            if cfg.max_rounds is not None and s.rounds >= cfg.max_rounds:
+                live.remove(s)
+                self.finish(s, "max_rounds")
+
+    # -- questions --------------------------------------------------------------------------------
+
+    def banned(self, s: Session) -> list[str]:
+        """Strings this session's next question must not contain (the end marker, too early)."""
+        if self.end_marker and self.cfg.stop_on_end_marker and s.rounds < self.cfg.min_rounds:
+            return [self.end_marker]
+        return []
+
+    def early_end(self, s: Session, text: str) -> bool:
+        return bool(self.banned(s)) and self.end_marker in text  # type: ignore[operator]
+
+    def repeats(self, s: Session, text: str) -> bool:
+        q = _norm(text)
+        return bool(q) and any(similar(_norm(m["content"]), q, self.cfg.repeat_similarity)
+                               for m in s.messages if m["role"] == "user")
+
+    def ask(self, asking: list[Session], prompts: list[str]) -> list[Any]:
+        """The simulator's questions; one that repeats an earlier question, or writes the end marker
+        before ``min_rounds``, is resampled (all such in one batch), at most ``max_resamples`` times."""
+        cfg = self.cfg
+        results: list[Any] = [None] * len(asking)
+        todo = list(range(len(asking)))
+        tries = cfg.max_resamples if cfg.user_sampling.temperature > 0 else 0
+        for attempt in range(tries + 1):
+            bad = [self.banned(asking[i]) for i in todo] if getattr(self.sim, "bans_words", False) else None
+            gens = self.sim.generate([prompts[i] for i in todo], cfg.user_sampling, bad_words=bad) if todo else []
+            again = []
+            for i, g in zip(todo, gens):
                 self.generated_tokens += g.tokens
-                reason = self.judge_question(s, g.text, g.error)
-                if reason:
-                    live.remove(s)
-                    self.finish(s, reason, g.error)
+                results[i] = g
+                s = asking[i]
+                if g.error is not None or attempt == tries:
                     continue
-                s.messages.append({"role": "user", "content": g.text.strip()})
-                s.user_tokens.append(g.tokens)
-            # 2. every live session now ends on a user turn: answer all of them in one batch
-            answering = [s for s in live if s.messages and s.messages[-1]["role"] == "user"]
-            if answering:
-                gens = self.ans.chat([self.answerer_messages(s) for s in answering], cfg.assistant_sampling)
-                for s, g in zip(answering, gens):
-                    self.generated_tokens += g.tokens
-                    if g.error is not None:
-                        s.messages.pop()  # the question stays unanswered: drop it, keep what is complete
-                        live.remove(s)
-                        self.finish(s, "failed", g.error)
-                        continue
-                    s.messages.append({"role": "assistant", "content": g.text.strip()})
-                    s.assistant_tokens.append(g.tokens)
-                    s.rounds += 1
-                    if cfg.max_rounds is not None and s.rounds >= cfg.max_rounds:
-                        live.remove(s)
-                        self.finish(s, "max_rounds")
+                if self.early_end(s, g.text):
+                    s.end_marker_resamples += 1
+                    again.append(i)
+                elif cfg.stop_on_degenerate and self.repeats(s, g.text):
+                    s.repeat_resamples += 1
+                    again.append(i)
+            todo = again
+            if not todo:
+                break
+        return results
 
     def judge_question(self, s: Session, text: str, error: str | None) -> str | None:
         """Why this question ends the conversation, or None to go on."""
@@ -191,7 +314,7 @@ class Simulation:
         q = _norm(text)
         if not q:
             return "empty_question"
-        if any(_norm(m["content"]) == q for m in s.messages if m["role"] == "user"):
+        if self.repeats(s, text):
             return "repeated_question"
         if s.messages and s.messages[-1]["role"] == "assistant" and _norm(s.messages[-1]["content"]) == q:
             return "copied_answer"

@@ -60,7 +60,8 @@ def user_system_prompt(cfg: SftConfig) -> str:
 def prepare(cfg: SftConfig, convs: list[Conversation]) -> list[list[dict[str, str]]]:
     """Conversations as the model trains on them: flipped for a simulator, system prompt swapped."""
     if cfg.loss_on == "user":
-        return [as_user_simulator(c["messages"], user_system_prompt(cfg), cfg.end_marker) for c in convs]
+        return [as_user_simulator(c["messages"], user_system_prompt(cfg), cfg.end_marker,
+                                  c.get("ends_conversation", True)) for c in convs]
     if cfg.system_prompt is not None:
         return [[{"role": "system", "content": cfg.system_prompt}] + [m for m in c["messages"] if m["role"] != "system"]
                 for c in convs]

@@ -2,9 +2,14 @@
 
 Conversations are appended, as they finish, to ``parts.jsonl`` in the step's work folder, one line
 each with the sha256 of its record. A crash, ``kill -9`` or Ctrl-C loses only the conversations in
-flight: the rerun reads the part file, drops a torn last line (bad checksum), skips the session ids
-already there and simulates the rest. Session ids are fixed by position (``<fp8>-000042``), so there
-are no duplicates and no gaps.
+flight: the rerun reads the part file, drops a torn last line (bad checksum), keeps the first complete
+record of a session id written twice (two runs racing on one work folder), forgets sessions that
+failed (so they are retried), skips the session ids already there and simulates the rest. Session ids
+are fixed by position (``<fp8>-000042``), so there are no duplicates and no gaps.
+
+A run whose output would be useless fails instead of publishing it: no conversation with a complete
+round, or more than ``max_failed_share`` of the sessions failed (an answerer rejecting every request).
+The error shows the first (redacted) backend errors; nothing is written or published.
 
 Output: ``data/`` (conversations with at least one complete round), ``rejected/`` (sessions that
 ended before one: failed requests, seeds too long, an empty first question — with the reason),
@@ -24,9 +29,12 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from realchat.engine.context import StepContext
+from realchat.errors import RealChatError
+from realchat.files import atomic_write_text
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
 from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
+from realchat.redact import redact
 from realchat.simulation.simulator import Session, Simulation, SimulationSettings
 from realchat.steps.base import StepKind, StepResult, data_configs
 
@@ -65,29 +73,44 @@ class SimulateConfig(StepConfig, SimulationSettings):
     seed: int | None = Field(None, ge=0, lt=2**32)
     #: Also write the conversations as ShareGPT JSONL (``sharegpt/realchat.jsonl``).
     export_sharegpt: bool = True
+    #: The step fails (and publishes nothing) when more than this share of its sessions failed.
+    max_failed_share: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _seeds_for_seeded(self) -> "SimulateConfig":
         if self.mode == "seeded" and self.seeds is None:
             raise ValueError("mode seeded needs seeds: {dataset: …} (e.g. {step: curate, split: held_out})")
+        if self.simulator_backend.kind == "openai" and self.simulator_backend.tokenizer is None:
+            raise ValueError("simulator_backend kind openai needs tokenizer: the served model's folder, Hub id "
+                             "or sft step (its chat template renders the simulator's prompt)")
         return self
 
 
 def settings_id(cfg: SimulateConfig) -> str:
     keys = cfg.model_dump(mode="json", include={"simulator", "user_sampling", "assistant_sampling",
-                                                  "assistant_system_prompt", "max_rounds", "context_budget"})
+                                                  "assistant_system_prompt", "max_rounds", "context_budget",
+                                                  "min_rounds", "repeat_similarity", "max_resamples",
+                                                  "truncated_answers"})
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # -- part file ------------------------------------------------------------------------------------
 
 
-def read_parts(path: Path) -> list[dict[str, Any]]:
-    """Complete records of the part file; a torn or corrupt line (a crash mid-write) is dropped."""
+def read_parts(path: Path, retry_failed: bool = True) -> list[dict[str, Any]]:
+    """Complete records of the part file, repaired in place.
+
+    A torn or corrupt line (a crash mid-write) ends the file; a session id written twice keeps its
+    first complete record; with ``retry_failed``, sessions that failed are forgotten so the rerun
+    simulates them again. When anything was dropped the file is rewritten atomically, so appends
+    start on a clean line and the ids in the file are unique.
+    """
     out: list[dict[str, Any]] = []
     if not path.exists():
         return out
-    good_bytes = 0
+    seen: set[str] = set()
+    lines: list[bytes] = []
+    dropped = False
     with path.open("rb") as f:
         for line in f:
             try:
@@ -95,12 +118,18 @@ def read_parts(path: Path) -> list[dict[str, Any]]:
                 body = json.dumps(item["record"], sort_keys=True, ensure_ascii=False)
                 if hashlib.sha256(body.encode()).hexdigest() != item["sha256"]:
                     raise ValueError("checksum")
+                sid = item["record"]["session_id"]
             except (ValueError, KeyError, TypeError):
+                dropped = True
                 break
+            if sid in seen or (retry_failed and item["record"].get("stop_reason") == "failed"):
+                dropped = True
+                continue
+            seen.add(sid)
             out.append(item["record"])
-            good_bytes += len(line)
-    with path.open("r+b") as f:  # cut the torn tail so appends start on a clean line
-        f.truncate(good_bytes)
+            lines.append(line if line.endswith(b"\n") else line + b"\n")
+    if dropped:
+        atomic_write_text(path, b"".join(lines).decode("utf-8"))
     return out
 
 
@@ -146,7 +175,8 @@ def load_seeds(ctx: StepContext, cfg: SimulateConfig) -> list[dict[str, Any]]:
 
 def simulator_prompt_and_marker(ctx: StepContext, cfg: SimulateConfig) -> tuple[str | None, str | None]:
     """The simulator's system prompt and end marker: as the recipe says, else as UserGPT was trained."""
-    trained_prompt, trained_marker = ctx.trained_simulator(cfg.simulator_backend.model)
+    b = cfg.simulator_backend
+    trained_prompt, trained_marker = ctx.trained_simulator(b.tokenizer if b.kind == "openai" and b.tokenizer else b.model)
     prompt = cfg.user_system_prompt if cfg.user_system_prompt is not None else trained_prompt
     marker = cfg.end_marker if cfg.end_marker is not None else trained_marker
     return prompt, marker
@@ -203,26 +233,34 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
 
     def on_finish(s: Session) -> None:
         rec = s.record(sid)
+        rec["error"] = redact(rec["error"], [getattr(answerer, "key", ""), getattr(sim_backend, "key", "")])
         writer.write(rec)
         finished.append(rec)
+
+    def sessions() -> Any:
+        for i in todo:
+            seed_conv = seeds[i % len(seeds)] if seeds else None
+            msgs = [dict(m) for m in seed_conv["messages"]] if seed_conv else []
+            yield Session(ids[i], cfg.mode, seed_conv["id"] if seed_conv else None, msgs,
+                          rounds=1 if len(msgs) == 2 else 0, finish_reasons=[None] if len(msgs) == 2 else [])
 
     sim = Simulation(cfg, sim_backend, answerer, user_prompt if cfg.simulator == "usergpt" else None,
                      marker if cfg.simulator == "usergpt" else None, on_finish)
     gen_started = time.perf_counter()
     try:
-        # one wave per batch of live conversations keeps memory flat and writes results as they end
-        wave = getattr(sim_backend, "batch_size", 64) * 4
+        # sessions in flight: a full batch per generate call (local), every slot busy (served), a large
+        # pool for vLLM's own scheduler; finished sessions are replaced at once (no drain to a wave's end)
+        capacity = (getattr(sim_backend, "batch_size", None) or getattr(getattr(sim_backend, "cfg", None),
+                                                                        "max_concurrency", None) or 256)
         with ctx.console.status(f"simulating {len(todo):,} conversations") as status:
-            for k in range(0, len(todo), wave):
-                batch = []
-                for i in todo[k : k + wave]:
-                    seed_conv = seeds[i % len(seeds)] if seeds else None
-                    msgs = [dict(m) for m in seed_conv["messages"]] if seed_conv else []
-                    s = Session(ids[i], cfg.mode, seed_conv["id"] if seed_conv else None, msgs,
-                                rounds=1 if len(msgs) == 2 else 0)
-                    batch.append(s)
-                sim.run(batch)
-                status.update(f"simulating: {len(finished):,}/{bar_total:,} conversations finished")
+            def progress(s: Session) -> None:
+                on_finish(s)
+                elapsed = time.perf_counter() - gen_started
+                status.update(f"simulating: {len(finished):,}/{bar_total:,} conversations finished, "
+                              f"{sim.generated_tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+
+            sim.on_finish = progress
+            sim.run(sessions(), capacity=capacity)
     finally:
         writer.close()
     gen_seconds = time.perf_counter() - gen_started
@@ -231,22 +269,55 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
     assert [r["session_id"] for r in records] == ids, "every session id exactly once"
     kept = [r for r in records if r["rounds"] >= 1]
     rejected = [r for r in records if r["rounds"] < 1]
+    check_usable(ctx, cfg, records, kept)
     _write(out, kept, rejected, cfg)
     stats = describe(kept, rejected, sim_backend)
     stats.update(generated_tokens_this_run=sim.generated_tokens, generation_seconds=round(gen_seconds, 1),
                  tokens_per_second=round(sim.generated_tokens / gen_seconds, 1) if gen_seconds else None,
                  resumed_with=len(done), seconds=round(time.perf_counter() - started, 1),
                  settings_id=sid, simulator=cfg.simulator, mode=cfg.mode,
-                 simulator_model=cfg.simulator_backend.model,
+                 simulator_model=cfg.simulator_backend.model, min_rounds=cfg.min_rounds,
+                 truncated_answers_rule=cfg.truncated_answers, max_failed_share=cfg.max_failed_share,
                  answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
                  end_marker=marker)
     return stats
 
 
+COLUMNS = {"session_id": pl.String, "mode": pl.String, "seed_id": pl.String, "messages": MESSAGES,
+           "rounds": pl.Int32, "stop_reason": pl.String, "error": pl.String, "settings_id": pl.String,
+           "finish_reasons": pl.List(pl.String), "repeat_resamples": pl.Int32,
+           "end_marker_resamples": pl.Int32, "truncated_answers": pl.Int32}
+
+
 def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(records, schema={"session_id": pl.String, "mode": pl.String, "seed_id": pl.String,
-                                         "messages": MESSAGES, "rounds": pl.Int32, "stop_reason": pl.String,
-                                         "error": pl.String, "settings_id": pl.String})
+    # records from an older part file lack the newer columns: null lists, zero counts
+    defaults = {"finish_reasons": None, "repeat_resamples": 0, "end_marker_resamples": 0, "truncated_answers": 0}
+    rows = [{**defaults, **r} for r in records]
+    return pl.DataFrame(rows, schema=COLUMNS)
+
+
+def check_usable(ctx: StepContext, cfg: SimulateConfig, records: list[dict[str, Any]],
+                 kept: list[dict[str, Any]]) -> None:
+    """Fail (before anything is written) when the run produced nothing usable or too many failures."""
+    failed = [r for r in records if r["stop_reason"] == "failed"]
+    share = len(failed) / len(records) if records else 0.0
+    if kept and share <= cfg.max_failed_share:
+        return
+    firsts: list[str] = []
+    for r in failed:
+        e = redact(r.get("error")) or "(no error text)"
+        if e not in firsts:
+            firsts.append(e)
+        if len(firsts) == 3:
+            break
+    why = (f"{len(failed)} of {len(records)} sessions failed ({share:.0%}, more than max_failed_share "
+           f"{cfg.max_failed_share:.0%})" if share > cfg.max_failed_share
+           else f"no session has a complete round ({len(records)} sessions)")
+    shown = "".join(f"\n  - {e}" for e in firsts)
+    raise RealChatError(f"{why}; nothing written or published. First errors:{shown}" if firsts
+                        else f"{why}; nothing written or published",
+                        file=str(ctx.loaded.path), field=ctx.key("answerer" if failed else "simulator_backend"),
+                        hint="a rerun retries the failed sessions and keeps the finished ones")
 
 
 def _write(out: Path, kept: list[dict[str, Any]], rejected: list[dict[str, Any]], cfg: SimulateConfig) -> None:
@@ -293,6 +364,21 @@ def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: 
         **{k: v for k, v in shape.items() if k != "conversations"},
         "stop_reasons": dict(sorted(stop.items(), key=lambda kv: -kv[1])),
         "failed": stop.get("failed", 0),
+        # per assistant turn of the kept conversations: ended by the model, or cut at the token limit
+        "finish_reasons": _count(f for r in kept for f in (r.get("finish_reasons") or []) if f is not None),
+        # every answer cut at the token limit, whatever ``truncated_answers`` did with it
+        "truncated_answers": sum(r.get("truncated_answers", 0) for r in kept + rejected),
+        "trimmed_answers": sum((r.get("finish_reasons") or []).count("trimmed") for r in kept),
+        "dropped_truncated_rounds": stop.get("truncated_answer", 0),
+        "repeat_resamples": sum(r.get("repeat_resamples", 0) for r in kept + rejected),
+        "end_marker_resamples": sum(r.get("end_marker_resamples", 0) for r in kept + rejected),
         "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
         "token_counter": "simulator tokenizer" if count else "whitespace words",
     }
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

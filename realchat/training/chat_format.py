@@ -85,11 +85,14 @@ def decode_loss_tokens(tokenizer: Any, row: dict[str, list[int]]) -> list[str]:
 
 
 def as_user_simulator(messages: list[dict[str, str]], system_prompt: str | None,
-                      end_marker: str | None) -> list[dict[str, str]]:
+                      end_marker: str | None, ended: bool = True) -> list[dict[str, str]]:
     """The conversation as UserGPT sees it: its own system prompt instead of the original one, and,
-    when trained with one, the end-of-conversation marker as a final user turn."""
+    when trained with one, the end-of-conversation marker as a final user turn — only when the
+    conversation really ended there (``ended``): a segment that ``split`` cut out of a longer
+    conversation goes on after its last turn, and teaching the marker there teaches the simulator
+    to leave early."""
     body = [m for m in messages if m["role"] != "system"]
     out = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + body
-    if end_marker and body and body[-1]["role"] == "assistant":
+    if end_marker and ended and body and body[-1]["role"] == "assistant":
         out.append({"role": "user", "content": end_marker})
     return out
