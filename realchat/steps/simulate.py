@@ -252,12 +252,12 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
         # pool for vLLM's own scheduler; finished sessions are replaced at once (no drain to a wave's end)
         capacity = (getattr(sim_backend, "batch_size", None) or getattr(getattr(sim_backend, "cfg", None),
                                                                         "max_concurrency", None) or 256)
-        with ctx.console.status(f"simulating {len(todo):,} conversations") as status:
+        # a bar on a terminal, a timed plain line in a job log (realchat.progress)
+        with ctx.progress_counter("simulate", total=bar_total, unit="sessions", completed=len(done)) as counter:
             def progress(s: Session) -> None:
                 on_finish(s)
                 elapsed = time.perf_counter() - gen_started
-                status.update(f"simulating: {len(finished):,}/{bar_total:,} conversations finished, "
-                              f"{sim.generated_tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+                counter.advance(1, tokens_per_s=round(sim.generated_tokens / max(elapsed, 1e-9), 1))
 
             sim.on_finish = progress
             sim.run(sessions(), capacity=capacity)
