@@ -20,7 +20,8 @@ def text(r) -> str:
 
 
 def test_build_help_names_each_flag_once():
-    r = runner.invoke(app, ["build", "--help"], terminal_width=200)
+    # wide enough that no phrase wraps, whatever width an earlier test left rich with
+    r = runner.invoke(app, ["build", "--help"], terminal_width=200, env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     out = text(r)
     assert r.exit_code == 0
     assert "--push --no-push" in out and "--progress --no-progress" in out
