@@ -156,3 +156,14 @@ def test_end_marker_only_after_conversations_that_really_ended(tmp_path):
     pl.read_parquet(tmp_path / "data" / "x.parquet").drop("ends_conversation").write_parquet(
         tmp_path / "data" / "x.parquet")
     assert all(c["ends_conversation"] for c in read_step_conversations(tmp_path))
+
+
+def test_batching_choice_per_backend(tiny):
+    from types import SimpleNamespace
+
+    from realchat.steps.simulate import simulation_batching
+
+    assert simulation_batching(tiny) == ("waves", 16)  # the tiny model on this CPU, batch 4
+    assert simulation_batching(SimpleNamespace(device="cuda", batch_size=128)) == ("refill", 128)
+    assert simulation_batching(SimpleNamespace(cfg=SimpleNamespace(max_concurrency=8))) == ("refill", 8)
+    assert simulation_batching(SimpleNamespace()) == ("refill", 256)  # vLLM schedules its own batch

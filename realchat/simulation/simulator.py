@@ -24,8 +24,9 @@ are complete (while decoding where the backend can ban strings, else by resampli
 that repeats an earlier one (verbatim or nearly) is resampled, at most ``max_resamples`` times, before
 the ``repeated_question`` stop rule applies. Each session counts its resamples.
 
-Conversations are pulled from the input as others finish, so a batch stays full (``capacity``
-sessions in flight) instead of draining to the slowest conversation of a wave.
+With a ``capacity``, conversations are pulled from the input as others finish, so a batch stays full
+instead of draining to the slowest conversation of a wave (what a launch-bound GPU needs; the step
+chooses, see ``simulation_batching``).
 """
 
 from __future__ import annotations
