@@ -61,7 +61,6 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     extra = [c for c in ("ends_conversation", "intent") if c in df.columns]
     extras = df.select(extra).to_dicts() if extra else [{}] * df.height
     for cid, s, msgs, more in zip(df[id_col].to_list(), seg, df["messages"].to_list(), extras):
-        more["ends_conversation"] = more.get("ends_conversation") is not False
         out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
                     "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **more})
     return out
