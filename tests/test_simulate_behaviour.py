@@ -155,7 +155,9 @@ def test_end_marker_only_after_conversations_that_really_ended(tmp_path):
     # without the column (older curate outputs) every conversation counts as ended
     pl.read_parquet(tmp_path / "data" / "x.parquet").drop("ends_conversation").write_parquet(
         tmp_path / "data" / "x.parquet")
-    assert all(c["ends_conversation"] for c in read_step_conversations(tmp_path))
+    old = read_step_conversations(tmp_path)
+    assert all("ends_conversation" not in c for c in old)
+    assert all(m[-1]["content"] == "<|end|>" for m in prepare(cfg, old))
 
 
 def test_batching_choice_per_backend(tiny):
