@@ -151,7 +151,7 @@ def _read_cache(path: Path) -> dict[str, str]:
                 item = json.loads(line)
                 out[item["key"]] = item["intent"]
             except (ValueError, KeyError, TypeError):
-                break
+                continue  # a line torn by a crash: that summary is asked again
     return out
 
 

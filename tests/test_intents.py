@@ -188,6 +188,13 @@ def test_intent_conditioning_end_to_end(make_recipe, write_json_array, sharegpt_
                 "answerer": {"kind": "local", "model": tiny, "batch_size": 8}, "stop_on_degenerate": False,
                 "user_sampling": {"max_new_tokens": 8}, "assistant_sampling": {"max_new_tokens": 8},
                 "context_budget": 512, "intent": {"source": "file", "file": str(goals)}},
+        # seeded from the first simulation, whose records carry their goal: each session gets its seed's
+        "sim_seeded": {"kind": "simulate", "simulator": "usergpt", "conversations": 4, "max_rounds": 2,
+                       "mode": "seeded", "seeds": {"dataset": "sim"},
+                       "simulator_backend": {"kind": "local", "model": "usergpt", "batch_size": 8},
+                       "answerer": {"kind": "local", "model": tiny, "batch_size": 8}, "stop_on_degenerate": False,
+                       "user_sampling": {"max_new_tokens": 8}, "assistant_sampling": {"max_new_tokens": 8},
+                       "context_budget": 512, "intent": {"source": "dataset", "dataset": "sim"}},
         "evaluate": {"kind": "evaluate", "tokenizer": tiny, "max_conversations": 30,
                      "datasets": [{"name": "sharegpt", "dataset": {"step": "curate", "split": "held_out"}},
                                   {"name": "usergpt", "dataset": "sim"}],
@@ -223,6 +230,10 @@ def test_intent_conditioning_end_to_end(make_recipe, write_json_array, sharegpt_
     assert data.height >= 1 and set(data["intent"].to_list()) <= set(SIM_INTENTS) and data["intent"].null_count() == 0
     sim_stats = json.loads((run / "sim" / "stats.json").read_text())
     assert sim_stats["intents"]["source"] == "file" and sim_stats["intents"]["distinct"] == 3
+
+    seeded = pl.read_parquet(run / "sim_seeded" / "data")
+    goal_of = dict(zip(data["session_id"].to_list(), data["intent"].to_list()))
+    assert seeded.height >= 1 and all(goal_of[s] == g for s, g in zip(seeded["seed_id"], seeded["intent"]))
 
     # evaluate: intent decomposition of the simulated conversations, in the stats and the report
     rep = json.loads((run / "evaluate" / "stats.json").read_text())["report"]

@@ -188,11 +188,14 @@ def simulator_prompt_and_marker(ctx: StepContext, cfg: SimulateConfig) -> tuple[
     return prompt, marker
 
 
-def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], str]:
-    """(intents the sessions take in turn, the template) for intent conditioning. The template is the
-    recipe's, else the one the simulator's sft step trained with, else the default."""
+def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], dict[str, str], str]:
+    """(intents the sessions take in turn, intents by conversation id, the template) for intent
+    conditioning. By id: a seeded session whose seed conversation has a goal in ``intent.dataset``
+    gets that goal (its first question and its goal agree). The template is the recipe's, else the
+    one the simulator's sft step trained with, else the default."""
     it = cfg.intent
     assert it is not None
+    by_id: dict[str, str] = {}
     if it.source == "file":
         assert it.file is not None
         from realchat.recipe.refs import resolve_local
@@ -210,6 +213,7 @@ def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], str]
             for c, intent in zip(missing, got):
                 c["intent"] = intent
         intents = [c["intent"] for c in convs if c.get("intent")]
+        by_id = {c["id"]: c["intent"] for c in convs if c.get("intent")}
         if not intents:
             from realchat.errors import RecipeError
 
@@ -219,7 +223,7 @@ def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], str]
     b = cfg.simulator_backend
     ref = b.tokenizer if b.kind == "openai" and b.tokenizer else b.model
     trained = ctx.stats_of(ref).get("intent_template") if ref in ctx.loaded.recipe.steps else None
-    return intents, it.template or trained or DEFAULT_INTENT_TEMPLATE
+    return intents, by_id, it.template or trained or DEFAULT_INTENT_TEMPLATE
 
 
 def simulation_batching(model: Any) -> tuple[str, int]:
@@ -283,7 +287,7 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
             and cfg.answerer.model == cfg.simulator_backend.model)
     answerer = sim_backend if same else ctx.open_backend(cfg.answerer, "answerer")
     user_prompt, marker = simulator_prompt_and_marker(ctx, cfg)
-    intents, template = load_intents(ctx, cfg) if cfg.intent else ([], None)
+    intents, intent_of, template = load_intents(ctx, cfg) if cfg.intent else ([], {}, None)
     if intents:
         random.Random(seed + 1).shuffle(intents)  # its own draws: the seeds' order stays as it was
     sid = settings_id(cfg)
@@ -304,7 +308,8 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
             msgs = [dict(m) for m in seed_conv["messages"]] if seed_conv else []
             yield Session(ids[i], cfg.mode, seed_conv["id"] if seed_conv else None, msgs,
                           rounds=1 if len(msgs) == 2 else 0, finish_reasons=[None] if len(msgs) == 2 else [],
-                          intent=intents[i % len(intents)] if intents else None)
+                          intent=(intent_of.get(seed_conv["id"]) if seed_conv else None)
+                          or (intents[i % len(intents)] if intents else None))
 
     sim = Simulation(cfg, sim_backend, answerer, user_prompt if cfg.simulator == "usergpt" else None,
                      marker if cfg.simulator == "usergpt" else None, on_finish, intent_template=template)
