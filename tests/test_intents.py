@@ -221,6 +221,7 @@ def test_intent_conditioning_end_to_end(make_recipe, write_json_array, sharegpt_
         assert not any(a <= at < b for a, b in spans)
     stats = json.loads((run / "usergpt" / "stats.json").read_text())
     assert stats["intents"]["with_intent"] == 40 and stats["intent_template"] == DEFAULT_INTENT_TEMPLATE
+    assert "intent conditioning" in (run / "usergpt" / "README.md").read_text()
 
     # simulation: the file's goals in the simulator's prompts (the template as trained), and in the data
     sim_prompts = [p for p in prompts if "Your goal in this conversation" in p]
@@ -230,6 +231,8 @@ def test_intent_conditioning_end_to_end(make_recipe, write_json_array, sharegpt_
     assert data.height >= 1 and set(data["intent"].to_list()) <= set(SIM_INTENTS) and data["intent"].null_count() == 0
     sim_stats = json.loads((run / "sim" / "stats.json").read_text())
     assert sim_stats["intents"]["source"] == "file" and sim_stats["intents"]["distinct"] == 3
+    assert "| intent conditioning: goals (source) / conversations with one | 3 (file) |" in \
+        (run / "sim" / "README.md").read_text()
 
     seeded = pl.read_parquet(run / "sim_seeded" / "data")
     goal_of = dict(zip(data["session_id"].to_list(), data["intent"].to_list()))
