@@ -231,7 +231,7 @@ def test_intent_conditioning_end_to_end(make_recipe, write_json_array, sharegpt_
     assert data.height >= 1 and set(data["intent"].to_list()) <= set(SIM_INTENTS) and data["intent"].null_count() == 0
     sim_stats = json.loads((run / "sim" / "stats.json").read_text())
     assert sim_stats["intents"]["source"] == "file" and sim_stats["intents"]["distinct"] == 3
-    assert "| intent conditioning: goals (source) / conversations with one | 3 (file) |" in \
+    assert "| intent conditioning: goals (source) / conversations with one | 3 (file) / " in \
         (run / "sim" / "README.md").read_text()
 
     seeded = pl.read_parquet(run / "sim_seeded" / "data")
