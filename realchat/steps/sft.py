@@ -150,8 +150,10 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
     if it.source == "model":
         assert it.summarizer is not None
         summarizer = it.summarizer
-        intents, asked = summarize(convs, summarizer, lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                                   ctx.work_dir() / "intents.jsonl", ctx.console.print)
+        with ranks.main_first():  # under torchrun the main process summarises; the others read its cache
+            intents, asked = summarize(convs, summarizer,
+                                       lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
+                                       ctx.work_dir() / "intents.jsonl", ctx.console.print)
         for c, intent in zip(convs, intents):
             c["intent"] = intent
     have = sum(1 for c in convs if c.get("intent"))
