@@ -165,15 +165,17 @@ def test_intent_conditioning_end_to_end(make_recipe, write_json_array, sharegpt_
 
     trained: list[list[dict]] = []
     real_train = sft.train_sft
-    monkeypatch.setattr(sft, "train_sft", lambda cfg, **kw: (trained.extend(kw["train_convs"]), real_train(cfg, **kw))[1])
+    monkeypatch.setattr(sft, "train_sft",
+                        lambda cfg, **kw: (trained.extend(kw["train_convs"]), real_train(cfg, **kw))[1])
     prompts: list[str] = []
     real_prompt = Simulation.simulator_prompt
-    monkeypatch.setattr(Simulation, "simulator_prompt", lambda self, s: prompts.append(real_prompt(self, s)) or prompts[-1])
+    monkeypatch.setattr(Simulation, "simulator_prompt",
+                        lambda self, s: prompts.append(real_prompt(self, s)) or prompts[-1])
 
     records = with_intents(sharegpt_records[:100])
     train_file = write_json_array(records[:40], "train.json")
-    path = make_recipe(write_json_array(records, "all.json"), filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}],
-                       name="it", held_out_share=0.25)
+    path = make_recipe(write_json_array(records, "all.json"),
+                       filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="it", held_out_share=0.25)
     goals = tmp_path / "goals.txt"
     goals.write_text("\n".join(SIM_INTENTS) + "\n")
     doc = yaml.safe_load(path.read_text())
