@@ -134,7 +134,7 @@ def test_sft_with_model_intents(make_recipe, write_json_array, sharegpt_records,
     doc = yaml.safe_load(path.read_text())
     tiny = str(tiny_model_dir)
     doc["steps"]["usergpt"] = {
-        "kind": "sft", "loss_on": "user", "base_model": tiny, "dataset": "curate", "max_length": 128,
+        "kind": "sft", "loss_on": "user", "base_model": tiny, "dataset": "curate", "max_length": 512,
         "max_steps": 1, "per_device_train_batch_size": 2, "save_steps": 1,
         "intent": {"source": "model", "summarizer": {"backend": {"kind": "local", "model": tiny, "batch_size": 4},
                                                      "max_new_tokens": 8, "max_chars": 300}}}
