@@ -87,8 +87,16 @@ def read_conversations(ref: ResolvedData, base_dir: Path, step_folder: Callable[
         if row is not None:
             cid = unique(row["conversation_id"])
             out.append({"id": cid, "base_id": cid,
-                        "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
+                        "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]],
+                        **record_intent(rec.data)})
     return out
+
+
+def record_intent(data: Any) -> dict[str, str]:
+    """``{"intent": …}`` when a file's record carries a non-empty string ``intent`` (a one-sentence
+    goal, for intent conditioning), else nothing."""
+    intent = data.get("intent") if isinstance(data, dict) else None
+    return {"intent": intent.strip()} if isinstance(intent, str) and intent.strip() else {}
 
 
 def split_held_out(convs: list[Conversation], share: float) -> tuple[list[Conversation], list[Conversation]]:

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from realchat.intents import with_intent
 from realchat.recipe.base import SamplingParams, Strict
 
 
@@ -100,13 +101,15 @@ class Session:
     end_marker_resamples: int = 0
     #: Answers cut at the token limit (whatever was done with them).
     truncated_answers: int = 0
+    #: The session's goal in the simulator's system prompt (intent conditioning); None = none.
+    intent: str | None = None
 
     def record(self, settings_id: str) -> dict[str, Any]:
         return {"session_id": self.session_id, "mode": self.mode, "seed_id": self.seed_id,
                 "messages": self.messages, "rounds": self.rounds, "stop_reason": self.stop_reason,
                 "error": self.error, "settings_id": settings_id, "finish_reasons": self.finish_reasons,
                 "repeat_resamples": self.repeat_resamples, "end_marker_resamples": self.end_marker_resamples,
-                "truncated_answers": self.truncated_answers}
+                "truncated_answers": self.truncated_answers, "intent": self.intent}
 
 
 def user_turn_opener(render: Callable[..., str]) -> str:
@@ -148,13 +151,16 @@ class Simulation:
     """Runs sessions to their end; calls ``on_finish(session)`` as each one ends."""
 
     def __init__(self, cfg: SimulationSettings, simulator: Any, answerer: Any, user_system_prompt: str | None,
-                 end_marker: str | None, on_finish: Callable[[Session], None]) -> None:
+                 end_marker: str | None, on_finish: Callable[[Session], None],
+                 intent_template: str | None = None) -> None:
         self.cfg = cfg
         self.sim = simulator
         self.ans = answerer
         self.user_system_prompt = user_system_prompt
         self.end_marker = end_marker
         self.on_finish = on_finish
+        #: With a session's ``intent``: its system prompt is this template filled (as in training).
+        self.intent_template = intent_template
         self.opener = user_turn_opener(simulator.render) if cfg.simulator in ("usergpt", "magpie") else ""
         self.generated_tokens = 0
 
@@ -163,7 +169,9 @@ class Simulation:
     def simulator_prompt(self, s: Session) -> str:
         cfg = self.cfg
         if cfg.simulator == "usergpt":
-            head = [{"role": "system", "content": self.user_system_prompt}] if self.user_system_prompt else []
+            system = (with_intent(self.intent_template, self.user_system_prompt, s.intent) if self.intent_template
+                      else self.user_system_prompt)
+            head = [{"role": "system", "content": system}] if system else []
             return self.sim.render(head + s.messages, add_generation_prompt=False) + self.opener
         if cfg.simulator == "magpie":
             head = [{"role": "system", "content": cfg.assistant_system_prompt}] if cfg.assistant_system_prompt else []

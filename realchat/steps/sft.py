@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from realchat.data import Conversation, split_held_out
 from realchat.engine import ranks
 from realchat.engine.context import StepContext
+from realchat.intents import TrainIntents, summarize, with_intent
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import DatasetRef, ModelRef
 from realchat.steps.base import StepKind, StepResult
@@ -50,7 +51,16 @@ class SftConfig(StepConfig, TrainingSettings):
     end_marker: str | None = None
     #: Use at most this many training conversations; null = all.
     max_conversations: int | None = Field(None, ge=1)
+    #: ``loss_on: user``: intent conditioning (UserLM): each conversation's one-sentence goal in the
+    #: simulator's system prompt, from the data's ``intent`` column or summarised by a model; null = off.
+    intent: TrainIntents | None = None
     license: str = "apache-2.0"
+
+    @model_validator(mode="after")
+    def _intent_for_user(self) -> "SftConfig":
+        if self.intent is not None and self.loss_on != "user":
+            raise ValueError("intent conditions a user simulator: it needs loss_on: user")
+        return self
 
 
 def user_system_prompt(cfg: SftConfig) -> str:
@@ -60,7 +70,9 @@ def user_system_prompt(cfg: SftConfig) -> str:
 def prepare(cfg: SftConfig, convs: list[Conversation]) -> list[list[dict[str, str]]]:
     """Conversations as the model trains on them: flipped for a simulator, system prompt swapped."""
     if cfg.loss_on == "user":
-        return [as_user_simulator(c["messages"], user_system_prompt(cfg), cfg.end_marker,
+        template = cfg.intent.template if cfg.intent else None
+        return [as_user_simulator(c["messages"], with_intent(template, user_system_prompt(cfg), c.get("intent"))
+                                  if template else user_system_prompt(cfg), cfg.end_marker,
                                   c.get("ends_conversation", True)) for c in convs]
     if cfg.system_prompt is not None:
         return [[{"role": "system", "content": cfg.system_prompt}] + [m for m in c["messages"] if m["role"] != "system"]
@@ -109,6 +121,7 @@ class Sft(StepKind):
         if cfg.max_conversations:
             train = train[: cfg.max_conversations]
             held = held[: max(1, cfg.max_conversations // 10)] if held else held
+        intent_stats = attach_intents(ctx, cfg, train + held) if cfg.intent and role == "user" else None
         ctx.console.print(f"{ctx.name}: {len(train):,} conversations to train on, {len(held):,} held out; "
                           f"base {cfg.base_model}; loss on {role} turns")
         with checkpoint_faults(ctx.work_dir(), log=ctx.console.print), ctx.blame("dataset"):
@@ -119,9 +132,44 @@ class Sft(StepKind):
         stats["base_model_ref"] = cfg.base_model
         stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
         stats["end_marker"] = cfg.end_marker if role == "user" else None
+        # simulate reads the template here, as it reads the end marker: the same prompt at both times
+        stats["intent_template"] = cfg.intent.template if intent_stats else None
+        if intent_stats:
+            stats["intents"] = intent_stats
         stats["versions"] = package_versions()
         stats["seconds_total"] = round(time.perf_counter() - started, 1)
         return StepResult(stats=stats)
+
+
+def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) -> dict[str, Any]:
+    """Give each conversation its ``intent`` (from the data, or summarised by the recipe's model,
+    cached in the work folder); conversations left without one train on the plain system prompt."""
+    assert cfg.intent is not None
+    it = cfg.intent
+    asked = 0
+    if it.source == "model":
+        assert it.summarizer is not None
+        summarizer = it.summarizer
+        with ranks.main_first():  # under torchrun the main process summarises; the others read its cache
+            intents, asked = summarize(convs, summarizer,
+                                       lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
+                                       ctx.work_dir() / "intents.jsonl", ctx.console.print)
+        for c, intent in zip(convs, intents):
+            c["intent"] = intent
+    have = sum(1 for c in convs if c.get("intent"))
+    if not have:
+        from realchat.errors import RecipeError
+
+        raise RecipeError(f"intent source {it.source}: none of the {len(convs):,} conversations has an intent"
+                          + (" (the data has no 'intent' column or key)" if it.source == "column" else ""),
+                          file=str(ctx.loaded.path), field=ctx.key("intent.source"),
+                          hint="a step output with an intent column, a file whose records have an 'intent' "
+                               "key, or source: model with a summarizer")
+    ctx.console.print(f"{ctx.name}: intents for {have:,} of {len(convs):,} conversations ({it.source})")
+    return {"source": it.source, "with_intent": have, "without_intent": len(convs) - have,
+            "summarized_this_run": asked,
+            "summarizer": getattr(it.summarizer.backend, "model", None) if it.summarizer else None,
+            "example": next(c["intent"] for c in convs if c.get("intent"))}
 
 
 def package_versions() -> dict[str, str]:

@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from realchat.engine.context import StepContext
 from realchat.errors import RealChatError
 from realchat.files import atomic_write_text
+from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_intent_file, summarize
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
 from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
@@ -75,11 +76,16 @@ class SimulateConfig(StepConfig, SimulationSettings):
     export_sharegpt: bool = True
     #: The step fails (and publishes nothing) when more than this share of its sessions failed.
     max_failed_share: float = Field(0.5, ge=0, le=1)
+    #: Intent conditioning (``simulator: usergpt``): one goal per session in the simulator's system
+    #: prompt, from a file or from real conversations; null = off.
+    intent: SimulationIntents | None = None
 
     @model_validator(mode="after")
     def _seeds_for_seeded(self) -> "SimulateConfig":
         if self.mode == "seeded" and self.seeds is None:
             raise ValueError("mode seeded needs seeds: {dataset: …} (e.g. {step: curate, split: held_out})")
+        if self.intent is not None and self.simulator != "usergpt":
+            raise ValueError("intent conditions the trained simulator: it needs simulator: usergpt")
         if self.simulator_backend.kind == "openai" and self.simulator_backend.tokenizer is None:
             raise ValueError("simulator_backend kind openai needs tokenizer: the served model's folder, Hub id "
                              "or sft step (its chat template renders the simulator's prompt)")
@@ -182,6 +188,44 @@ def simulator_prompt_and_marker(ctx: StepContext, cfg: SimulateConfig) -> tuple[
     return prompt, marker
 
 
+def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], dict[str, str], str]:
+    """(intents the sessions take in turn, intents by conversation id, the template) for intent
+    conditioning. By id: a seeded session whose seed conversation has a goal in ``intent.dataset``
+    gets that goal (its first question and its goal agree). The template is the recipe's, else the
+    one the simulator's sft step trained with, else the default."""
+    it = cfg.intent
+    assert it is not None
+    by_id: dict[str, str] = {}
+    if it.source == "file":
+        assert it.file is not None
+        from realchat.recipe.refs import resolve_local
+
+        with ctx.blame("intent.file"):
+            intents = read_intent_file(resolve_local(it.file, ctx.base_dir))
+    else:
+        convs = ctx.conversations("intent.dataset")
+        missing = [c for c in convs if not c.get("intent")]
+        if missing and it.summarizer is not None:
+            summarizer = it.summarizer
+            got, _ = summarize(missing, summarizer,
+                               lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
+                               ctx.work_dir() / "intents.jsonl", ctx.console.print)
+            for c, intent in zip(missing, got):
+                c["intent"] = intent
+        intents = [c["intent"] for c in convs if c.get("intent")]
+        by_id = {c["id"]: c["intent"] for c in convs if c.get("intent")}
+        if not intents:
+            from realchat.errors import RecipeError
+
+            raise RecipeError(f"none of the {len(convs):,} conversations of intent.dataset has an intent",
+                              file=str(ctx.loaded.path), field=ctx.key("intent.dataset"),
+                              hint="data with an 'intent' column or key, or intent.summarizer: {backend: …}")
+    b = cfg.simulator_backend
+    ref = b.tokenizer if b.kind == "openai" and b.tokenizer else b.model
+    trained = ctx.stats_of(ref).get("intent_template") if ref in ctx.loaded.recipe.steps else None
+    return intents, by_id, it.template or trained or DEFAULT_INTENT_TEMPLATE
+
+
 def simulation_batching(model: Any) -> tuple[str, int]:
     """How sessions are fed to the loop: ``refill`` (a finished session's place goes to the next one
     at once: ``batch_size`` in flight locally, every request slot busy on a server, a large pool for
@@ -243,6 +287,9 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
             and cfg.answerer.model == cfg.simulator_backend.model)
     answerer = sim_backend if same else ctx.open_backend(cfg.answerer, "answerer")
     user_prompt, marker = simulator_prompt_and_marker(ctx, cfg)
+    intents, intent_of, template = load_intents(ctx, cfg) if cfg.intent else ([], {}, None)
+    if intents:
+        random.Random(seed + 1).shuffle(intents)  # its own draws: the seeds' order stays as it was
     sid = settings_id(cfg)
 
     writer = PartWriter(parts_path)
@@ -260,10 +307,12 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
             seed_conv = seeds[i % len(seeds)] if seeds else None
             msgs = [dict(m) for m in seed_conv["messages"]] if seed_conv else []
             yield Session(ids[i], cfg.mode, seed_conv["id"] if seed_conv else None, msgs,
-                          rounds=1 if len(msgs) == 2 else 0, finish_reasons=[None] if len(msgs) == 2 else [])
+                          rounds=1 if len(msgs) == 2 else 0, finish_reasons=[None] if len(msgs) == 2 else [],
+                          intent=(intent_of.get(seed_conv["id"]) if seed_conv else None)
+                          or (intents[i % len(intents)] if intents else None))
 
     sim = Simulation(cfg, sim_backend, answerer, user_prompt if cfg.simulator == "usergpt" else None,
-                     marker if cfg.simulator == "usergpt" else None, on_finish)
+                     marker if cfg.simulator == "usergpt" else None, on_finish, intent_template=template)
     gen_started = time.perf_counter()
     try:
         batching, capacity = simulation_batching(sim_backend)
@@ -300,18 +349,22 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                  truncated_answers_rule=cfg.truncated_answers, max_failed_share=cfg.max_failed_share,
                  answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
                  end_marker=marker)
+    if cfg.intent:
+        stats["intents"] = {"source": cfg.intent.source, "distinct": len(set(intents)), "template": template,
+                            "sessions_with_intent": sum(1 for r in kept if r.get("intent"))}
     return stats
 
 
 COLUMNS = {"session_id": pl.String, "mode": pl.String, "seed_id": pl.String, "messages": MESSAGES,
            "rounds": pl.Int32, "stop_reason": pl.String, "error": pl.String, "settings_id": pl.String,
            "finish_reasons": pl.List(pl.String), "repeat_resamples": pl.Int32,
-           "end_marker_resamples": pl.Int32, "truncated_answers": pl.Int32}
+           "end_marker_resamples": pl.Int32, "truncated_answers": pl.Int32, "intent": pl.String}
 
 
 def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
     # records from an older part file lack the newer columns: null lists, zero counts
-    defaults = {"finish_reasons": None, "repeat_resamples": 0, "end_marker_resamples": 0, "truncated_answers": 0}
+    defaults = {"finish_reasons": None, "repeat_resamples": 0, "end_marker_resamples": 0, "truncated_answers": 0,
+                "intent": None}
     rows = [{**defaults, **r} for r in records]
     return pl.DataFrame(rows, schema=COLUMNS)
 
