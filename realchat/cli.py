@@ -251,17 +251,6 @@ def eval_show(
         out.print("[bold yellow]These figures cannot rank the models:[/bold yellow] " + "; ".join(rank["reasons"]) + ".")
 
 
-#: ``realchat stats`` rows in the paper's §4 order: (key, label).
-STATS_ROWS = [
-    ("conversations", "conversations"), ("mean_rounds", "mean rounds"),
-    ("tokens_per_utterance", "tokens / utterance"), ("tokens_per_conversation", "tokens / conversation"),
-    ("tokens_per_user_turn", "tokens / user turn"), ("tokens_per_assistant_turn", "tokens / assistant turn"),
-    ("mtld_paper", "MTLD, mean over user turns (paper)"), ("mtld_joined", "MTLD, user turns joined"),
-    ("distinct_1_user", "distinct-1 (user turns)"), ("distinct_2_user", "distinct-2 (user turns)"),
-    ("topic_cosine_paper", "topic cosine, n×n incl. diagonal (paper)"),
-    ("topic_cosine_pairs", "topic cosine, distinct pairs"), ("first_turn_cosine", "first-turn cosine"),
-    ("first_turn_diversity", "first-turn diversity (1 − Jaccard)"),
-]
 
 
 @app.command(name="stats")
@@ -315,7 +304,12 @@ def stats_cmd(
                     f"{read:,} records read")
     t.add_column("statistic")
     t.add_column("value", justify="right")
-    for key, label in STATS_ROWS:
+    from realchat.evaluation.report import DATASET_METRICS
+
+    # evaluate's dataset rows (one list for the report and this command), plus the per-role token means
+    rows = [*DATASET_METRICS, ("tokens_per_user_turn", "tokens / user turn"),
+            ("tokens_per_assistant_turn", "tokens / assistant turn")]
+    for key, label in rows:
         v = result.get(key)
         if v is None:
             continue
