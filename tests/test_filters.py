@@ -40,7 +40,10 @@ def tokens(tiny_tokenizer_dir):
 
 def run(tokens, op, tbl, **params):
     cls = REGISTRY[op]
-    return cls(cls.Params(op=op, **params), tokens).apply(tbl)
+    instance = cls(cls.Params(op=op, **params), tokens)
+    result = instance.apply(tbl)
+    result.counters.update(instance.totals())  # as the executors do after the last chunk
+    return result
 
 
 def test_clean_html_converts_html_turns_and_leaves_code_alone(tokens):

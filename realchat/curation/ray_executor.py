@@ -41,10 +41,11 @@ import polars as pl
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import OpParams
 from realchat.curation.ops.exact_dedup import normalised_user_text
-from realchat.curation.ops.near_dedup import _UnionFind, shingles
+from realchat.curation.ops.near_dedup import clusters, shingles
 from realchat.errors import RecipeError
 
 if TYPE_CHECKING:
+    from realchat.curation.pipeline import ExecutorRun
     from realchat.curation.reference import Reference
     from realchat.engine.context import StepContext
     from realchat.recipe.executor import ExecutorConfig
@@ -170,6 +171,31 @@ def _apply_verdicts(shard: pl.DataFrame, verdicts: pl.DataFrame) -> tuple[pl.Dat
 
 
 # -- driver side --------------------------------------------------------------------------------------
+
+
+def run_on_ray(ctx: "StepContext", cfg: Any, sink: Any, references: dict[int, "Reference"]) -> "ExecutorRun":
+    """The curate step's ops on Ray; the driver reads the source (one chunk) and the sink gets the rows."""
+    from realchat.curation.pipeline import ChunkReader, ExecutorRun, label_rejected
+    from realchat.curation.sources import open_source
+    from pathlib import Path
+
+    t0 = time.perf_counter()
+    records, report = open_source(cfg.source, ctx.base_dir)
+    reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", 1 << 62)
+    table, read_rejected = next(reader.chunks(ctx.progress(records, "read", unit="items")))
+    seconds = time.perf_counter() - t0
+    sink.rejected(read_rejected)
+    kept, op_rejected, op_rules = run_ops_on_ray(ctx, cfg, table, ctx.loaded.recipe.executor, references)
+    for i, rej in op_rejected:
+        sink.rejected(label_rejected(rej, i, cfg.filters[i].op))
+    sink.kept(kept)
+    for w in report.warnings:
+        ctx.console.print(f"[yellow]warning:[/yellow] {w}")
+    if (warning := reader.renamed_warning()) is not None:
+        ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
+        report.warnings.append(warning)
+    return ExecutorRun(rules=[reader.source_rule(table.height, seconds)] + op_rules, read=reader.read,
+                       renamed=reader.unique.renamed, report=report)
 
 
 def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorConfig",
@@ -352,15 +378,10 @@ def _near_dedup(shards: list[Any], p: OpParams, ref: "Reference | None") -> tupl
     cids = ids["conversation_id"].to_list()
     r = ref.table.height if ref is not None else 0
     m = len(orders)
-    uf = _UnionFind(m)
-    best = [0.0] * m
-    match = [-1] * m
-    for a, b, jac in pairs.iter_rows():
-        ia, ib = pos[a], pos[b]
-        uf.union(ia, ib)
-        if jac > best[ib] or (jac == best[ib] and ia < match[ib]):
-            best[ib], match[ib] = jac, ia
-    roots = [uf.find(k) for k in range(m)]
+    ia = np.array([pos[a] for a in pairs["a"].to_list()], dtype=np.int64)
+    ib = np.array([pos[b] for b in pairs["b"].to_list()], dtype=np.int64)
+    root_arr, match_arr, best_arr = clusters(m, ia, ib, pairs["jaccard"].to_numpy())
+    roots, match, best = root_arr.tolist(), match_arr.tolist(), best_arr.tolist()
     v_order, v_score, v_detail = [], [], []
     sizes: dict[int, int] = {}
     for k in range(r, m):

@@ -75,6 +75,11 @@ class Filter(ABC):
     Params: ClassVar[type[OpParams]]
     #: True when the op needs the step's tokenizer (token limits, split): lets the engine load it lazily.
     needs_tokenizer: ClassVar[bool] = False
+    #: How much of the data one decision needs; the executors stream by it. ``row``: each row alone
+    #: (applied chunk by chunk). ``ordered``: state carried from chunk to chunk in source order (exact
+    #: dedup remembers the keys it has seen). ``global``: every row seen before any is decided (near
+    #: dedup's clusters): :meth:`observe` each chunk, then :meth:`apply` each chunk again, same order.
+    scope: ClassVar[Literal["row", "ordered", "global"]] = "row"
 
     def __init__(self, params: OpParams, tokens: Callable[[], TokenCounter],
                  progress: Callable[[Iterable[Any], str, int | None], Iterator[Any]] | None = None,
@@ -90,7 +95,17 @@ class Filter(ABC):
 
     @abstractmethod
     def apply(self, table: pl.DataFrame) -> OpResult:
-        """Return the rows kept and rejected by this op."""
+        """Return the rows kept and rejected by this op. Called once per chunk, chunks in source
+        order; the whole table is one chunk."""
+
+    def observe(self, table: pl.DataFrame) -> None:
+        """``global`` ops: take in one chunk before anything is decided."""
+        raise NotImplementedError(f"{type(self).__name__} is not a global op")
+
+    def totals(self) -> dict[str, int]:
+        """Counters of the whole run that are not sums over chunks (the largest cluster): read after
+        the last chunk."""
+        return {}
 
     # -- helpers shared by ops -------------------------------------------------------------
 

@@ -5,6 +5,10 @@ the simulator learns), normalised: case-folded, whitespace collapsed and, option
 removed. The first occurrence in source order is kept; each duplicate is rejected with the id of the
 conversation it repeats, so clusters can be inspected.
 
+The op streams (``scope = "ordered"``): chunks arrive in source order and it remembers, per key, a
+16-byte digest and the first conversation's id; memory grows with the number of distinct keys (about
+150 bytes each), never with the text.
+
 With ``reference`` (an earlier release: a previous curate step, a published folder or Hub dataset),
 every conversation whose key the reference already holds is rejected too, its detail naming the
 reference and the conversation there (``duplicate of OlhSVrJ_0 in reference curate_2023``).
@@ -12,7 +16,8 @@ reference and the conversation there (``duplicate of OlhSVrJ_0 in reference cura
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+from typing import Any, Literal
 
 import polars as pl
 
@@ -43,35 +48,52 @@ def normalised_user_text(table: pl.DataFrame, lowercase: bool, strip_punctuation
     return text.str.replace_all(r"\s+", " ").str.strip_chars()
 
 
+def _digests(table: pl.DataFrame, p: Params) -> list[bytes]:
+    keys = table.select(normalised_user_text(table, p.lowercase, p.strip_punctuation).alias("k"))["k"]
+    return [hashlib.blake2b(k.encode("utf-8", "surrogatepass"), digest_size=16).digest() for k in keys]
+
+
 class ExactDedup(Filter):
     Params = Params
+    scope = "ordered"
 
-    def apply(self, table: pl.DataFrame) -> OpResult:
-        p: Params = self.params  # type: ignore[assignment]
-        keyed = table.with_columns(
-            normalised_user_text(table, p.lowercase, p.strip_punctuation).alias("_key")
-        ).with_columns(
-            pl.col("_key").is_first_distinct().alias("_first"),
-            pl.col("conversation_id").first().over("_key").alias("_orig"),
-            pl.len().over("_key").alias("_size"),
-        )
-        clusters = keyed.filter(pl.col("_size") > 1)["_key"].n_unique()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first: dict[bytes, str] = {}  # key digest → the id of its first conversation
+        self.clustered: set[bytes] = set()  # keys met at least twice
+        self.held: dict[bytes, str] = {}  # key digest → the reference's conversation holding it
         ref = self.inputs.get("reference")
         if ref is not None:
-            held = (ref.table.select(normalised_user_text(ref.table, p.lowercase, p.strip_punctuation).alias("_key"),
-                                     pl.col("conversation_id").alias("_ref"))
-                    .unique("_key", keep="first", maintain_order=True))
-            keyed = keyed.join(held, on="_key", how="left", maintain_order="left")
-        else:
-            keyed = keyed.with_columns(pl.lit(None, dtype=pl.String).alias("_ref"))
-        keep = keyed["_first"] & keyed["_ref"].is_null()
-        detail = pl.Series([None if k else (f"duplicate of {r} in reference {ref.name}" if r is not None
-                                            else f"duplicate of {o}")
-                            for k, o, r in zip(keep.to_list(), keyed["_orig"].to_list(), keyed["_ref"].to_list())],
-                           dtype=pl.String)
-        score = (~keep).cast(pl.Float64)
+            for d, cid in zip(_digests(ref.table, self.params), ref.table["conversation_id"].to_list()):  # type: ignore[arg-type]
+                self.held.setdefault(d, cid)
+
+    def apply(self, table: pl.DataFrame) -> OpResult:
+        ref = self.inputs.get("reference")
+        keep: list[bool] = []
+        detail: list[str | None] = []
+        in_reference = 0
+        for d, cid in zip(_digests(table, self.params), table["conversation_id"].to_list()):  # type: ignore[arg-type]
+            first = self.first.get(d)
+            if first is None:
+                self.first[d] = cid
+            else:
+                self.clustered.add(d)
+            held = self.held.get(d)
+            if held is not None:
+                in_reference += 1
+                keep.append(False)
+                detail.append(f"duplicate of {held} in reference {ref.name}")  # type: ignore[union-attr]
+            elif first is not None:
+                keep.append(False)
+                detail.append(f"duplicate of {first}")
+            else:
+                keep.append(True)
+                detail.append(None)
+        score = [0.0 if k else 1.0 for k in keep]
         result = self.partition(table, keep, score, detail)
-        result.counters["duplicate_clusters"] = clusters
         if ref is not None:
-            result.counters["in_reference"] = int(keyed["_ref"].is_not_null().sum())
+            result.counters["in_reference"] = in_reference
         return result
+
+    def totals(self) -> dict[str, int]:
+        return {"duplicate_clusters": len(self.clustered)}

@@ -1,21 +1,33 @@
-"""near_dedup: MinHash LSH over the user turns (datasketch).
+"""near_dedup: MinHash LSH over the user turns (datasketch signatures, numpy banding).
 
 Near-duplicates are the same request with a typo fixed, a name changed, a paragraph added: ShareGPT
 has many, because users shared the same prompt templates. Each conversation's normalised user text is
-cut into word ``shingle_size``-grams, hashed into a MinHash of ``num_perm`` permutations and indexed in
-an LSH with the declared Jaccard ``threshold``. Candidate pairs are confirmed by their estimated
-Jaccard, joined into clusters (connected components), and the first conversation of each cluster in
-source order is kept. Rejected rows carry the estimated Jaccard with the conversation that matched
-them and that conversation's id; the counters report the number of clusters and their largest size.
+cut into word ``shingle_size``-grams and hashed into a MinHash of ``num_perm`` permutations
+(datasketch). The signature is cut into the ``b`` bands of ``r`` rows that datasketch's ``MinHashLSH``
+chooses for the declared Jaccard ``threshold``; two conversations whose signatures agree on a whole
+band are candidates, confirmed by their estimated Jaccard (the share of equal signature values, as
+``MinHash.jaccard``), joined into clusters (connected components), and the first conversation of each
+cluster in source order is kept. Rejected rows carry the estimated Jaccard with the conversation that
+matched them (the best earlier one; for a row joined to its cluster only through later rows, the best
+later one) and that conversation's id; the counters report the clusters and their largest size.
 
-With ``reference`` (an earlier release), the reference's conversations enter the index first, ahead
-of every new one: a cluster that holds a reference conversation keeps none of the new ones, and their
-detail names the reference (``near-duplicate of X in reference curate_2023``).
+The op is ``global``: it sees every chunk (:meth:`NearDedup.observe`) before deciding any. Signatures
+go to an anonymous temporary file (4 bytes per permutation per conversation: 512 MB for a million
+conversations at 128 permutations, on disk, gone with the process even after kill -9); memory holds
+one 64-bit key per band per conversation and the ids. Candidate pairs are found per band by sorting
+the band keys, and verified in batches against the signature file. A bucket larger than
+``_BUCKET_CAP`` rows (thousands of copies of one text, which exact dedup usually removed before)
+compares each row with the ``_BUCKET_CAP`` rows before it instead of with all of them.
+
+With ``reference`` (an earlier release), the reference's conversations come first, ahead of every new
+one: a cluster that holds a reference conversation keeps none of the new ones, and their detail names
+the reference (``near-duplicate of X in reference curate_2023``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import tempfile
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -25,6 +37,10 @@ from pydantic import Field
 from realchat.curation.ops.base import Filter, OpParams, OpResult
 from realchat.curation.ops.exact_dedup import normalised_user_text
 from realchat.recipe.refs import DatasetRef
+
+_BUCKET_CAP = 2_000
+_VERIFY_BATCH = 100_000
+_FNV = np.uint64(0x100000001B3)
 
 
 class Params(OpParams):
@@ -48,76 +64,166 @@ def shingles(text: str, size: int) -> set[bytes]:
     return {" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)}
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+def signatures(texts: list[str], p: Any) -> np.ndarray:
+    """``[len(texts), num_perm]`` uint32 MinHash values (datasketch keeps them below 2**32)."""
+    sigs = np.zeros((len(texts), p.num_perm), dtype=np.uint32)
+    gen = MinHash.generator((list(shingles(t, p.shingle_size)) for t in texts), num_perm=p.num_perm, seed=p.seed)
+    for k, m in enumerate(gen):  # the generator shares one set of permutations across all signatures
+        sigs[k] = m.hashvalues
+    return sigs
 
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:  # the smaller index (earlier in source order) becomes the root
-            self.parent[max(ra, rb)] = min(ra, rb)
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """``[n, bands]`` 64-bit keys, one per band (FNV-1a over the band's values): equal bands, equal keys."""
+    keys = np.zeros((sigs.shape[0], bands), dtype=np.uint64)
+    for b in range(bands):
+        h = np.full(sigs.shape[0], np.uint64(0xCBF29CE484222325))
+        for c in range(b * rows, (b + 1) * rows):
+            h = (h ^ sigs[:, c].astype(np.uint64)) * _FNV
+        keys[:, b] = h
+    return keys
+
+
+def candidate_pairs(keys: np.ndarray) -> np.ndarray:
+    """Unique ``a * n + b`` codes (a < b) of every pair that shares a band key."""
+    n = keys.shape[0]
+    codes: list[np.ndarray] = []
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        sorted_keys = keys[order, band]
+        cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+        starts = np.concatenate(([0], cuts))
+        lengths = np.diff(np.concatenate((starts, [n])))
+        for length in np.unique(lengths[lengths > 1]):
+            run_starts = starts[lengths == length]
+            if length <= _BUCKET_CAP:
+                i, j = np.triu_indices(int(length), 1)
+            else:  # each row against the _BUCKET_CAP rows before it
+                j = np.repeat(np.arange(1, length), np.minimum(np.arange(1, length), _BUCKET_CAP))
+                i = np.concatenate([np.arange(max(0, k - _BUCKET_CAP), k) for k in range(1, length)])
+            x, y = order[run_starts[:, None] + i], order[run_starts[:, None] + j]
+            codes.append((np.minimum(x, y).astype(np.int64) * n + np.maximum(x, y)).ravel())
+    return np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+
+
+def verify(codes: np.ndarray, sigs: np.ndarray, bands: int, rows: int, threshold: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs that really share a band and reach ``threshold``: ``(a, b, jaccard)``."""
+    n, perms = sigs.shape
+    out_a, out_b, out_j = [], [], []
+    for s in range(0, codes.size, _VERIFY_BATCH):
+        c = codes[s:s + _VERIFY_BATCH]
+        a, b = c // n, c % n
+        eq = sigs[a] == sigs[b]
+        jac = np.count_nonzero(eq, axis=1) / np.float64(perms)
+        band_equal = eq[:, :bands * rows].reshape(-1, bands, rows).all(axis=2).any(axis=1)
+        ok = band_equal & (jac >= threshold)
+        out_a.append(a[ok])
+        out_b.append(b[ok])
+        out_j.append(jac[ok])
+    if not out_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_j)
+
+
+def clusters(n: int, a: np.ndarray, b: np.ndarray, jac: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From verified pairs (``a < b``) over ``n`` rows: each row's cluster root (the cluster's earliest
+    row), the row that matched it best and that Jaccard. The match is the best earlier row (ties: the
+    earliest); a row with no earlier match, joined through later rows, takes its best later one."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(n))
+    roots = first[labels]
+    best = np.zeros(n)
+    match = np.full(n, -1, dtype=np.int64)
+    for node, other in ((b, a), (a, b)):  # earlier matches first; later ones only where none
+        order = np.lexsort((other, -jac, node))  # by node, then best Jaccard, then earliest partner
+        node_s, other_s, jac_s = node[order], other[order], jac[order]
+        head = np.concatenate(([True], node_s[1:] != node_s[:-1])) if node_s.size else node_s.astype(bool)
+        take = head & (match[node_s] == -1)
+        best[node_s[take]] = jac_s[take]
+        match[node_s[take]] = other_s[take]
+    return roots, match, best
 
 
 class NearDedup(Filter):
     Params = Params
+    scope = "global"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        p: Params = self.params  # type: ignore[assignment]
+        lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # datasketch's choice of bands
+        self.bands, self.rows = lsh.b, lsh.r
+        self.ids: list[str] = []
+        self.keys: list[np.ndarray] = []
+        self.sig_file = tempfile.TemporaryFile(prefix="realchat-minhash-")
+        self.decided = False
+        self.offset = 0  # rows of the new data already decided by apply
+        ref = self.inputs.get("reference")
+        self.ref_rows = 0
+        if ref is not None:  # the reference goes first: its rows are the roots of their clusters
+            self.observe(ref.table)
+            self.ref_rows = ref.table.height
+
+    def observe(self, table: pl.DataFrame) -> None:
+        p: Params = self.params  # type: ignore[assignment]
+        texts = table.select(normalised_user_text(table, True, False).alias("t"))["t"].to_list()
+        sigs = signatures(texts, p)
+        self.sig_file.write(sigs.tobytes())
+        self.keys.append(band_keys(sigs, self.bands, self.rows))
+        self.ids.extend(table["conversation_id"].to_list())
+
+    def _decide(self) -> None:
+        p: Params = self.params  # type: ignore[assignment]
+        n = len(self.ids)
+        self.sig_file.flush()
+        if n:
+            sigs = np.memmap(self.sig_file, dtype=np.uint32, mode="r", shape=(n, p.num_perm))
+            a, b, jac = verify(candidate_pairs(np.concatenate(self.keys)), sigs, self.bands, self.rows, p.threshold)
+            del sigs
+        else:
+            a = b = np.zeros(0, np.int64)
+            jac = np.zeros(0)
+        self.sig_file.close()
+        self.keys = []
+        self.roots, self.match, self.best = clusters(n, a, b, jac)
+        self.decided = True
 
     def apply(self, table: pl.DataFrame) -> OpResult:
-        p: Params = self.params  # type: ignore[assignment]
+        if not self.decided:
+            if len(self.ids) == self.ref_rows:  # used on one whole table: observe it first
+                self.observe(table)
+            self._decide()
         ref = self.inputs.get("reference")
-        ref_texts: list[str] = []
-        ref_ids: list[str] = []
-        if ref is not None:  # the reference goes first: its rows are the roots of their clusters
-            ref_texts = ref.table.select(normalised_user_text(ref.table, True, False).alias("t"))["t"].to_list()
-            ref_ids = ref.table["conversation_id"].to_list()
-        r = len(ref_texts)
-        texts = ref_texts + table.select(normalised_user_text(table, True, False).alias("t"))["t"].to_list()
-        n = len(texts)
-        # MinHash.generator shares one set of permutations across all signatures.
-        signatures: list[MinHash] = list(
-            MinHash.generator(
-                self.progress((list(shingles(t, p.shingle_size)) for t in texts),
-                                      "near_dedup: minhash", total=n),
-                num_perm=p.num_perm,
-                seed=p.seed,
-            )
-        )
-        lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)
-        uf = _UnionFind(n)
-        best = np.zeros(n)
-        match = [-1] * n
-        for i, m in enumerate(signatures):
-            for j in lsh.query(m):
-                jac = m.jaccard(signatures[j])
-                if jac >= p.threshold:
-                    uf.union(i, j)
-                    if jac > best[i] or (jac == best[i] and j < match[i]):  # ties: the earliest
-                        best[i], match[i] = jac, j
-            lsh.insert(i, m)
-        roots = [uf.find(i) for i in range(n)]
-        keep = [roots[i] == i for i in range(r, n)]
-        ids = ref_ids + table["conversation_id"].to_list()
+        r = self.ref_rows
+        pos = np.arange(r + self.offset, r + self.offset + table.height)
+        self.offset += table.height
+        roots = self.roots[pos]
+        keep = roots == pos
+        ids = self.ids
 
-        def why(i: int) -> str:
-            if roots[i] < r:
-                return (f"near-duplicate of {ids[roots[i]]} in reference {ref.name} "  # type: ignore[union-attr]
-                        f"(matched {ids[match[i]]})")
-            return f"near-duplicate of {ids[roots[i]]} (matched {ids[match[i]]})"
+        def why(i: int, root: int) -> str:
+            matched = ids[self.match[i]]
+            if root < r:
+                return f"near-duplicate of {ids[root]} in reference {ref.name} (matched {matched})"  # type: ignore[union-attr]
+            return f"near-duplicate of {ids[root]} (matched {matched})"
 
-        detail = [None if keep[i - r] else why(i) for i in range(r, n)]
-        sizes: dict[int, int] = {}
-        for i in range(r, n):
-            sizes[roots[i]] = sizes.get(roots[i], 0) + 1
-        multi = [s + (1 if root < r else 0) for root, s in sizes.items() if s > 1 or root < r]
-        result = self.partition(table, keep, [float(b) for b in best[r:]], detail)
-        result.counters.update(
-            {"duplicate_clusters": len(multi), "largest_cluster": max(multi, default=1)}
-        )
+        detail = [None if k else why(int(i), int(root)) for i, root, k in zip(pos, roots, keep)]
+        result = self.partition(table, keep.tolist(), self.best[pos].tolist(), detail)
         if ref is not None:
-            result.counters["in_reference"] = sum(1 for i in range(r, n) if roots[i] < r)
+            result.counters["in_reference"] = int(np.count_nonzero(roots < r))
         return result
+
+    def totals(self) -> dict[str, int]:
+        if not self.decided:
+            return {}
+        r = self.ref_rows
+        roots, counts = np.unique(self.roots[r:], return_counts=True)
+        in_ref = roots < r
+        sizes = (counts + in_ref)[(counts > 1) | in_ref]
+        return {"duplicate_clusters": int(sizes.size), "largest_cluster": int(sizes.max()) if sizes.size else 1}
