@@ -25,5 +25,6 @@ class ExecutorConfig(Strict):
     address: str | None = None
     #: Ray only, for a runtime started here: the CPUs it may use (default: all).
     num_cpus: int | None = Field(None, ge=1)
-    #: Ray only: conversations per shard (one task per shard for the per-conversation ops).
-    shard_rows: int = Field(2_000, ge=1)
+    #: Conversations per shard: the chunk the local executor streams (its memory bound) and the unit
+    #: Ray schedules (one task per shard).
+    shard_rows: int = Field(5_000, ge=1)

@@ -1,0 +1,196 @@
+"""Where curated rows go as they leave the pipeline: parquet parts on disk, never the whole table in memory.
+
+An executor hands the sink kept rows in source order and rejected rows as they happen. The sink
+
+* marks every kept row's ``split`` (``train`` / ``held_out`` by the hash of its conversation id) and
+  writes ``data/`` shards of exactly ``shard_rows`` rows as soon as it has them;
+* keeps rejected rows in scratch parts, because their ``scope`` (``piece`` when some other part of the
+  same source record is kept, else ``conversation``) is known only at the end;
+* keeps, per row, only the small figures the statistics need (turn counts, user-turn lengths,
+  languages, token counts, the per-turn scores), so the step's stats and score report are computed
+  without reading the rows back.
+
+:meth:`CurateSink.finish` names the shards ``train-00000-of-00004.parquet`` (the count is known only
+then), writes ``rejected/`` with every scratch part brought to one schema (``datasets`` needs the same
+columns in every file), and removes the scratch folder. Everything is inside the step's output folder,
+which the engine publishes only once the step has finished, so a crash leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS
+from realchat.curation.scores import SCORES
+from realchat.data import split_of
+
+_SCRATCH = ".parts"
+
+
+class ShardWriter:
+    """Frames in, parquet files of exactly ``shard_rows`` rows out (the last one shorter)."""
+
+    def __init__(self, folder: Path, shard_rows: int, compression: str = "zstd") -> None:
+        self.folder, self.shard_rows, self.compression = folder, shard_rows, compression
+        folder.mkdir(parents=True, exist_ok=True)
+        self.buffer: list[pl.DataFrame] = []
+        self.buffered = 0
+        self.files: list[Path] = []
+        self.rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        if not df.height:
+            return
+        self.buffer.append(df)
+        self.buffered += df.height
+        while self.buffered >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+
+    def _flush(self, n: int) -> None:
+        frame = pl.concat(self.buffer, how="diagonal_relaxed") if len(self.buffer) > 1 else self.buffer[0]
+        head, rest = frame.slice(0, n), frame.slice(n)
+        path = self.folder / f"part-{len(self.files):05d}.parquet"
+        head.write_parquet(path, compression=self.compression)
+        self.files.append(path)
+        self.rows += head.height
+        self.buffer = [rest] if rest.height else []
+        self.buffered = rest.height
+
+
+def _row_figures(df: pl.DataFrame) -> pl.DataFrame:
+    """Per row, what the statistics need: user turns, messages, user-turn characters, and the per-turn
+    columns of the ops (languages, tokens, scores), but not the text."""
+    user = pl.element().struct.field("role") == "user"
+    cols = [pl.col("source_index"),
+            pl.col("messages").list.eval(user).list.sum().alias("_user_turns"),
+            pl.col("messages").list.len().alias("_messages"),
+            pl.col("messages").list.eval(pl.element().filter(user).struct.field("content").str.len_chars())
+            .alias("_user_chars")]
+    cols += [pl.col(c) for c in ("split", "user_lang", "user_tokens") if c in df.columns]
+    return df.select(cols)
+
+
+def _score_figures(df: pl.DataFrame) -> pl.DataFrame:
+    return df.select([c for c in SCORES if c in df.columns])
+
+
+class CurateSink:
+    """Kept and rejected rows of one curate run, written as they come (see the module docstring)."""
+
+    def __init__(self, out: Path, shard_rows: int, held_out_share: float) -> None:
+        self.out = out
+        self.held_out_share = held_out_share
+        scratch = out / _SCRATCH
+        shutil.rmtree(scratch, ignore_errors=True)
+        self.kept_writer = ShardWriter(scratch / "kept", shard_rows)
+        # scratch parts are read once more: lz4 is cheaper than zstd for that
+        self.rejected_writer = ShardWriter(scratch / "rejected", shard_rows, compression="lz4")
+        self.shard_rows = shard_rows
+        self.kept_figures: list[pl.DataFrame] = []
+        self.kept_scores: list[pl.DataFrame] = []
+        self.rejected_figures: list[pl.DataFrame] = []
+        self.rejected_scores: list[pl.DataFrame] = []
+
+    # -- what executors call ----------------------------------------------------------------------
+
+    def kept(self, df: pl.DataFrame) -> None:
+        if not df.height:
+            return
+        share = self.held_out_share
+        df = df.with_columns(pl.col("conversation_id").map_elements(lambda c: split_of(c, share),
+                                                                     return_dtype=pl.String).alias("split"))
+        self.kept_figures.append(_row_figures(df))
+        self.kept_scores.append(_score_figures(df))
+        self.kept_writer.write(df)
+
+    def rejected(self, df: pl.DataFrame) -> None:
+        if not df.height:
+            return
+        self.rejected_figures.append(df.select("source_index", "reason"))
+        self.rejected_scores.append(_score_figures(df))
+        self.rejected_writer.write(df)
+
+    def buffered(self) -> int:
+        """Rows waiting in memory for their shard to fill."""
+        return self.kept_writer.buffered + self.rejected_writer.buffered
+
+    # -- after the run ----------------------------------------------------------------------------
+
+    def finish(self) -> "SinkFigures":
+        self.kept_writer.close()
+        self.rejected_writer.close()
+        kept = _concat(self.kept_figures, {"source_index": pl.Int64, "_user_turns": pl.UInt32,
+                                           "_messages": pl.UInt32, "_user_chars": pl.List(pl.UInt32),
+                                           "split": pl.String})
+        rejected = _concat(self.rejected_figures, {"source_index": pl.Int64, "reason": pl.String})
+        kept_index = kept["source_index"].unique()
+        rejected = rejected.with_columns(
+            pl.when(pl.col("source_index").is_in(kept_index.implode()))
+            .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
+        _name_shards(self.kept_writer.files, self.out / "data", None)
+        _name_shards(self.rejected_writer.files, self.out / "rejected", kept_index)
+        shutil.rmtree(self.out / _SCRATCH, ignore_errors=True)
+        return SinkFigures(kept=kept, rejected=rejected, kept_conversations=kept_index.len(),
+                           kept_scores=_concat(self.kept_scores, {}), rejected_scores=_concat(self.rejected_scores, {}))
+
+
+class SinkFigures:
+    """What the statistics read: per kept row and per rejected row, figures without text."""
+
+    def __init__(self, kept: pl.DataFrame, rejected: pl.DataFrame, kept_conversations: int,
+                 kept_scores: pl.DataFrame, rejected_scores: pl.DataFrame) -> None:
+        self.kept, self.rejected, self.kept_conversations = kept, rejected, kept_conversations
+        self.kept_scores, self.rejected_scores = kept_scores, rejected_scores
+
+
+def _concat(frames: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    frames = [f for f in frames if f.width]
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None) -> None:
+    """Scratch parts → ``train-KKKKK-of-NNNNN.parquet`` in ``folder``, all with one schema (the union of
+    the parts' columns, in first-seen order, missing ones null). ``kept_index`` given: the parts are
+    rejected rows, and each gets its ``scope``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    schemas = [pl.read_parquet_schema(p) for p in parts]
+    union: dict[str, pl.DataType] = {}
+    for s in schemas:
+        for name, dtype in s.items():
+            if name not in union or union[name] == pl.Null:
+                union[name] = dtype
+    if kept_index is not None:  # the books' columns in their fixed order after the base ones
+        books = REJECT_COLUMNS | {"scope": pl.String}
+        order = list(BASE_SCHEMA) + ["reason", "rule", "scope", "score", "detail", "raw"]
+        union = {c: union.get(c, books.get(c, BASE_SCHEMA.get(c))) for c in order} | {
+            c: t for c, t in union.items() if c not in order}
+    n = max(1, len(parts))
+    for k, (path, schema) in enumerate(zip(parts, schemas)):
+        target = folder / f"train-{k:05d}-of-{n:05d}.parquet"
+        same = kept_index is None and dict(schema) == union
+        if same:  # nothing to change: move the file
+            os.replace(path, target)
+            continue
+        df = pl.read_parquet(path)
+        if kept_index is not None:
+            df = df.with_columns(pl.when(pl.col("source_index").is_in(kept_index.implode()))
+                                 .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
+        df = df.select([pl.col(c).cast(t) if c in df.columns else pl.lit(None, dtype=t).alias(c)
+                        for c, t in union.items()])
+        df.write_parquet(target, compression="zstd")
+        path.unlink()
+    if not parts:  # an empty set still has one (empty) shard with the base columns
+        books = REJECT_COLUMNS | {"scope": pl.String}
+        schema = BASE_SCHEMA | ({"split": pl.String} if kept_index is None else
+                                {c: books[c] for c in ("reason", "rule", "scope", "score", "detail", "raw")})
+        pl.DataFrame(schema=schema).write_parquet(folder / "train-00000-of-00001.parquet", compression="zstd")
