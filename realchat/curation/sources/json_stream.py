@@ -184,11 +184,20 @@ def _is_cut(buf: str, pos: int) -> bool:
     return False
 
 
-def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
+def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """``(line number, line, is last)`` read one line ahead, so memory holds two lines, not the file."""
     with path.open("rb") as f:
-        lines = f.readlines()
+        previous = f.readline()
+        lineno = 1
+        while previous:
+            line = f.readline()
+            yield lineno, previous, not line
+            previous, lineno = line, lineno + 1
+
+
+def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
     index = 0
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line, is_last in _lines(path):
         text = line.decode("utf-8", "surrogateescape")
         if lineno == 1:
             text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
@@ -202,7 +211,7 @@ def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
                             detail="nested too deeply to read (deeper than Python's recursion "
                                    "limit); raw text cut to 10,000 characters")
         except json.JSONDecodeError as e:
-            last = lineno == len(lines) and not line.endswith(b"\n")
+            last = is_last and not line.endswith(b"\n")
             reason = "read.truncated" if last else "read.invalid_json"
             if last:
                 report.warnings.append(f"{path}: last line {lineno} is cut off; it goes to the rejected set")
