@@ -3,12 +3,19 @@
 The input is built from the shipped ShareGPT conversations, repeated and perturbed so that dedup has
 real work: every copy gets a new id; one copy in ten is exact (exact_dedup removes it), one in ten has
 one word of each user turn changed (near_dedup removes it), the others have a tenth of their user-turn
-words replaced (new conversations as far as dedup can tell). Each executor runs the default recipe's
-curate step (or ``--recipe``) in a child process, so the peak memory printed is the whole process
-tree's (driver, Ray's daemons and workers) as PSS, shared pages counted once (the sum of RSS would
-count Ray's object store once per worker), sampled every 0.2 s. Not a test: figures vary with the machine.
+words replaced (new conversations as far as dedup can tell). ``--turn-pairs K`` keeps the first K
+user/assistant pairs of each conversation (a million whole ShareGPT conversations are 7 GB of JSON).
+
+Each executor runs the curate step in a child process, so the peak memory printed is the whole process
+tree's (driver, Ray's daemons and workers) as PSS, shared pages counted once (the sum of RSS would count
+Ray's object store once per worker), sampled every 0.2 s; the local executor also reports the most
+conversation rows it held at once. ``--rules recipe`` runs the recipe's own filters (the default
+recipe's, with its tokenizer and fastText: about 300 conversations/s here); ``--rules dedup`` the
+rules whose cost grows with the whole input: shape, character length, quality, exact and near dedup.
+Not a test: figures vary with the machine.
 
     python bench/bench_executors.py --conversations 20000 [--executors local ray] [--num-cpus 2]
+    python bench/bench_executors.py --conversations 1000000 --turn-pairs 1 --rules dedup --executors local
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ import psutil
 HERE = Path(__file__).resolve().parent
 
 
-def make_input(n: int, out: Path, seed: int = 0) -> int:
+def make_input(n: int, out: Path, seed: int = 0, turn_pairs: int | None = None) -> int:
     """Write ``n`` conversations (JSON lines, ShareGPT fields) made from the shipped ones."""
     from realchat.curation.sources import SourceConfig, open_source
 
     rng = random.Random(seed)
     base = [r.data for r in open_source(SourceConfig(), Path("."))[0] if r.data is not None]
+    if turn_pairs is not None:
+        base = [dict(rec, conversations=(rec.get("conversations") or [])[:2 * turn_pairs]) for rec in base]
     vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
     written = 0
     with out.open("w", encoding="utf-8") as f:
@@ -65,11 +74,25 @@ def make_input(n: int, out: Path, seed: int = 0) -> int:
     return written
 
 
-def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: int, shard_rows: int) -> dict:
+DEDUP_RULES = [
+    {"op": "shape", "require_alternation": True, "first_role": "user", "leading_assistant": "trim", "min_user_turns": 1},
+    {"op": "length", "min_chars": 1, "max_chars": 20000},
+    {"op": "quality", "min_alpha_ratio": 0.2, "max_dup_line_ratio": 0.6, "max_ngram_repetition": 0.6,
+     "max_url_ratio": 0.8, "max_mean_word_length": 25, "policy": "share", "min_share": 0.8},
+    {"op": "exact_dedup"},
+    {"op": "near_dedup", "shingle_size": 5, "num_perm": 128, "threshold": 0.8},
+]
+
+
+def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: int, shard_rows: int,
+              rules: str) -> dict:
     overrides = [f"run_root={root / executor}", f"steps.curate.source.path={source}",
-                 "steps.curate.source.format=sharegpt", f"executor.kind={executor}"]
+                 "steps.curate.source.format=sharegpt", f"executor.kind={executor}",
+                 f"executor.shard_rows={shard_rows}"]
+    if rules == "dedup":
+        overrides.append(f"steps.curate.filters={json.dumps(DEDUP_RULES)}")
     if executor == "ray":
-        overrides += [f"executor.num_cpus={num_cpus}", f"executor.shard_rows={shard_rows}"]
+        overrides += [f"executor.num_cpus={num_cpus}"]
     code = (
         "import json, sys, time\n"
         "from realchat.engine.build import build_step, graph_of, plan\n"
@@ -83,7 +106,7 @@ def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: in
         "t0 = time.perf_counter()\n"
         "stats = build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False))\n"
         "print('RESULT ' + json.dumps({'wall': time.perf_counter() - t0, 'read': stats['read'],\n"
-        "      'kept': stats['kept_conversations'], 'rules': stats['rules']}))\n"
+        "      'kept': stats['kept_conversations'], 'rules': stats['rules'], 'executor': stats.get('executor', {})}))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, recipe, *overrides], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -118,20 +141,28 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=20_000)
     ap.add_argument("--executors", nargs="+", default=["local", "ray"])
     ap.add_argument("--num-cpus", type=int, default=2)
-    ap.add_argument("--shard-rows", type=int, default=2_000)
+    ap.add_argument("--shard-rows", type=int, default=5_000)
+    ap.add_argument("--rules", choices=["recipe", "dedup"], default="recipe")
+    ap.add_argument("--turn-pairs", type=int, default=None)
+    ap.add_argument("--keep-input", type=Path, default=None, help="reuse (or write) the input here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="realchat-bench-exec-") as tmp:
         root = Path(tmp)
-        source = root / "input.jsonl"
+        source = args.keep_input or root / "input.jsonl"
         t0 = time.perf_counter()
-        n = make_input(args.conversations, source)
+        if source.exists():
+            n = sum(1 for _ in source.open("rb"))
+        else:
+            n = make_input(args.conversations, source, turn_pairs=args.turn_pairs)
         print(f"input: {n:,} conversations, {source.stat().st_size / 2**20:,.0f} MiB "
               f"(built in {time.perf_counter() - t0:.0f} s)")
         results = {}
         for ex in args.executors:
-            results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows)
+            results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows, args.rules)
+            held = r["executor"].get("rows_held_peak")
             print(f"{ex:<6} wall {r['wall']:7.1f} s   {r['read'] / r['wall']:8,.0f} conversations/s   "
-                  f"peak PSS (process tree) {r['peak_rss_mb']:7,.0f} MB   kept {r['kept']:,}")
+                  f"peak PSS (process tree) {r['peak_rss_mb']:7,.0f} MB   kept {r['kept']:,}"
+                  + (f"   rows held at most {held:,}" if held is not None else ""))
             for rule in r["rules"]:
                 print(f"         {rule['rule']:<30} {rule['seconds']:>8.2f} s  rejected {rule['rejected']:>7,}")
         if len(results) == 2:
