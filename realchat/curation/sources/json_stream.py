@@ -80,12 +80,16 @@ def _refuse_single_object(path: Path) -> None:
                           hint="wrap the records in [ ... ], or write one record per line (JSONL)")
 
 
-def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawRecord]:
+def _iter_array(f: BinaryIO, path: Path, report: ReadReport, start: int = 0, stop: int | None = None,
+                index: int = 0) -> Iterator[RawRecord]:
+    """Records of the array; from ``start`` (a record's first byte, ``f`` positioned there; 0: the file's
+    beginning) numbered from ``index``, the records that begin before ``stop`` (None: all). A record
+    that begins before ``stop`` is read whole, past ``stop`` if need be (shards: :mod:`.shards`)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     json_decoder = json.JSONDecoder()
     buf = ""
     pos = 0
-    offset = 0  # bytes of the file before buf[pos]
+    offset = start  # bytes of the file before buf[pos]
     eof = False
 
     def fill() -> None:
@@ -105,11 +109,9 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawReco
         offset += len(buf[pos:to].encode("utf-8", "surrogateescape"))
         pos = to
 
-    # opening bracket (and a BOM, if any)
     fill()
-    start = len(buf) - len(buf.lstrip("\ufeff \t\r\n"))
-    advance(start + 1)
-    index = 0
+    if start == 0:  # opening bracket (and a BOM, if any)
+        advance(len(buf) - len(buf.lstrip("\ufeff \t\r\n")) + 1)
     while True:
         while True:
             j = pos
@@ -125,7 +127,7 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawReco
             )
             report.truncated_at_byte = offset
             return
-        if buf[pos] == "]":
+        if buf[pos] == "]" or (stop is not None and offset >= stop):
             return
         try:
             obj, end = json_decoder.raw_decode(buf, pos)
@@ -187,8 +189,14 @@ def _is_cut(buf: str, pos: int) -> bool:
 def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
     with path.open("rb") as f:
         lines = f.readlines()
-    index = 0
-    for lineno, line in enumerate(lines, start=1):
+    return _line_records(lines, path, report)
+
+
+def _line_records(lines: list[bytes], path: Path, report: ReadReport, first_lineno: int = 1,
+                  index: int = 0) -> Iterator[RawRecord]:
+    """Records of consecutive JSON lines, the first being line ``first_lineno`` holding record ``index``
+    (blank lines hold none). The last line is cut off when it does not end in a newline."""
+    for lineno, line in enumerate(lines, start=first_lineno):
         text = line.decode("utf-8", "surrogateescape")
         if lineno == 1:
             text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
@@ -202,7 +210,7 @@ def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
                             detail="nested too deeply to read (deeper than Python's recursion "
                                    "limit); raw text cut to 10,000 characters")
         except json.JSONDecodeError as e:
-            last = lineno == len(lines) and not line.endswith(b"\n")
+            last = lineno == first_lineno + len(lines) - 1 and not line.endswith(b"\n")
             reason = "read.truncated" if last else "read.invalid_json"
             if last:
                 report.warnings.append(f"{path}: last line {lineno} is cut off; it goes to the rejected set")
