@@ -250,8 +250,8 @@ def _scan_array(path: Path, target_bytes: int, max_records: int | None,
             # the top-level array closes: nothing after it is read
             closed = np.flatnonzero(after <= 0)
             closed = closed[before[closed] >= 1] if len(closed) else closed
-            limit = int(closed[0]) + 1 if len(closed) else len(s)
-            s, delta, after, before = s[:limit], delta[:limit], after[:limit], before[:limit]
+            kept = int(closed[0]) + 1 if len(closed) else len(s)
+            s, delta, after, before = s[:kept], delta[:kept], after[:kept], before[:kept]
             # bytes at the top level between brackets must be whitespace or commas (else a bare string
             # or number is a record there): gather the bytes of the depth-1 gaps and look
             lo = s[after == 1] + 1
