@@ -1,8 +1,18 @@
-"""The curate step's ops on Ray: shards for per-conversation ops, shuffles by key for dedup.
+"""The curate step on Ray: the source read as shards on the workers, per-conversation ops as batch maps,
+dedup as shuffles by key.
 
-The local executor applies each op to the whole table in one process. Here the table is cut into
-shards of ``executor.shard_rows`` conversations (in source order) held in Ray's object store, and
+:func:`run_on_ray` is the whole data path of the step (the curate step hands it a sink):
 
+* **reading** (workers): the driver plans the shards (:mod:`realchat.curation.sources.shards`: byte
+  ranges of JSONL, record ranges of a JSON array found by a numpy scan, row groups of parquet files; a
+  shard ends after ``executor.shard_rows`` records or :data:`SHARD_BYTES`), one Ray task per shard
+  reads and normalises it, keeping the read rejections. A ``datasets`` folder or a Hub dataset is read
+  on the driver (``datasets`` resolves and caches it there) and handed to the workers in slices of
+  ``shard_rows`` records to normalise.
+* **unique ids** (driver, ids only): each shard sends back its ``(source_index, conversation_id)``
+  pairs; the driver runs :class:`~realchat.curation.conversations.UniqueIds` over them in shard order
+  (a repeated id becomes ``<id>~2`` …, exactly as a single read) and the renames go with the shard's
+  next task.
 * consecutive **per-conversation ops** (everything but dedup: each decides a row from that row alone)
   run as one Ray task per shard: a batch map, the ops chained inside it;
 * **exact dedup** is a shuffle by key: each shard's rows become ``(order, id, key)`` with the key's
@@ -13,6 +23,9 @@ shards of ``executor.shard_rows`` conversations (in source order) held in Ray's 
   on the band's hash brings the rows of one bucket together, where every pair is verified by its
   estimated Jaccard; the driver joins the verified pairs into connected components (union-find, the
   earliest row as the root) and the verdicts go back to the shards.
+* **out**: rejected rows are fetched one shard and one op at a time and handed to ``sink.rejected``
+  (read rejections first, then op by op, each in source order); the kept shards, one at a time in
+  source order, to ``sink.kept``. The driver holds one shard of rows at a time, never the table.
 
 Shuffles are :func:`shuffle`: Ray tasks that hash-partition (map) and group (reduce), the pattern Ray
 Data's ``groupby().map_groups()`` implements, without its per-shuffle start-up cost.
@@ -20,11 +33,13 @@ Data's ``groupby().map_groups()`` implements, without its per-shuffle start-up c
 ``order`` is ``source_index * 2**16 + segment``: sorting by it is the local table's order (reading
 keeps source order, ops keep row order, ``split`` emits a conversation's segments in place), so "first
 in source order" means the same row on both executors, and so do the kept ids, the rejection reasons
-and the details (``tests/test_ray_executor.py`` checks it). A dedup reference (an earlier release)
-enters with negative orders, ahead of every new row, as it does locally.
+and the details (``tests/test_ray_executor.py``, ``tests/test_ray_streaming.py`` check it). A dedup
+reference (an earlier release) enters with negative orders, ahead of every new row, as it does locally.
 
-What stays on the driver: reading and normalising the source (one stream, as locally), the final
-table, and the union-find over verified pairs (edges, not rows).
+What stays on the driver: planning the shards (one cheap pass over a JSON/JSONL file, footers of
+parquet), the ids (for uniqueness), the union-find over verified near-duplicate pairs (edges, not
+rows), and one shard of output at a time. :func:`run_ops_on_ray` is the earlier entry point for a
+table read on the driver; it shares the op loop.
 """
 
 from __future__ import annotations
