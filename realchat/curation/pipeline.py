@@ -124,10 +124,14 @@ class ChunkReader:
                 | ({"renamed_duplicate_ids": renamed} if renamed else {})}
 
     def renamed_warning(self) -> str | None:
-        n = self.unique.renamed
-        if not n:
-            return None
-        many = n != 1
-        return (f"{n:,} record{'s' if many else ''} repeat{'' if many else 's'} an earlier record's "
-                "conversation id; the later ones were renamed <id>~2, <id>~3, ... (ids compare as strings: "
-                "1 and \"1\" are one id)")
+        return renamed_warning(self.unique.renamed)
+
+
+def renamed_warning(n: int) -> str | None:
+    """What the build log and the card say when ``n`` records repeated an earlier record's id."""
+    if not n:
+        return None
+    many = n != 1
+    return (f"{n:,} record{'s' if many else ''} repeat{'' if many else 's'} an earlier record's "
+            "conversation id; the later ones were renamed <id>~2, <id>~3, ... (ids compare as strings: "
+            "1 and \"1\" are one id)")

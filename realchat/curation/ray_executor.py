@@ -1,8 +1,18 @@
-"""The curate step's ops on Ray: shards for per-conversation ops, shuffles by key for dedup.
+"""The curate step on Ray: the source read as shards on the workers, per-conversation ops as batch maps,
+dedup as shuffles by key.
 
-The local executor applies each op to the whole table in one process. Here the table is cut into
-shards of ``executor.shard_rows`` conversations (in source order) held in Ray's object store, and
+:func:`run_on_ray` is the whole data path of the step (the curate step hands it a sink):
 
+* **reading** (workers): the driver plans the shards (:mod:`realchat.curation.sources.shards`: byte
+  ranges of JSONL, record ranges of a JSON array found by a numpy scan, row groups of parquet files; a
+  shard ends after ``executor.shard_rows`` records or :data:`SHARD_BYTES`), one Ray task per shard
+  reads and normalises it, keeping the read rejections. A ``datasets`` folder or a Hub dataset is read
+  on the driver (``datasets`` resolves and caches it there) and handed to the workers in slices of
+  ``shard_rows`` records to normalise.
+* **unique ids** (driver, ids only): each shard sends back its ``(source_index, conversation_id)``
+  pairs; the driver runs :class:`~realchat.curation.conversations.UniqueIds` over them in shard order
+  (a repeated id becomes ``<id>~2`` …, exactly as a single read) and the renames go with the shard's
+  next task.
 * consecutive **per-conversation ops** (everything but dedup: each decides a row from that row alone)
   run as one Ray task per shard: a batch map, the ops chained inside it;
 * **exact dedup** is a shuffle by key: each shard's rows become ``(order, id, key)`` with the key's
@@ -11,8 +21,11 @@ shards of ``executor.shard_rows`` conversations (in source order) held in Ray's 
 * **near dedup** is MinHash LSH done as a shuffle: each shard computes the signatures (datasketch, the
   same seed, hence the same permutations, as the local op) and emits one row per LSH band; a shuffle
   on the band's hash brings the rows of one bucket together, where every pair is verified by its
-  estimated Jaccard; the driver joins the verified pairs into connected components (union-find, the
-  earliest row as the root) and the verdicts go back to the shards.
+  estimated Jaccard; the driver joins the verified pairs into connected components (the earliest row
+  as the root) and the verdicts go back to the shards.
+* **out**: rejected rows are fetched one shard and one op at a time and handed to ``sink.rejected``
+  (read rejections first, then op by op, each in source order); the kept shards, one at a time in
+  source order, to ``sink.kept``. The driver holds one shard of rows at a time, never the table.
 
 Shuffles are :func:`shuffle`: Ray tasks that hash-partition (map) and group (reduce), the pattern Ray
 Data's ``groupby().map_groups()`` implements, without its per-shuffle start-up cost.
@@ -20,11 +33,13 @@ Data's ``groupby().map_groups()`` implements, without its per-shuffle start-up c
 ``order`` is ``source_index * 2**16 + segment``: sorting by it is the local table's order (reading
 keeps source order, ops keep row order, ``split`` emits a conversation's segments in place), so "first
 in source order" means the same row on both executors, and so do the kept ids, the rejection reasons
-and the details (``tests/test_ray_executor.py`` checks it). A dedup reference (an earlier release)
-enters with negative orders, ahead of every new row, as it does locally.
+and the details (``tests/test_ray_executor.py``, ``tests/test_ray_streaming.py`` check it). A dedup
+reference (an earlier release) enters with negative orders, ahead of every new row, as it does locally.
 
-What stays on the driver: reading and normalising the source (one stream, as locally), the final
-table, and the union-find over verified pairs (edges, not rows).
+What stays on the driver: planning the shards (one cheap pass over a JSON/JSONL file, footers of
+parquet), the ids (for uniqueness), the union-find over verified near-duplicate pairs (edges, not
+rows), and one shard of output at a time. :func:`run_ops_on_ray` is the earlier entry point for a
+table read on the driver; it shares the op loop.
 """
 
 from __future__ import annotations
@@ -32,26 +47,34 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from realchat.curation.conversations import normalize
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import OpParams
 from realchat.curation.ops.exact_dedup import normalised_user_text
+from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS, renamed_warning
 from realchat.curation.ops.near_dedup import clusters, shingles
-from realchat.errors import RecipeError
+from realchat.errors import RealChatError, RecipeError
 
 if TYPE_CHECKING:
     from realchat.curation.pipeline import ExecutorRun
     from realchat.curation.reference import Reference
+    from realchat.curation.sources.base import RawRecord
+    from realchat.curation.sources.shards import ShardSpec
     from realchat.engine.context import StepContext
     from realchat.recipe.executor import ExecutorConfig
 
 GLOBAL_OPS = {"exact_dedup", "near_dedup"}
 _SEGMENT_BITS = 16
+#: Bytes of source file per read shard at most (a shard also ends after ``executor.shard_rows`` records).
+SHARD_BYTES = 64 << 20
 _ENV = ("REALCHAT_CACHE", "FTLANG_CACHE", "HF_HOME", "HF_ENDPOINT", "PYTHONPATH")
 
 
@@ -170,39 +193,63 @@ def _apply_verdicts(shard: pl.DataFrame, verdicts: pl.DataFrame) -> tuple[pl.Dat
     return kept, rejected
 
 
+# -- worker side: reading ---------------------------------------------------------------------------
+
+#: A read rejection's row: ``BASE_SCHEMA`` and the reject columns but ``scope`` (the sink fills it).
+READ_REJECT_SCHEMA = BASE_SCHEMA | REJECT_COLUMNS
+
+
+def _read_and_normalise(source: "ShardSpec | list[RawRecord]", roles: dict[str, str], id_field: str,
+                        id_prefix: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """One shard read (a :class:`ShardSpec` read here, or records the driver read) and normalised: its
+    rows (ids not yet unique across shards), its read rejections, its ``(source_index, id)`` pairs for
+    the driver, and the facts of the read (records, warnings, rejections by reason in reading order)."""
+    from realchat.curation.sources.base import ReadReport
+    from realchat.curation.sources.shards import read_shard
+
+    report = ReadReport(path="", format="")
+    records = source if isinstance(source, list) else read_shard(source, report)
+    rows: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    by_reason: dict[str, int] = {}
+    n = 0
+    for rec in records:
+        n += 1
+        row, rej = normalize(rec, roles, id_field, id_prefix)
+        if row is not None:
+            rows.append(row)
+        else:
+            assert rej is not None
+            rejects.append({"conversation_id": rej.conversation_id or f"{id_prefix}-{rec.index}",
+                            "source_index": rec.index, "segment": 0, "messages": None, "reason": rej.reason,
+                            "rule": "source", "score": None, "detail": rej.detail, "raw": rej.raw})
+            by_reason[rej.reason] = by_reason.get(rej.reason, 0) + 1
+    table = pl.DataFrame(rows, schema=BASE_SCHEMA)
+    meta = {"read": n, "warnings": report.warnings, "truncated_at_byte": report.truncated_at_byte,
+            "by_reason": by_reason}
+    return (table, pl.DataFrame(rejects, schema=READ_REJECT_SCHEMA),
+            table.select("source_index", "conversation_id"), meta)
+
+
+def _rename(shard: pl.DataFrame, renames: pl.DataFrame) -> pl.DataFrame:
+    """Apply the driver's renames (``source_index`` → new id) to one shard."""
+    return shard.join(renames, on="source_index", how="left", maintain_order="left").with_columns(
+        pl.coalesce("_new_id", "conversation_id").alias("conversation_id")).drop("_new_id")
+
+
+def _row_ops_flat(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, str] | None) -> tuple[Any, ...]:
+    """:func:`_row_ops` as ``(kept, meta, rejected of op 0, rejected of op 1, ...)``: one object each,
+    so the driver fetches one op's rejections of one shard at a time."""
+    kept, rejected, meta = _row_ops(shard, ops, tokenizer)
+    return (kept, meta, *rejected)
+
+
 # -- driver side --------------------------------------------------------------------------------------
 
 
-def run_on_ray(ctx: "StepContext", cfg: Any, sink: Any, references: dict[int, "Reference"]) -> "ExecutorRun":
-    """The curate step's ops on Ray; the driver reads the source (one chunk) and the sink gets the rows."""
-    from realchat.curation.pipeline import ChunkReader, ExecutorRun, label_rejected
-    from realchat.curation.sources import open_source
-    from pathlib import Path
-
-    t0 = time.perf_counter()
-    records, report = open_source(cfg.source, ctx.base_dir)
-    reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", 1 << 62)
-    table, read_rejected = next(reader.chunks(ctx.progress(records, "read", unit="items")))
-    seconds = time.perf_counter() - t0
-    sink.rejected(read_rejected)
-    kept, op_rejected, op_rules = run_ops_on_ray(ctx, cfg, table, ctx.loaded.recipe.executor, references)
-    for i, rej in op_rejected:
-        sink.rejected(label_rejected(rej, i, cfg.filters[i].op))
-    sink.kept(kept)
-    for w in report.warnings:
-        ctx.console.print(f"[yellow]warning:[/yellow] {w}")
-    if (warning := reader.renamed_warning()) is not None:
-        ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
-        report.warnings.append(warning)
-    return ExecutorRun(rules=[reader.source_rule(table.height, seconds)] + op_rules, read=reader.read,
-                       renamed=reader.unique.renamed, report=report)
-
-
-def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorConfig",
-                   references: dict[int, "Reference"]) -> tuple[pl.DataFrame, list[tuple[int, pl.DataFrame]],
-                                                               list[dict[str, Any]]]:
-    """Run ``cfg.filters`` on ``table``: the kept table, each op's rejected rows by op position, and
-    per-rule figures (``seconds`` of a per-conversation op: summed over its shards)."""
+@contextmanager
+def _ray_runtime(ctx: "StepContext", executor: "ExecutorConfig") -> Iterator[None]:
+    """Ray for the step: the cluster at ``executor.address``, or a runtime started here (and stopped after)."""
     try:
         import ray
     except ImportError:
@@ -224,15 +271,123 @@ def run_ops_on_ray(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: 
                               hint="null starts Ray here; 'auto' needs `ray start --head` on this machine; "
                                    "ray://host:10001 a running Ray Client server") from None
     try:
-        return _run(ctx, cfg, table, executor, references)
+        yield
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorConfig",
-         references: dict[int, "Reference"]) -> tuple[pl.DataFrame, list[tuple[int, pl.DataFrame]],
-                                                    list[dict[str, Any]]]:
+def _get(ref: Any) -> Any:
+    """``ray.get``, raising a task's own error (a bad record in a shard: the one-line SourceError the
+    local reader raises) rather than Ray's wrapper with the worker's traceback."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RealChatError):
+            raise e.cause from None
+        raise
+
+
+def run_on_ray(ctx: "StepContext", cfg: Any, sink: Any, references: dict[int, "Reference"]) -> "ExecutorRun":
+    """The whole curate step's data path on Ray: read the source as shards on the workers, normalise,
+    make ids unique, run ``cfg.filters``; hand rows to ``sink`` as they leave (module docstring).
+
+    ``sink.rejected(df)`` gets, in this order, the read rejections (shard by shard, in source order),
+    then each op's rejections (op by op, each in source order): the order of today's rejected set.
+    ``sink.kept(df)`` then gets the kept rows, one shard at a time, in source order. Empty frames are
+    not handed over. Returns the per-rule figures (the ``source`` rule first) and the read's facts."""
+    executor = ctx.loaded.recipe.executor
+    with _ray_runtime(ctx, executor):
+        return _run_streaming(ctx, cfg, sink, executor, references)
+
+
+def _run_streaming(ctx: "StepContext", cfg: Any, sink: Any, executor: "ExecutorConfig",
+                   references: dict[int, "Reference"]) -> "ExecutorRun":
+    import ray
+
+    from realchat.curation.conversations import UniqueIds
+    from realchat.curation.pipeline import ExecutorRun
+    from realchat.curation.sources.base import ReadReport
+    from realchat.curation.sources.shards import plan_shards, read_shard
+    from realchat.recipe.refs import resolve_local
+
+    started = time.perf_counter()
+    src = cfg.source
+    specs = plan_shards(src, ctx.base_dir, SHARD_BYTES, executor.shard_rows)
+    report = ReadReport(path=src.path if src.format == "hub" else str(resolve_local(src.path, ctx.base_dir)),
+                        format=src.format, revision=src.revision if src.format == "hub" else None)
+    id_prefix = Path(src.path).stem or "record"
+    read_task = ray.remote(num_returns=4)(_read_and_normalise)
+    args = (dict(cfg.roles), src.id_field, id_prefix)
+    outs = []
+    with ctx.console.status(f"reading {len(specs)} shard{'s' if len(specs) != 1 else ''} on Ray"):
+        for spec in specs:
+            if spec.kind != "dataset":
+                outs.append(read_task.remote(spec, *args))
+                continue
+            # a datasets folder or a Hub dataset: read here (where datasets resolves and caches it),
+            # normalised on the workers in slices of shard_rows records
+            chunk: list[Any] = []
+            for rec in read_shard(spec, report):
+                chunk.append(rec)
+                if len(chunk) == executor.shard_rows:
+                    outs.append(read_task.remote(chunk, *args))
+                    chunk = []
+            if chunk or not outs:
+                outs.append(read_task.remote(chunk, *args))
+        # ids only come back to the driver; the first of an id in source order keeps it
+        unique = UniqueIds()
+        n_read = n_out = n_rej = 0
+        by_reason: dict[str, int] = {}
+        shards = []
+        for table, rejects, ids_ref, meta_ref in outs:
+            meta = _get(meta_ref)  # in shard order: the first shard's read error is the one raised
+            ids = ray.get(ids_ref)
+            n_read += meta["read"]
+            n_out += ids.height
+            for reason, n in meta["by_reason"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
+                n_rej += n
+            report.warnings += meta["warnings"]
+            if meta["truncated_at_byte"] is not None:
+                report.truncated_at_byte = meta["truncated_at_byte"]
+            renamed = [(i, new) for i, old in ids.iter_rows() if (new := unique(old)) != old]
+            if renamed:  # sent with the shard's next task
+                table = ray.remote(_rename).remote(table, pl.DataFrame(
+                    renamed, schema={"source_index": pl.Int64, "_new_id": pl.String}, orient="row"))
+            shards.append(table)
+            if meta["by_reason"]:
+                sink.rejected(ray.get(rejects))
+    rules: list[dict[str, Any]] = [{
+        "rule": "source", "op": "read", "in": n_read, "out": n_out, "rejected": n_rej,
+        "seconds": round(time.perf_counter() - started, 3),
+        "counters": by_reason | ({"renamed_duplicate_ids": unique.renamed} if unique.renamed else {}),
+    }]
+
+    def emit(i: int, rejected: pl.DataFrame) -> None:
+        op = cfg.filters[i].op
+        sink.rejected(rejected.with_columns(pl.lit(op).alias("reason"), pl.lit(f"filters[{i}].{op}").alias("rule"),
+                                            pl.lit(None, dtype=pl.String).alias("raw")))
+
+    shards, op_rules = _ops_on_shards(ctx, cfg, shards, references, emit)
+    for ref in shards:  # one shard at a time in the driver's memory
+        kept = ray.get(ref)
+        if kept.height:
+            sink.kept(kept)
+    if (warning := renamed_warning(unique.renamed)) is not None:
+        report.warnings.append(warning)
+    for w in report.warnings:
+        ctx.console.print(f"[yellow]warning:[/yellow] {w}")
+    return ExecutorRun(rules=rules + op_rules, read=n_read, renamed=unique.renamed, report=report)
+
+
+def _ops_on_shards(ctx: "StepContext", cfg: Any, shards: list[Any], references: dict[int, "Reference"],
+                   emit: Callable[[int, pl.DataFrame], None]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """``cfg.filters`` over the shards (object refs, in source order): the kept shards and per-rule
+    figures (``seconds`` of a per-conversation op: summed over its shards). Each op's rejected rows go
+    to ``emit(op position, rows)``, shard by shard in source order, op after op."""
     import ray
 
     tokenizer = None
@@ -240,11 +395,7 @@ def _run(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorC
         ctx.token_counter(cfg.tokenizer, "tokenizer")  # converts once, into the shared cache
         path = ctx.resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer in ctx.loaded.recipe.steps else cfg.tokenizer
         tokenizer = (str(path), str(ctx.base_dir))
-    row_task = ray.remote(num_returns=3)(_row_ops)
     apply_task = ray.remote(num_returns=2)(_apply_verdicts)
-    n = executor.shard_rows
-    shards = [ray.put(table.slice(k, n)) for k in range(0, max(table.height, 1), n)]
-    rejected: list[tuple[int, pl.DataFrame]] = []
     rules: list[dict[str, Any]] = []
     filters = list(cfg.filters)
     i = 0
@@ -254,25 +405,28 @@ def _run(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorC
             while j < len(filters) and filters[j].op not in GLOBAL_OPS:
                 j += 1
             chain = filters[i:j]
+            row_task = ray.remote(_row_ops_flat).options(num_returns=2 + len(chain))
             t0 = time.perf_counter()
             with ctx.console.status(f"filters[{i}:{j}] on Ray, {len(shards)} shards"):
                 outs = [row_task.remote(s, chain, tokenizer) for s in shards]
                 shards = [o[0] for o in outs]
-                metas = ray.get([o[2] for o in outs])
-                rejs = ray.get([o[1] for o in outs])
+                metas = ray.get([o[1] for o in outs])
+                n_rej = [0] * len(chain)
+                for k in range(len(chain)):
+                    for o in outs:
+                        rej = ray.get(o[2 + k])
+                        if rej is not None:
+                            n_rej[k] += rej.height
+                            emit(i + k, rej)
             wall = time.perf_counter() - t0
             for k, params in enumerate(chain):
                 counters: dict[str, int] = {}
                 for m in metas:
                     for name, v in m[k]["counters"].items():
                         counters[name] = counters.get(name, 0) + v
-                parts = [r[k] for r in rejs if r[k] is not None]
-                n_rej = sum(p.height for p in parts)
-                if parts:
-                    rejected.append((i + k, pl.concat(parts, how="diagonal_relaxed")))
                 rules.append({"rule": f"filters[{i + k}].{params.op}", "op": params.op,
                               "in": sum(m[k]["in"] for m in metas), "out": sum(m[k]["out"] for m in metas),
-                              "rejected": n_rej, "seconds": round(sum(m[k]["seconds"] for m in metas), 3),
+                              "rejected": n_rej[k], "seconds": round(sum(m[k]["seconds"] for m in metas), 3),
                               "counters": counters, "wall_seconds": round(wall, 3)})
             i = j
             continue
@@ -288,16 +442,16 @@ def _run(ctx: "StepContext", cfg: Any, table: pl.DataFrame, executor: "ExecutorC
             vref = ray.put(verdicts)
             outs = [apply_task.remote(s, vref) for s in shards]
             shards = [o[0] for o in outs]
-            parts = [r for r in ray.get([o[1] for o in outs]) if r.height]
-        n_rej = sum(p.height for p in parts)
-        if parts:
-            rejected.append((i, pl.concat(parts, how="diagonal_relaxed")))
-        rules.append({"rule": f"filters[{i}].{params.op}", "op": params.op, "in": n_in, "out": n_in - n_rej,
-                      "rejected": n_rej, "seconds": round(time.perf_counter() - t0, 3), "counters": counters})
+            n_rej_g = 0
+            for o in outs:
+                rej = ray.get(o[1])
+                if rej.height:
+                    n_rej_g += rej.height
+                    emit(i, rej)
+        rules.append({"rule": f"filters[{i}].{params.op}", "op": params.op, "in": n_in, "out": n_in - n_rej_g,
+                      "rejected": n_rej_g, "seconds": round(time.perf_counter() - t0, 3), "counters": counters})
         i += 1
-    kept_parts = ray.get(shards)
-    kept = pl.concat(kept_parts, how="diagonal_relaxed") if kept_parts else table.clear()
-    return kept, rejected, rules
+    return shards, rules
 
 
 def _ref_frame(ref: "Reference") -> pl.DataFrame:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,12 +80,16 @@ def _refuse_single_object(path: Path) -> None:
                           hint="wrap the records in [ ... ], or write one record per line (JSONL)")
 
 
-def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawRecord]:
+def _iter_array(f: BinaryIO, path: Path, report: ReadReport, start: int = 0, stop: int | None = None,
+                index: int = 0) -> Iterator[RawRecord]:
+    """Records of the array; from ``start`` (a record's first byte, ``f`` positioned there; 0: the file's
+    beginning) numbered from ``index``, the records that begin before ``stop`` (None: all). A record
+    that begins before ``stop`` is read whole, past ``stop`` if need be (shards: :mod:`.shards`)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     json_decoder = json.JSONDecoder()
     buf = ""
     pos = 0
-    offset = 0  # bytes of the file before buf[pos]
+    offset = start  # bytes of the file before buf[pos]
     eof = False
 
     def fill() -> None:
@@ -105,11 +109,9 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawReco
         offset += len(buf[pos:to].encode("utf-8", "surrogateescape"))
         pos = to
 
-    # opening bracket (and a BOM, if any)
     fill()
-    start = len(buf) - len(buf.lstrip("\ufeff \t\r\n"))
-    advance(start + 1)
-    index = 0
+    if start == 0:  # opening bracket (and a BOM, if any)
+        advance(len(buf) - len(buf.lstrip("\ufeff \t\r\n")) + 1)
     while True:
         while True:
             j = pos
@@ -125,7 +127,7 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport) -> Iterator[RawReco
             )
             report.truncated_at_byte = offset
             return
-        if buf[pos] == "]":
+        if buf[pos] == "]" or (stop is not None and offset >= stop):
             return
         try:
             obj, end = json_decoder.raw_decode(buf, pos)
@@ -184,20 +186,26 @@ def _is_cut(buf: str, pos: int) -> bool:
     return False
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
-    """``(line number, line, is last)`` read one line ahead, so memory holds two lines, not the file."""
-    with path.open("rb") as f:
-        previous = f.readline()
-        lineno = 1
-        while previous:
-            line = f.readline()
-            yield lineno, previous, not line
-            previous, lineno = line, lineno + 1
-
-
 def _iter_lines(path: Path, report: ReadReport) -> Iterator[RawRecord]:
-    index = 0
-    for lineno, line, is_last in _lines(path):
+    with path.open("rb") as f:  # a line at a time: memory holds two lines, not the file
+        yield from _line_records(f, path, report)
+
+
+def _ahead(lines: Iterable[bytes]) -> Iterator[tuple[bytes, bool]]:
+    """Each line with whether it is the last one, read one line ahead."""
+    it = iter(lines)
+    previous = next(it, None)
+    while previous is not None:
+        line = next(it, None)
+        yield previous, line is None
+        previous = line
+
+
+def _line_records(lines: Iterable[bytes], path: Path, report: ReadReport, first_lineno: int = 1,
+                  index: int = 0) -> Iterator[RawRecord]:
+    """Records of consecutive JSON lines, the first being line ``first_lineno`` holding record ``index``
+    (blank lines hold none). The last line is cut off when it does not end in a newline."""
+    for lineno, (line, is_last) in enumerate(_ahead(lines), start=first_lineno):
         text = line.decode("utf-8", "surrogateescape")
         if lineno == 1:
             text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
