@@ -60,11 +60,15 @@ definitions differ (see the table), which is why they are printed beside the tim
 
 Install the other tools into their own venvs (never into RealChat's; they pin other versions)::
 
-    python3 -m venv /work/venvs/datatrove && /work/venvs/datatrove/bin/pip install "datatrove[processing]"
+    python3 -m venv /work/venvs/datatrove && /work/venvs/datatrove/bin/pip install "datatrove[processing]" orjson aiohttp requests
     python3 -m venv /work/venvs/dj && /work/venvs/dj/bin/pip install py-data-juicer aiohttp ray fasttext-predict scipy
 
 (data-juicer 1.6.1's wheel does not declare ``aiohttp`` and ``ray`` although ``data_juicer.core``
-imports both; ``fasttext-predict`` and ``scipy`` are what its language filter and MinHash load lazily.)
+imports both; ``fasttext-predict`` and ``scipy`` are what its language filter and MinHash load lazily.
+On its first run data-juicer also installs ``torch`` into its venv by itself, with ``uv``: about a
+minute and several GB of CUDA wheels; install a CPU ``torch`` first to avoid that, and run the
+benchmark once before trusting its figure. datatrove's reader needs ``orjson`` and its model cache
+``aiohttp`` and ``requests``, which ``[processing]`` does not pull in (hence the extra names above).)
 
     python bench/bench_vs_others.py [--limit N] [--workdir DIR] [--only realchat,datatrove,data-juicer]
         [--datatrove-python /work/venvs/datatrove/bin/python] [--data-juicer-python /work/venvs/dj/bin/python]
@@ -387,14 +391,16 @@ def main() -> None:
                 env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
             cmd = [python, str(Path(__file__).resolve()), "--worker", tool, "--workdir", str(tool_work),
                    "--model", model]
+            load_before = os.getloadavg()[0]
             wall, peak, kept, rc = measure(cmd, env, work / f"{tool}.log")
+            load = f"load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
             if rc != 0 or kept is None:
                 print(f"{tool:<12} FAILED (exit {rc}); log: {work / f'{tool}.log'}")
                 print("\n".join((work / f"{tool}.log").read_text(errors="replace").splitlines()[-15:]))
                 continue
             results[tool] = (wall, peak, kept)
             print(f"{tool:<12} {wall:8.1f} s  {info['documents'] / wall:8,.0f} docs/s  kept {kept:>7,}  "
-                  f"peak RSS {peak:8,.0f} MB", flush=True)
+                  f"peak RSS {peak:8,.0f} MB  ({load})", flush=True)
         if "realchat" in results:
             base = results["realchat"][0]
             for tool, (wall, _, _) in results.items():
