@@ -364,6 +364,10 @@ def main() -> None:
         print("BENCH_RESULT " + json.dumps({"kept": kept}), flush=True)
         return
 
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = sorted(set(only) - set(TOOLS))
+    if unknown:
+        ap.error(f"--only: unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="realchat-vs-others-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -374,7 +378,7 @@ def main() -> None:
         pythons = {"realchat": sys.executable, "datatrove": args.datatrove_python,
                    "data-juicer": args.data_juicer_python}
         results: dict[str, tuple[float, float, int | None]] = {}
-        for tool in [t.strip() for t in args.only.split(",") if t.strip()]:
+        for tool in only:
             python = pythons[tool]
             if not Path(python).exists():
                 print(f"{tool:<12} skipped: no interpreter at {python} (see this script's docstring to install it)")
