@@ -19,9 +19,13 @@ in the same order, and the dedup ops' state is what makes chunking invisible to 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +35,7 @@ import polars as pl
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import Filter
 from realchat.curation.parts import CurateSink, ShardWriter
-from realchat.curation.pipeline import ChunkReader, ExecutorRun, RuleTally, label_rejected
+from realchat.curation.pipeline import ChunkReader, ExecutorRun, RuleTally, label_rejected, run_row_ops, tokenizer_spec
 from realchat.curation.sources import open_source
 
 if TYPE_CHECKING:
@@ -55,8 +59,9 @@ class RowsHeld:
 def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[int, "Reference"],
               out: Path, held: RowsHeld | None = None) -> ExecutorRun:
     held = held or RowsHeld()
+    executor = ctx.loaded.recipe.executor
     records, report = open_source(cfg.source, ctx.base_dir)
-    chunk_rows = ctx.loaded.recipe.executor.shard_rows
+    chunk_rows = executor.shard_rows
     reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", chunk_rows)
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use
     ops: list[Filter] = [REGISTRY[p.op](p, tokens, None, {"reference": references[i]} if i in references else None)
@@ -66,6 +71,7 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     stops = [i + 1 for i, op in enumerate(ops) if op.scope == "global"]
     bounds = list(zip([0] + stops, stops + [len(ops)]))
     spill_root = out / _SPILL
+    workers = _Workers(executor.workers or os.cpu_count() or 1, lambda: tokenizer_spec(ctx, cfg))
     kept_read = 0
     read_seconds = 0.0
 
@@ -84,33 +90,38 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
             yield rows
 
     chunks: Iterator[pl.DataFrame] = source_chunks()
-    for number, (start, stop) in enumerate(bounds):
-        barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
-        # a pass that starts after a global op applies it first (it has decided by now)
-        first = start - 1 if start and ops[start - 1].scope == "global" else start
-        spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
-        with ExitStack() as stack:
-            shown = [stack.enter_context(ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows"))
-                     for i in range(first, stop - (barrier is not None))]
-            for chunk in chunks:
-                n_chunk = chunk.height
-                for k, i in enumerate(range(first, stop)):
-                    if ops[i] is barrier:
-                        if chunk.height:
-                            t0 = time.perf_counter()
-                            barrier.observe(chunk)
-                            tallies[i].seconds += time.perf_counter() - t0
-                        break
-                    chunk = _apply(ops[i], i, chunk, tallies[i], sink)
-                    shown[k].update(completed=tallies[i].rows_in, kept=tallies[i].rows_out)
-                if spill is not None:
-                    spill.write(chunk)
-                else:
-                    sink.kept(chunk)
-                held.sample(n_chunk + (spill.buffered if spill is not None else 0) + sink.buffered())
-        if spill is not None:
-            spill.close()
-            chunks = _read_back(spill.files)
+    try:
+        for number, (start, stop) in enumerate(bounds):
+            barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
+            # a pass that starts after a global op applies it first (it has decided by now)
+            first = start - 1 if start and ops[start - 1].scope == "global" else start
+            applied = list(range(first, stop - (barrier is not None)))
+            spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
+            with ExitStack() as stack:
+                shown = {i: stack.enter_context(ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows"))
+                         for i in applied}
+                stream = chunks
+                for group in _groups(ops, applied):  # row ops in worker processes, the others here
+                    if ops[group[0]].scope == "row":
+                        stream = workers.stream(stream, group, ops, tallies, sink, shown)
+                    else:
+                        stream = _here(stream, group[0], ops[group[0]], tallies[group[0]], sink, shown[group[0]])
+                for chunk in stream:
+                    if barrier is not None and chunk.height:
+                        t0 = time.perf_counter()
+                        barrier.observe(chunk)
+                        tallies[stop - 1].seconds += time.perf_counter() - t0
+                    if spill is not None:
+                        spill.write(chunk)
+                    else:
+                        sink.kept(chunk)
+                    held.sample(workers.rows_in_flight + chunk.height + sink.buffered()
+                                + (spill.buffered if spill is not None else 0))
+            if spill is not None:
+                spill.close()
+                chunks = _read_back(spill.files)
+    finally:
+        workers.close()
     for i, op in enumerate(ops):
         tallies[i].counters.update(op.totals())
     shutil.rmtree(spill_root, ignore_errors=True)
@@ -121,7 +132,98 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
         report.warnings.append(warning)
     rules = [reader.source_rule(kept_read, read_seconds)] + [t.record() for t in tallies]
     return ExecutorRun(rules=rules, read=reader.read, renamed=reader.unique.renamed, report=report,
-                       figures={"shard_rows": chunk_rows, "passes": len(bounds), "rows_held_peak": held.peak})
+                       figures={"shard_rows": chunk_rows, "passes": len(bounds), "rows_held_peak": held.peak,
+                                "worker_processes": workers.started})
+
+
+def _groups(ops: list[Filter], indices: list[int]) -> list[list[int]]:
+    """Consecutive ``row`` ops together (one trip to a worker), every other op alone."""
+    groups: list[list[int]] = []
+    for i in indices:
+        if groups and ops[i].scope == "row" and ops[groups[-1][-1]].scope == "row":
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _here(stream: Iterator[pl.DataFrame], index: int, op: Filter, tally: RuleTally, sink: CurateSink,
+          shown: Any) -> Iterator[pl.DataFrame]:
+    """An op that keeps state from chunk to chunk (dedup) runs in this process, chunks in order."""
+    for chunk in stream:
+        chunk = _apply(op, index, chunk, tally, sink)
+        shown.update(completed=tally.rows_in, kept=tally.rows_out)
+        yield chunk
+
+
+class _Workers:
+    """Worker processes for the ``row`` ops: chunks go out in order, at most ``processes + 1`` of them
+    in flight, and come back in the same order, so the result is the one process's result. The pool
+    starts only when a second chunk exists: a small input never pays for starting processes."""
+
+    def __init__(self, processes: int, tokenizer: Any) -> None:
+        self.processes = processes
+        self.tokenizer = tokenizer  # called once, when the pool starts
+        self.pool: ProcessPoolExecutor | None = None
+        self.spec: tuple[str, str] | None = None
+        self.started = 0
+        self.rows_in_flight = 0
+
+    def stream(self, stream: Iterator[pl.DataFrame], group: list[int], ops: list[Filter],
+               tallies: list[RuleTally], sink: CurateSink, shown: dict[int, Any]) -> Iterator[pl.DataFrame]:
+        params = [ops[i].params for i in group]
+        pending: deque[tuple[Any, pl.DataFrame]] = deque()
+        upstream = iter(stream)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.processes + 1:
+                chunk = next(upstream, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                self.rows_in_flight += chunk.height
+                pending.append((None, chunk))
+                if self.processes > 1 and (len(pending) > 1 or self.pool is not None):
+                    self._start()
+                    pending = deque((f if f is not None else self._submit(c, params), c) for f, c in pending)
+            if not pending:
+                return
+            future, chunk = pending.popleft()
+            self.rows_in_flight -= chunk.height
+            if future is None:  # one chunk in all: here, no processes
+                for i in group:
+                    chunk = _apply(ops[i], i, chunk, tallies[i], sink)
+                    shown[i].update(completed=tallies[i].rows_in, kept=tallies[i].rows_out)
+                yield chunk
+                continue
+            kept, rejected, meta = future.result()
+            for k, i in enumerate(group):
+                m = meta[k]
+                tallies[i].add_figures(m["in"], m["out"], m["rejected"], m["seconds"], m["counters"])
+                if rejected[k] is not None:
+                    sink.rejected(label_rejected(rejected[k], i, ops[i].params.op))
+                shown[i].update(completed=tallies[i].rows_in, kept=tallies[i].rows_out)
+            yield kept
+
+    def _start(self) -> None:
+        if self.pool is None:
+            self.spec = self.tokenizer()
+            # spawn, not fork: the parent may hold tokenizer and torch threads that fork would copy half-way
+            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            self.started = self.processes
+
+    def _submit(self, chunk: pl.DataFrame, params: list[Any]) -> Any:
+        assert self.pool is not None
+        if not chunk.height:
+            done: Future = Future()
+            done.set_result((chunk, [None] * len(params), [{"in": 0, "out": 0, "rejected": 0, "seconds": 0.0, "counters": {}}
+                                                            for _ in params]))
+            return done
+        return self.pool.submit(run_row_ops, chunk, params, self.spec)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: CurateSink) -> pl.DataFrame:

@@ -8,15 +8,20 @@ reason and rule. What it returns is an :class:`ExecutorRun`: the per-rule figure
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from realchat.curation.conversations import UniqueIds, normalize
-from realchat.curation.ops.base import MESSAGES_DTYPE, OpResult
+from realchat.curation.ops import REGISTRY
+from realchat.curation.ops.base import MESSAGES_DTYPE, OpParams, OpResult
 from realchat.curation.sources.base import RawRecord, ReadReport
+
+if TYPE_CHECKING:
+    from realchat.engine.context import StepContext
 
 BASE_SCHEMA = {
     "conversation_id": pl.String,
@@ -61,6 +66,15 @@ class RuleTally:
         self.rejected += result.rejected.height if result.rejected is not None else 0
         self.seconds += seconds
         for k, v in result.counters.items():
+            self.counters[k] = self.counters.get(k, 0) + v
+
+    def add_figures(self, n_in: int, n_out: int, n_rejected: int, seconds: float, counters: dict[str, int]) -> None:
+        """What a worker reported for one chunk."""
+        self.rows_in += n_in
+        self.rows_out += n_out
+        self.rejected += n_rejected
+        self.seconds += seconds
+        for k, v in counters.items():
             self.counters[k] = self.counters.get(k, 0) + v
 
     def record(self) -> dict[str, Any]:
@@ -135,3 +149,48 @@ def renamed_warning(n: int) -> str | None:
     return (f"{n:,} record{'s' if many else ''} repeat{'' if many else 's'} an earlier record's "
             "conversation id; the later ones were renamed <id>~2, <id>~3, ... (ids compare as strings: "
             "1 and \"1\" are one id)")
+
+
+# -- a chain of per-conversation ops, where the rows are (a worker process, a Ray task) -------------
+
+#: Token counters of this process, by :func:`tokenizer_spec`: loaded once per worker.
+_TOKENS: dict[tuple[str, str], Any] = {}
+
+
+def tokenizer_spec(ctx: "StepContext", cfg: Any) -> tuple[str, str] | None:
+    """What a worker needs to load the step's tokenizer (a path or id, the base folder), converted once
+    here into the shared cache; None when no op counts tokens."""
+    if not any(REGISTRY[p.op].needs_tokenizer for p in cfg.filters):
+        return None
+    ctx.token_counter(cfg.tokenizer, "tokenizer")
+    path = ctx.resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer in ctx.loaded.recipe.steps else cfg.tokenizer
+    return (str(path), str(ctx.base_dir))
+
+
+def _token_getter(tokenizer: tuple[str, str] | None) -> Callable[[], Any]:
+    def get() -> Any:
+        from realchat.models import token_counter
+
+        assert tokenizer is not None
+        if tokenizer not in _TOKENS:  # once per worker process
+            _TOKENS[tokenizer] = token_counter(*tokenizer)
+        return _TOKENS[tokenizer]
+    return get
+
+
+def run_row_ops(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, str] | None
+                ) -> tuple[pl.DataFrame, list[pl.DataFrame | None], list[dict[str, Any]]]:
+    """``row`` ops chained on one shard, in a worker: kept rows, each op's rejected rows (None when
+    none) and figures (``in``, ``out``, ``counters``, ``seconds``)."""
+    rejected: list[pl.DataFrame | None] = []
+    meta: list[dict[str, Any]] = []
+    for params in ops:
+        t0 = time.perf_counter()
+        n_in = shard.height
+        result = REGISTRY[params.op](params, _token_getter(tokenizer)).apply(shard)
+        rej = result.rejected if result.rejected is not None and result.rejected.height else None
+        rejected.append(rej)
+        shard = result.kept
+        meta.append({"in": n_in, "out": shard.height, "rejected": rej.height if rej is not None else 0,
+                     "counters": result.counters, "seconds": time.perf_counter() - t0})
+    return shard, rejected, meta

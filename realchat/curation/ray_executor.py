@@ -56,10 +56,9 @@ import numpy as np
 import polars as pl
 
 from realchat.curation.conversations import normalize
-from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import OpParams
 from realchat.curation.ops.exact_dedup import normalised_user_text
-from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS, renamed_warning
+from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS, renamed_warning, run_row_ops, tokenizer_spec
 from realchat.curation.ops.near_dedup import clusters, shingles
 from realchat.errors import RealChatError, RecipeError
 
@@ -83,37 +82,6 @@ def _order(df: pl.DataFrame) -> pl.Expr:
 
 
 # -- worker side --------------------------------------------------------------------------------------
-
-_TOKENS: dict[tuple[str, str], Any] = {}
-
-
-def _token_getter(tokenizer: tuple[str, str] | None) -> Callable[[], Any]:
-    def get() -> Any:
-        from realchat.models import token_counter
-
-        assert tokenizer is not None
-        if tokenizer not in _TOKENS:  # once per worker process
-            _TOKENS[tokenizer] = token_counter(*tokenizer)
-        return _TOKENS[tokenizer]
-    return get
-
-
-def _row_ops(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, str] | None
-             ) -> tuple[pl.DataFrame, list[pl.DataFrame | None], list[dict[str, Any]]]:
-    """A chain of per-conversation ops on one shard: kept rows, each op's rejected rows and figures."""
-    rejected: list[pl.DataFrame | None] = []
-    meta: list[dict[str, Any]] = []
-    for params in ops:
-        t0 = time.perf_counter()
-        n_in = shard.height
-        result = REGISTRY[params.op](params, _token_getter(tokenizer)).apply(shard)
-        rej = result.rejected if result.rejected is not None and result.rejected.height else None
-        rejected.append(rej)
-        shard = result.kept
-        meta.append({"in": n_in, "out": shard.height, "counters": result.counters,
-                     "seconds": time.perf_counter() - t0})
-    return shard, rejected, meta
-
 
 def _exact_keys(shard: pl.DataFrame, p: OpParams, ref: bool) -> Any:
     """``(order, id, key, hash, ref)`` per row, as an Arrow table for Ray Data."""
@@ -238,9 +206,9 @@ def _rename(shard: pl.DataFrame, renames: pl.DataFrame) -> pl.DataFrame:
 
 
 def _row_ops_flat(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, str] | None) -> tuple[Any, ...]:
-    """:func:`_row_ops` as ``(kept, meta, rejected of op 0, rejected of op 1, ...)``: one object each,
+    """:func:`~realchat.curation.pipeline.run_row_ops` as ``(kept, meta, rejected of op 0, rejected of op 1, ...)``: one object each,
     so the driver fetches one op's rejections of one shard at a time."""
-    kept, rejected, meta = _row_ops(shard, ops, tokenizer)
+    kept, rejected, meta = run_row_ops(shard, ops, tokenizer)
     return (kept, meta, *rejected)
 
 
@@ -390,11 +358,7 @@ def _ops_on_shards(ctx: "StepContext", cfg: Any, shards: list[Any], references: 
     to ``emit(op position, rows)``, shard by shard in source order, op after op."""
     import ray
 
-    tokenizer = None
-    if any(REGISTRY[p.op].needs_tokenizer for p in cfg.filters):
-        ctx.token_counter(cfg.tokenizer, "tokenizer")  # converts once, into the shared cache
-        path = ctx.resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer in ctx.loaded.recipe.steps else cfg.tokenizer
-        tokenizer = (str(path), str(ctx.base_dir))
+    tokenizer = tokenizer_spec(ctx, cfg)
     apply_task = ray.remote(num_returns=2)(_apply_verdicts)
     rules: list[dict[str, Any]] = []
     filters = list(cfg.filters)
