@@ -106,10 +106,11 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
                         stream = workers.stream(stream, group, ops, tallies, sink, shown)
                     else:
                         stream = _here(stream, group[0], ops[group[0]], tallies[group[0]], sink, shown[group[0]])
-                for chunk in stream:
+                prepared = workers.prepared(stream, barrier) if barrier is not None else ((c, None) for c in stream)
+                for chunk, payload in prepared:
                     if barrier is not None and chunk.height:
                         t0 = time.perf_counter()
-                        barrier.observe(chunk)
+                        barrier.observe(chunk, payload)
                         tallies[stop - 1].seconds += time.perf_counter() - t0
                     if spill is not None:
                         spill.write(chunk)
@@ -204,6 +205,30 @@ class _Workers:
                     sink.rejected(label_rejected(rejected[k], i, ops[i].params.op))
                 shown[i].update(completed=tallies[i].rows_in, kept=tallies[i].rows_out)
             yield kept
+
+    def prepared(self, stream: Iterator[pl.DataFrame], op: Filter) -> Iterator[tuple[pl.DataFrame, Any]]:
+        """Each chunk with what ``op.prepare`` computed for it in a worker (None where no pool runs:
+        ``observe`` computes it here), in order, at most ``processes + 1`` in flight."""
+        pending: deque[tuple[Any, pl.DataFrame]] = deque()
+        for k, chunk in enumerate(stream):
+            if k == 1 and self.processes > 1:
+                self._start()  # a second chunk: worth the processes (no-op when a row group started them)
+            future = None
+            if self.pool is not None and chunk.height:
+                future = self.pool.submit(type(op).prepare, op.params, chunk)
+                self.rows_in_flight += chunk.height
+            pending.append((future, chunk))
+            while len(pending) > self.processes or (pending and pending[0][0] is None):
+                yield self._prepared(pending.popleft())
+        while pending:
+            yield self._prepared(pending.popleft())
+
+    def _prepared(self, item: tuple[Any, pl.DataFrame]) -> tuple[pl.DataFrame, Any]:
+        future, chunk = item
+        if future is None:
+            return chunk, None
+        self.rows_in_flight -= chunk.height
+        return chunk, future.result()
 
     def _start(self) -> None:
         if self.pool is None:

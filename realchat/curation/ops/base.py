@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from realchat.models import TokenCounter
 from realchat.recipe.base import Strict
@@ -98,9 +98,16 @@ class Filter(ABC):
         """Return the rows kept and rejected by this op. Called once per chunk, chunks in source
         order; the whole table is one chunk."""
 
-    def observe(self, table: pl.DataFrame) -> None:
-        """``global`` ops: take in one chunk before anything is decided."""
+    def observe(self, table: pl.DataFrame, prepared: Any = None) -> None:
+        """``global`` ops: take in one chunk before anything is decided; ``prepared`` is what
+        :meth:`prepare` computed for it, possibly in another process (None: compute it here)."""
         raise NotImplementedError(f"{type(self).__name__} is not a global op")
+
+    @classmethod
+    def prepare(cls, params: OpParams, table: pl.DataFrame) -> Any:
+        """``global`` ops: the costly part of observing a chunk, a pure function of the chunk and the
+        parameters, so the local executor runs it in a worker process (near dedup: the signatures)."""
+        return None
 
     def totals(self) -> dict[str, int]:
         """Counters of the whole run that are not sums over chunks (the largest cluster): read after

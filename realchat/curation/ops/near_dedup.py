@@ -170,10 +170,13 @@ class NearDedup(Filter):
             self.observe(ref.table)
             self.ref_rows = ref.table.height
 
-    def observe(self, table: pl.DataFrame) -> None:
-        p: Params = self.params  # type: ignore[assignment]
+    @classmethod
+    def prepare(cls, params: OpParams, table: pl.DataFrame) -> np.ndarray:
         texts = table.select(normalised_user_text(table, True, False).alias("t"))["t"].to_list()
-        sigs = signatures(texts, p)
+        return signatures(texts, params)
+
+    def observe(self, table: pl.DataFrame, prepared: Any = None) -> None:
+        sigs = prepared if prepared is not None else self.prepare(self.params, table)
         self.sig_file.write(sigs.tobytes())
         self.keys.append(band_keys(sigs, self.bands, self.rows))
         self.ids.extend(table["conversation_id"].to_list())
