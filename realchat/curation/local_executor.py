@@ -46,8 +46,9 @@ _SPILL = ".spill"
 
 
 class RowsHeld:
-    """The most conversation rows held in memory at once (the chunk in hand, the spill and output
-    buffers): what the streaming bound is about, counted rather than inferred from process memory."""
+    """The most conversation rows held in memory at once (the chunk that entered the pass, the chunks
+    in worker processes, the chunk in hand; the spill and output writers hold none): what the streaming
+    bound is about, counted rather than inferred from process memory."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -74,6 +75,7 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     workers = _Workers(executor.workers or os.cpu_count() or 1, lambda: tokenizer_spec(ctx, cfg))
     kept_read = 0
     read_seconds = 0.0
+    entering = [0]  # rows of the chunk that last entered the pass (read, or read back from the spill)
 
     def source_chunks() -> Iterator[pl.DataFrame]:
         nonlocal kept_read, read_seconds
@@ -87,6 +89,7 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
             rows, rejected = got
             sink.rejected(rejected)
             kept_read += rows.height
+            entering[0] = rows.height + rejected.height
             yield rows
 
     chunks: Iterator[pl.DataFrame] = source_chunks()
@@ -116,11 +119,10 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
                         spill.write(chunk)
                     else:
                         sink.kept(chunk)
-                    held.sample(workers.rows_in_flight + chunk.height + sink.buffered()
-                                + (spill.buffered if spill is not None else 0))
+                    held.sample(entering[0] + workers.rows_in_flight + chunk.height)
             if spill is not None:
                 spill.close()
-                chunks = _read_back(spill.files)
+                chunks = _read_back(spill.files, entering)
     finally:
         workers.close()
     for i, op in enumerate(ops):
@@ -263,9 +265,10 @@ def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: 
     return result.kept
 
 
-def _read_back(files: list[Path]) -> Iterator[pl.DataFrame]:
+def _read_back(files: list[Path], entering: list[int]) -> Iterator[pl.DataFrame]:
     """Spilled parts in the order they were written, each deleted once read."""
     for path in files:
         df = pl.read_parquet(path)
         path.unlink()
+        entering[0] = df.height
         yield df

@@ -21,8 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS
 from realchat.curation.scores import SCORES
@@ -32,37 +34,45 @@ _SCRATCH = ".parts"
 
 
 class ShardWriter:
-    """Frames in, parquet files of exactly ``shard_rows`` rows out (the last one shorter)."""
+    """Frames in, parquet files of at most ``shard_rows`` rows out, written as the frames come (one row
+    group per frame, pyarrow's ``ParquetWriter``): nothing waits in memory for a shard to fill. A frame
+    whose columns differ from the open file's starts a new file (rejected rows of different ops carry
+    different columns; :func:`_name_shards` brings them to one schema at the end)."""
 
     def __init__(self, folder: Path, shard_rows: int, compression: str = "zstd") -> None:
         self.folder, self.shard_rows, self.compression = folder, shard_rows, compression
         folder.mkdir(parents=True, exist_ok=True)
-        self.buffer: list[pl.DataFrame] = []
-        self.buffered = 0
         self.files: list[Path] = []
         self.rows = 0
+        self._writer: Any = None
+        self._schema: Any = None
+        self._in_file = 0
 
     def write(self, df: pl.DataFrame) -> None:
-        if not df.height:
-            return
-        self.buffer.append(df)
-        self.buffered += df.height
-        while self.buffered >= self.shard_rows:
-            self._flush(self.shard_rows)
+        while df.height:
+            table = df.to_arrow()
+            if self._writer is not None and (not table.schema.equals(self._schema) or self._in_file >= self.shard_rows):
+                self._close_file()
+            if self._writer is None:
+                path = self.folder / f"part-{len(self.files):05d}.parquet"
+                self._writer = pq.ParquetWriter(path, table.schema, compression=self.compression)
+                self._schema = table.schema
+                self.files.append(path)
+            room = self.shard_rows - self._in_file
+            head = df.slice(0, room)
+            self._writer.write_table(head.to_arrow() if head.height < df.height else table)
+            self._in_file += head.height
+            self.rows += head.height
+            df = df.slice(room)
 
     def close(self) -> None:
-        if self.buffered:
-            self._flush(self.buffered)
+        self._close_file()
 
-    def _flush(self, n: int) -> None:
-        frame = pl.concat(self.buffer, how="diagonal_relaxed") if len(self.buffer) > 1 else self.buffer[0]
-        head, rest = frame.slice(0, n), frame.slice(n)
-        path = self.folder / f"part-{len(self.files):05d}.parquet"
-        head.write_parquet(path, compression=self.compression)
-        self.files.append(path)
-        self.rows += head.height
-        self.buffer = [rest] if rest.height else []
-        self.buffered = rest.height
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._in_file = 0
 
 
 def _row_figures(df: pl.DataFrame) -> pl.DataFrame:
@@ -118,10 +128,6 @@ class CurateSink:
         self.rejected_scores.append(_score_figures(df))
         self.rejected_writer.write(df)
 
-    def buffered(self) -> int:
-        """Rows waiting in memory for their shard to fill."""
-        return self.kept_writer.buffered + self.rejected_writer.buffered
-
     # -- after the run ----------------------------------------------------------------------------
 
     def finish(self) -> "SinkFigures":
@@ -135,8 +141,8 @@ class CurateSink:
         rejected = rejected.with_columns(
             pl.when(pl.col("source_index").is_in(kept_index.implode()))
             .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
-        _name_shards(self.kept_writer.files, self.out / "data", None)
-        _name_shards(self.rejected_writer.files, self.out / "rejected", kept_index)
+        _name_shards(self.kept_writer.files, self.out / "data", None, self.shard_rows)
+        _name_shards(self.rejected_writer.files, self.out / "rejected", kept_index, self.shard_rows)
         shutil.rmtree(self.out / _SCRATCH, ignore_errors=True)
         return SinkFigures(kept=kept, rejected=rejected, kept_conversations=kept_index.len(),
                            kept_scores=_concat(self.kept_scores, {}), rejected_scores=_concat(self.rejected_scores, {}))
@@ -158,7 +164,7 @@ def _concat(frames: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.Da
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None) -> None:
+def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None, shard_rows: int) -> None:
     """Scratch parts → ``train-KKKKK-of-NNNNN.parquet`` in ``folder``, all with one schema (the union of
     the parts' columns, in first-seen order, missing ones null). ``kept_index`` given: the parts are
     rejected rows, and each gets its ``scope``."""
@@ -174,21 +180,25 @@ def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None) 
         order = list(BASE_SCHEMA) + ["reason", "rule", "scope", "score", "detail", "raw"]
         union = {c: union.get(c, books.get(c, BASE_SCHEMA.get(c))) for c in order} | {
             c: t for c, t in union.items() if c not in order}
-    n = max(1, len(parts))
-    for k, (path, schema) in enumerate(zip(parts, schemas)):
-        target = folder / f"train-{k:05d}-of-{n:05d}.parquet"
-        same = kept_index is None and dict(schema) == union
-        if same:  # nothing to change: move the file
-            os.replace(path, target)
-            continue
-        df = pl.read_parquet(path)
-        if kept_index is not None:
-            df = df.with_columns(pl.when(pl.col("source_index").is_in(kept_index.implode()))
-                                 .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
-        df = df.select([pl.col(c).cast(t) if c in df.columns else pl.lit(None, dtype=t).alias(c)
-                        for c, t in union.items()])
-        df.write_parquet(target, compression="zstd")
-        path.unlink()
+    if kept_index is None and all(dict(s) == union for s in schemas):  # already shards: rename them
+        n = max(1, len(parts))
+        for k, path in enumerate(parts):
+            os.replace(path, folder / f"train-{k:05d}-of-{n:05d}.parquet")
+    elif parts:  # one schema, scope filled, re-cut into shards of shard_rows
+        writer = ShardWriter(folder / _SCRATCH, shard_rows)
+        for path in parts:
+            df = pl.read_parquet(path)
+            if kept_index is not None:
+                df = df.with_columns(pl.when(pl.col("source_index").is_in(kept_index.implode()))
+                                     .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
+            writer.write(df.select([pl.col(c).cast(t) if c in df.columns else pl.lit(None, dtype=t).alias(c)
+                                    for c, t in union.items()]))
+            path.unlink()
+        writer.close()
+        n = len(writer.files)
+        for k, path in enumerate(writer.files):
+            os.replace(path, folder / f"train-{k:05d}-of-{n:05d}.parquet")
+        (folder / _SCRATCH).rmdir()
     if not parts:  # an empty set still has one (empty) shard with the base columns
         books = REJECT_COLUMNS | {"scope": pl.String}
         schema = BASE_SCHEMA | ({"split": pl.String} if kept_index is None else

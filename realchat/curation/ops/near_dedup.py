@@ -159,7 +159,8 @@ class NearDedup(Filter):
         p: Params = self.params  # type: ignore[assignment]
         lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # datasketch's choice of bands
         self.bands, self.rows = lsh.b, lsh.r
-        self.ids: list[str] = []
+        self.id_chunks: list[pl.Series] = []  # Arrow strings: a few bytes per id, not a Python object
+        self.observed = 0
         self.keys: list[np.ndarray] = []
         self.sig_file = tempfile.TemporaryFile(prefix="realchat-minhash-")
         self.decided = False
@@ -179,11 +180,14 @@ class NearDedup(Filter):
         sigs = prepared if prepared is not None else self.prepare(self.params, table)
         self.sig_file.write(sigs.tobytes())
         self.keys.append(band_keys(sigs, self.bands, self.rows))
-        self.ids.extend(table["conversation_id"].to_list())
+        self.id_chunks.append(table["conversation_id"])
+        self.observed += table.height
 
     def _decide(self) -> None:
         p: Params = self.params  # type: ignore[assignment]
-        n = len(self.ids)
+        n = self.observed
+        self.ids = pl.concat(self.id_chunks) if self.id_chunks else pl.Series(dtype=pl.String)
+        self.id_chunks = []
         self.sig_file.flush()
         if n:
             sigs = np.memmap(self.sig_file, dtype=np.uint32, mode="r", shape=(n, p.num_perm))
@@ -199,7 +203,7 @@ class NearDedup(Filter):
 
     def apply(self, table: pl.DataFrame) -> OpResult:
         if not self.decided:
-            if len(self.ids) == self.ref_rows:  # used on one whole table: observe it first
+            if self.observed == self.ref_rows:  # used on one whole table: observe it first
                 self.observe(table)
             self._decide()
         ref = self.inputs.get("reference")
@@ -208,15 +212,13 @@ class NearDedup(Filter):
         self.offset += table.height
         roots = self.roots[pos]
         keep = roots == pos
-        ids = self.ids
-
-        def why(i: int, root: int) -> str:
-            matched = ids[self.match[i]]
-            if root < r:
-                return f"near-duplicate of {ids[root]} in reference {ref.name} (matched {matched})"  # type: ignore[union-attr]
-            return f"near-duplicate of {ids[root]} (matched {matched})"
-
-        detail = [None if k else why(int(i), int(root)) for i, root, k in zip(pos, roots, keep)]
+        gone = np.flatnonzero(~keep)
+        root_ids = self.ids.gather(roots[gone]).to_list()
+        match_ids = self.ids.gather(self.match[pos[gone]]).to_list()
+        where = [f" in reference {ref.name}" if root < r else "" for root in roots[gone]]  # type: ignore[union-attr]
+        detail: list[str | None] = [None] * table.height
+        for k, root_id, match_id, w in zip(gone, root_ids, match_ids, where):
+            detail[k] = f"near-duplicate of {root_id}{w} (matched {match_id})"
         result = self.partition(table, keep.tolist(), self.best[pos].tolist(), detail)
         if ref is not None:
             result.counters["in_reference"] = int(np.count_nonzero(roots < r))
