@@ -114,7 +114,8 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
                     if barrier is not None and chunk.height:
                         t0 = time.perf_counter()
                         barrier.observe(chunk, payload)
-                        tallies[stop - 1].seconds += time.perf_counter() - t0
+                        tallies[stop - 1].seconds += time.perf_counter() - t0 + workers.prepare_seconds
+                        workers.prepare_seconds = 0.0
                     if spill is not None:
                         spill.write(chunk)
                     else:
@@ -171,6 +172,7 @@ class _Workers:
         self.spec: tuple[str, str] | None = None
         self.started = 0
         self.rows_in_flight = 0
+        self.prepare_seconds = 0.0  # CPU time of global ops' prepare in the workers, for the op's books
 
     def stream(self, stream: Iterator[pl.DataFrame], group: list[int], ops: list[Filter],
                tallies: list[RuleTally], sink: CurateSink, shown: dict[int, Any]) -> Iterator[pl.DataFrame]:
@@ -217,7 +219,7 @@ class _Workers:
                 self._start()  # a second chunk: worth the processes (no-op when a row group started them)
             future = None
             if self.pool is not None and chunk.height:
-                future = self.pool.submit(type(op).prepare, op.params, chunk)
+                future = self.pool.submit(_prepare, type(op), op.params, chunk)
                 self.rows_in_flight += chunk.height
             pending.append((future, chunk))
             while len(pending) > self.processes or (pending and pending[0][0] is None):
@@ -230,7 +232,9 @@ class _Workers:
         if future is None:
             return chunk, None
         self.rows_in_flight -= chunk.height
-        return chunk, future.result()
+        payload, seconds = future.result()
+        self.prepare_seconds += seconds
+        return chunk, payload
 
     def _start(self) -> None:
         if self.pool is None:
@@ -263,6 +267,12 @@ def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: 
     if result.rejected is not None and result.rejected.height:
         sink.rejected(label_rejected(result.rejected, index, op.params.op))
     return result.kept
+
+
+def _prepare(op: type[Filter], params: Any, chunk: pl.DataFrame) -> tuple[Any, float]:
+    """A global op's prepare, in a worker, with the seconds it took (the op's books count them)."""
+    t0 = time.perf_counter()
+    return op.prepare(params, chunk), time.perf_counter() - t0
 
 
 def _read_back(files: list[Path], entering: list[int]) -> Iterator[pl.DataFrame]:
