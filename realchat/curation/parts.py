@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -28,7 +29,6 @@ import pyarrow.parquet as pq
 
 from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS
 from realchat.curation.scores import SCORES
-from realchat.data import split_of
 
 _SCRATCH = ".parts"
 
@@ -95,9 +95,10 @@ def _score_figures(df: pl.DataFrame) -> pl.DataFrame:
 class CurateSink:
     """Kept and rejected rows of one curate run, written as they come (see the module docstring)."""
 
-    def __init__(self, out: Path, shard_rows: int, held_out_share: float) -> None:
+    def __init__(self, out: Path, shard_rows: int, split_of: Callable[[str], str]) -> None:
+        """``split_of`` gives a conversation id's split (``train`` / ``held_out``): the step's rule."""
         self.out = out
-        self.held_out_share = held_out_share
+        self.split_of = split_of
         scratch = out / _SCRATCH
         shutil.rmtree(scratch, ignore_errors=True)
         self.kept_writer = ShardWriter(scratch / "kept", shard_rows)
@@ -114,9 +115,8 @@ class CurateSink:
     def kept(self, df: pl.DataFrame) -> None:
         if not df.height:
             return
-        share = self.held_out_share
-        df = df.with_columns(pl.col("conversation_id").map_elements(lambda c: split_of(c, share),
-                                                                     return_dtype=pl.String).alias("split"))
+        df = df.with_columns(pl.col("conversation_id").map_elements(self.split_of, return_dtype=pl.String)
+                             .alias("split"))
         self.kept_figures.append(_row_figures(df))
         self.kept_scores.append(_score_figures(df))
         self.kept_writer.write(df)

@@ -30,6 +30,7 @@ from realchat.curation.pipeline import BASE_SCHEMA, ExecutorRun  # noqa: F401 - 
 from realchat.curation.reference import read_reference
 from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, source_revision
+from realchat.data import split_of
 from realchat.engine.context import StepContext
 from realchat.errors import RecipeError
 from realchat.recipe.base import DEFAULT_MODEL, PACKAGE_PREFIX_HINT, StepConfig
@@ -102,7 +103,8 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     references = {i: read_reference(ctx, f"filters[{i}].reference")  # earlier releases to dedup against
                   for i, params in enumerate(cfg.filters) if getattr(params, "reference", None) is not None}
-    sink = CurateSink(out, cfg.shard_rows, cfg.held_out_share)
+    share = cfg.held_out_share
+    sink = CurateSink(out, cfg.shard_rows, lambda cid: split_of(cid, share))
     if ctx.loaded.recipe.executor.kind == "ray":
         from realchat.curation.ray_executor import run_on_ray
 
