@@ -9,7 +9,9 @@ in every segment.
 Nothing is silently lost: a user turn whose answer alone cannot fit the budget, and a final user turn
 that was never answered, leave the kept set as rejected *pieces* (rows whose ``segment`` is -1), with
 their token count as score. The per-user-turn ``user_*`` columns are sliced along with the segments. Token counting is the
-expensive part, so conversations that provably fit (by a byte bound) are not tokenized.
+expensive part, so conversations that provably fit (by a byte bound) are not tokenized, and the user
+turns ``length`` already counted are looked up in the token counter's memo (only the answers are
+tokenized here).
 
 Every kept row gets ``ends_conversation``: True when the segment ends at the conversation's real last
 assistant turn (the conversation really ended there), False when ``split`` cut it. A simulator learns
@@ -19,7 +21,7 @@ measure scores only conversations that were not cut.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 from pydantic import Field
