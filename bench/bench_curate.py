@@ -1,7 +1,8 @@
 """Benchmark: the curate step of the default recipe on all shipped ShareGPT conversations.
 
 Prints conversations per second, wall time per op and peak RSS. Target (issue 2): the whole step
-in under 60 s on a 2-core machine (issue 13 asks for 30 s), peak RSS under 2 GB. Not a test: figures vary with the machine.
+in under 60 s on a 2-core machine (issue 13 asks for 30 s), peak RSS under 2 GB. Not a test: figures
+vary with the machine.
 
     python bench/bench_curate.py [--recipe recipes/realchat.yaml]
 """
