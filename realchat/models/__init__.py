@@ -84,25 +84,77 @@ class TokenCounter:
     around one turn (role header, end-of-turn token), and ``base_overhead`` what it adds once per
     conversation (e.g. a default system prompt). Both come from rendering the template, so they are
     exact for ChatML-style templates such as SmolLM2's.
+
+    Counts are remembered by text (a bounded memo, shared by every op of the process that uses this
+    counter): the curate step's ``length`` op counts the user turns and ``split`` counts every turn
+    of the same conversations again, so the second count of a text is a dictionary look-up. A count
+    depends on the text alone, so the memo never changes a result; it holds at most about
+    ``memo_chars`` characters (two generations: when the newer one fills half of it, the older one is
+    dropped), so memory stays bounded on inputs of any size.
     """
 
-    def __init__(self, tokenizer: Any, batch_size: int = 2048) -> None:
+    def __init__(self, tokenizer: Any, batch_size: int = 2048, memo_chars: int = 1 << 25) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.memo_chars = memo_chars
+        self._memo: dict[str, int] = {}  # newer generation
+        self._memo_old: dict[str, int] = {}
+        self._memo_size = 0  # characters held by the newer generation
         self.turn_overhead, self.base_overhead = self._template_overheads()
 
-    def count(self, texts: list[str]) -> list[int]:
+    def count(self, texts: list[str], remember: bool = True) -> list[int]:
+        """Token counts of ``texts`` (no special tokens added), in order.
+
+        Texts seen before (and repeats within ``texts``) are looked up, the others are tokenized in
+        batches through the Rust tokenizer, which spreads a batch over all cores. ``remember=False``
+        looks up but does not store: for texts no later op counts again (split's assistant turns),
+        so they do not push the user turns out of the memo.
+        """
+        memo, old = self._memo, self._memo_old
+        out: list[int] = [0] * len(texts)
+        todo: dict[str, list[int]] = {}  # text -> its positions, in first-seen order
+        for i, text in enumerate(texts):
+            n = memo.get(text)
+            if n is None:
+                n = old.get(text)
+            if n is None:
+                todo.setdefault(text, []).append(i)
+            else:
+                out[i] = n
+        if not todo:
+            return out
+        unique = list(todo)
+        counts = self._tokenize(unique)
+        for text, n in zip(unique, counts):
+            for i in todo[text]:
+                out[i] = n
+        if remember:
+            self._remember(unique, counts)
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[int]:
         out: list[int] = []
         backend = getattr(self.tokenizer, "_tokenizer", None)
         for i in range(0, len(texts), self.batch_size):
             chunk = texts[i : i + self.batch_size]
             if backend is not None and hasattr(backend, "encode_batch_fast"):
-                encs = backend.encode_batch_fast(chunk, add_special_tokens=False)
-                out.extend(len(e.ids) for e in encs)
+                # len(encoding) is its number of ids, without building the Python list of them
+                out.extend(map(len, backend.encode_batch_fast(chunk, add_special_tokens=False)))
             else:
                 ids = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
                 out.extend(len(x) for x in ids)
         return out
+
+    def _remember(self, texts: list[str], counts: list[int]) -> None:
+        half = self.memo_chars // 2
+        for text, n in zip(texts, counts):
+            size = len(text)
+            if size > half:
+                continue  # one huge text would flush everything else
+            if self._memo_size + size > half:
+                self._memo_old, self._memo, self._memo_size = self._memo, {}, 0
+            self._memo[text] = n
+            self._memo_size += size
 
     def _template_overheads(self) -> tuple[int, int]:
         tok = self.tokenizer

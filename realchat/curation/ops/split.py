@@ -9,7 +9,9 @@ in every segment.
 Nothing is silently lost: a user turn whose answer alone cannot fit the budget, and a final user turn
 that was never answered, leave the kept set as rejected *pieces* (rows whose ``segment`` is -1), with
 their token count as score. The per-user-turn ``user_*`` columns are sliced along with the segments. Token counting is the
-expensive part, so conversations that provably fit (by a byte bound) are not tokenized.
+expensive part, so conversations that provably fit (by a byte bound) are not tokenized, and the user
+turns ``length`` already counted are looked up in the token counter's memo (only the answers are
+tokenized here).
 
 Every kept row gets ``ends_conversation``: True when the segment ends at the conversation's real last
 assistant turn (the conversation really ended there), False when ``split`` cut it. A simulator learns
@@ -19,7 +21,7 @@ measure scores only conversations that were not cut.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 from pydantic import Field
@@ -92,55 +94,43 @@ class Split(Filter):
     def apply(self, table: pl.DataFrame) -> OpResult:
         p: Params = self.params  # type: ignore[assignment]
         counter = self.tokens()
-        all_msgs = table["messages"].to_list()
+        msgs = table["messages"]
+        roles: list[list[str]] = msgs.list.eval(pl.element().struct.field("role")).to_list()
         # Shortcut: a token covers at least one byte (plus at most one dummy-prefix token per text,
         # as SentencePiece adds), so UTF-8 bytes + 1 bound each turn's tokens from above. Conversations
         # that fit by that bound need no tokenizing; only the others are counted exactly.
-        flat_bytes: list[int] = []
-        exact: list[bool] = []
-        for msgs in all_msgs:
-            sizes = [len(m["content"].encode("utf-8")) + 1 for m in msgs]
-            bound = sum(sizes) + counter.base_overhead + counter.turn_overhead * len(msgs)
-            flat_bytes.extend(sizes)
-            exact.extend([bound > p.max_tokens] * len(msgs))
-        to_count = [m["content"] for msgs in all_msgs for m in msgs]
-        to_count = [t for t, e in zip(to_count, exact) if e]
-        counted = iter(counter.count(to_count))
-        flat_counts = [next(counted) if e else b for b, e in zip(flat_bytes, exact)]
-        user_cols = [c for c in table.columns if c.startswith("user_")]
-        rows = table.to_dicts()
-        kept: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        pos = 0
+        sizes = msgs.list.eval(pl.element().struct.field("content").str.len_bytes() + 1).to_list()
+        exact = [
+            bool(r) and sum(b) + counter.base_overhead + counter.turn_overhead * len(r) > p.max_tokens
+            for r, b in zip(roles, sizes)
+        ]
+        texts = msgs.filter(pl.Series(exact, dtype=pl.Boolean)).explode().struct.field("content").to_list()
+        # remember=False: no later op counts these turns again (length's user turns are looked up)
+        counted = iter(counter.count(texts, remember=False))
+        kept, rejected = _Rows(), _Rows()
         n_split = 0
-        for row, msgs in zip(rows, all_msgs):
-            counts = [c + counter.turn_overhead for c in flat_counts[pos : pos + len(msgs)]]
-            pos += len(msgs)
+        for r, (rs, bounds, e) in enumerate(zip(roles, sizes, exact)):
+            counts = [(next(counted) if e else b) + counter.turn_overhead for b in bounds]
             n_sys = 0
-            while n_sys < len(msgs) and msgs[n_sys]["role"] == "system":
+            while n_sys < len(rs) and rs[n_sys] == "system":
                 n_sys += 1
-            system, body = msgs[:n_sys], msgs[n_sys:]
+            body = rs[n_sys:]
             budget = p.max_tokens - counter.base_overhead - sum(counts[:n_sys])
-            segments, pieces = plan_segments(
-                [m["role"] for m in body], counts[n_sys:], budget, p.overlap_assistant_turn
-            )
+            segments, pieces = plan_segments(body, counts[n_sys:], budget, p.overlap_assistant_turn)
             n_split += len(segments) > 1
-            user_ordinal = _user_ordinals(body)
-            last_answer = max((i for i, m in enumerate(body) if m["role"] == "assistant"), default=-1)
+            users_before = _users_before(body)
+            last_answer = max((i for i, role in enumerate(body) if role == "assistant"), default=-1)
             for k, seg in enumerate(segments):
-                r = _slice(row, system, body, seg, user_ordinal, user_cols, k)
-                r["ends_conversation"] = seg[-1] == last_answer
-                kept.append(r)
+                kept.add(r, n_sys, n_sys, seg, users_before, k, seg[-1] == last_answer)
             for piece, why in pieces:
-                r = _slice(row, [], body, piece, user_ordinal, user_cols, -1)
-                r["ends_conversation"] = False
-                r["score"] = float(sum(counts[n_sys + i] for i in piece))
-                r["detail"] = why
-                rejected.append(r)
-        schema = dict(table.schema) | {"ends_conversation": pl.Boolean}
-        kept_df = pl.DataFrame(kept, schema=schema) if kept else pl.DataFrame(schema=schema)
-        rej_schema = schema | {"score": pl.Float64, "detail": pl.String}
-        rej_df = pl.DataFrame(rejected, schema=rej_schema)
+                rejected.add(r, 0, n_sys, piece, users_before, -1, False)
+                rejected.score.append(float(sum(counts[n_sys + i] for i in piece)))
+                rejected.detail.append(why)
+        kept_df = kept.frame(table)
+        rej_df = rejected.frame(table).with_columns(
+            pl.Series("score", rejected.score, dtype=pl.Float64),
+            pl.Series("detail", rejected.detail, dtype=pl.String),
+        )
         return OpResult(
             kept=kept_df,
             rejected=rej_df,
@@ -152,23 +142,56 @@ class Split(Filter):
         )
 
 
-def _user_ordinals(body: list[dict]) -> list[int | None]:
-    out, k = [], 0
-    for m in body:
-        if m["role"] == "user":
-            out.append(k)
-            k += 1
-        else:
-            out.append(None)
+class _Rows:
+    """The output rows of ``split`` as integer columns: which input row, how many leading system turns
+    it repeats, which run of its messages and of its per-user-turn values; :meth:`frame` slices them
+    out of the input with polars' list slices (a Python dict per row cost more than the tokenizing).
+
+    Every segment and piece :func:`plan_segments` makes is a run of consecutive turns, so a start and
+    a length describe it, and the user turns in it are a run of consecutive user ordinals.
+    """
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[int]] = {k: [] for k in ("row", "head", "start", "len", "ord", "n_ord", "segment")}
+        self.ends: list[bool] = []
+        self.score: list[float] = []
+        self.detail: list[str] = []
+
+    def add(self, row: int, head: int, n_sys: int, piece: Piece, users_before: list[int],
+            segment: int, ends: bool) -> None:
+        first, last = piece[0], piece[-1]
+        assert last - first + 1 == len(piece), "split's segments and pieces are runs of turns"
+        c = self.cols
+        c["row"].append(row)
+        c["head"].append(head)
+        c["start"].append(n_sys + first)
+        c["len"].append(len(piece))
+        c["ord"].append(users_before[first])
+        c["n_ord"].append(users_before[last + 1] - users_before[first])
+        c["segment"].append(segment)
+        self.ends.append(ends)
+
+    def frame(self, table: pl.DataFrame) -> pl.DataFrame:
+        plan = pl.DataFrame(self.cols, schema={k: pl.Int64 for k in self.cols})
+        out = table[plan["row"]].with_columns(
+            pl.concat_list(
+                pl.col("messages").list.head(pl.lit(plan["head"])),
+                pl.col("messages").list.slice(pl.lit(plan["start"]), pl.lit(plan["len"])),
+            ).alias("messages")
+        )
+        if "segment" in table.columns:
+            out = out.with_columns(plan["segment"].cast(table.schema["segment"]))
+        for col in (c for c in table.columns if c.startswith("user_")):
+            # a value list shorter than the ordinals (or null) gives what it has: a slice does that
+            out = out.with_columns(
+                pl.col(col).list.slice(pl.lit(plan["ord"]), pl.lit(plan["n_ord"])).fill_null(pl.lit([], dtype=out.schema[col]))
+            )
+        return out.with_columns(pl.Series("ends_conversation", self.ends, dtype=pl.Boolean))
+
+
+def _users_before(body: list[str]) -> list[int]:
+    """``out[i]``: how many user turns come before turn ``i`` (``out[len(body)]``: all of them)."""
+    out = [0]
+    for role in body:
+        out.append(out[-1] + (role == "user"))
     return out
-
-
-def _slice(row, system, body, idx, user_ordinal, user_cols, segment) -> dict[str, Any]:
-    new = dict(row)
-    new["messages"] = list(system) + [body[i] for i in idx]
-    new["segment"] = segment
-    ordinals = [user_ordinal[i] for i in idx if user_ordinal[i] is not None]
-    for col in user_cols:
-        values = row[col] or []
-        new[col] = [values[o] for o in ordinals if o < len(values)]
-    return new
