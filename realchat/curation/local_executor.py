@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from realchat.curation.ops.base import Filter
 from realchat.curation.parts import CurateSink, ShardWriter
 from realchat.curation.pipeline import ChunkReader, ExecutorRun, RuleTally, label_rejected, run_row_ops, tokenizer_spec
 from realchat.curation.sources import open_source
+from realchat.errors import RealChatError
 
 if TYPE_CHECKING:
     from realchat.curation.reference import Reference
@@ -201,7 +203,7 @@ class _Workers:
                     shown[i].update(completed=tallies[i].rows_in, kept=tallies[i].rows_out)
                 yield chunk
                 continue
-            kept, rejected, meta = future.result()
+            kept, rejected, meta = _result(future)
             for k, i in enumerate(group):
                 m = meta[k]
                 tallies[i].add_figures(m["in"], m["out"], m["rejected"], m["seconds"], m["counters"])
@@ -232,7 +234,7 @@ class _Workers:
         if future is None:
             return chunk, None
         self.rows_in_flight -= chunk.height
-        payload, seconds = future.result()
+        payload, seconds = _result(future)
         self.prepare_seconds += seconds
         return chunk, payload
 
@@ -240,7 +242,8 @@ class _Workers:
         if self.pool is None:
             self.spec = self.tokenizer()
             # spawn, not fork: the parent may hold tokenizer and torch threads that fork would copy half-way
-            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_one_thread_each)
             self.started = self.processes
 
     def _submit(self, chunk: pl.DataFrame, params: list[Any]) -> Any:
@@ -267,6 +270,26 @@ def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: 
     if result.rejected is not None and result.rejected.height:
         sink.rejected(label_rejected(result.rejected, index, op.params.op))
     return result.kept
+
+
+def _one_thread_each() -> None:
+    """In a worker: the processes are the parallelism, so the tokenizer (Rust, rayon) and polars keep to
+    one thread each instead of each starting one per CPU and fighting over the cores."""
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _result(future: Any) -> Any:
+    """A worker's answer; a worker that died is one message, not a traceback."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise RealChatError(
+            "a curation worker process died (out of memory, killed, or a script without a main guard)",
+            hint="executor.workers=1 runs every op in this process; a Python script that builds must guard "
+                 "its top level with `if __name__ == \"__main__\":` (worker processes are spawned and "
+                 "import it)") from None
 
 
 def _prepare(op: type[Filter], params: Any, chunk: pl.DataFrame) -> tuple[Any, float]:
