@@ -85,10 +85,12 @@ DEDUP_RULES = [
 
 
 def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: int, shard_rows: int,
-              rules: str) -> dict:
+              rules: str, workers: int | None = None) -> dict:
     overrides = [f"run_root={root / executor}", f"steps.curate.source.path={source}",
                  "steps.curate.source.format=sharegpt", f"executor.kind={executor}",
                  f"executor.shard_rows={shard_rows}"]
+    if executor == "local" and workers is not None:
+        overrides.append(f"executor.workers={workers}")
     if rules == "dedup":
         overrides.append(f"steps.curate.filters={json.dumps(DEDUP_RULES)}")
     if executor == "ray":
@@ -143,6 +145,7 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--shard-rows", type=int, default=5_000)
     ap.add_argument("--rules", choices=["recipe", "dedup"], default="recipe")
+    ap.add_argument("--workers", type=int, default=None, help="the local executor's processes")
     ap.add_argument("--turn-pairs", type=int, default=None)
     ap.add_argument("--keep-input", type=Path, default=None, help="reuse (or write) the input here")
     args = ap.parse_args()
@@ -158,7 +161,8 @@ def main() -> None:
               f"(built in {time.perf_counter() - t0:.0f} s)")
         results = {}
         for ex in args.executors:
-            results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows, args.rules)
+            results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows, args.rules,
+                                        args.workers)
             held = r["executor"].get("rows_held_peak")
             print(f"{ex:<6} wall {r['wall']:7.1f} s   {r['read'] / r['wall']:8,.0f} conversations/s   "
                   f"peak PSS (process tree) {r['peak_rss_mb']:7,.0f} MB   kept {r['kept']:,}"

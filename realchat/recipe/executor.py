@@ -26,7 +26,8 @@ class ExecutorConfig(Strict):
     #: Ray only, for a runtime started here: the CPUs it may use (default: all).
     num_cpus: int | None = Field(None, ge=1)
     #: Local only: processes for the per-conversation ops (the dedup ops stay in the main process);
-    #: ``null``: one per CPU. They start only when the input holds more than one shard.
+    #: ``null``: one per CPU. They start only once the input has shown more than 4 shards (small inputs
+    #: run in this process: starting workers costs seconds).
     workers: int | None = Field(None, ge=1)
     #: Conversations per shard: the chunk the local executor streams (its memory bound) and the unit
     #: Ray schedules (one task per shard).
