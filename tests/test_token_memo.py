@@ -15,23 +15,10 @@ import pytest
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.split import plan_segments
 from realchat.models import TokenCounter, load_tokenizer
-from realchat.steps.curate import BASE_SCHEMA
+
+from test_filters import conv, table  # the same tiny conversation builders
 
 ANSWER = "The quick brown fox jumps over the lazy dog, then it naps in the sun. " * 6
-
-
-def conv(*turns):
-    out = []
-    for t in turns:
-        role, _, content = t.partition(":")
-        out.append({"role": {"u": "user", "a": "assistant", "s": "system"}[role], "content": content})
-    return out
-
-
-def table(*conversations):
-    rows = [{"conversation_id": f"c{i}", "source_index": i, "segment": 0, "messages": m}
-            for i, m in enumerate(conversations)]
-    return pl.DataFrame(rows, schema=BASE_SCHEMA)
 
 
 @pytest.fixture
