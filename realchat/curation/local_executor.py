@@ -108,8 +108,11 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
             applied = list(range(first, stop - (barrier is not None)))
             spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
             with ExitStack() as stack:
-                shown = {i: stack.enter_context(ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows"))
-                         for i in applied}
+                # a line per op when the pass starts and one when it ends, both in the recipe's order
+                counters = [ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows") for i in applied]
+                shown = {i: cm.__enter__() for i, cm in zip(applied, counters)}
+                for cm in reversed(counters):  # the stack unwinds last in, first out
+                    stack.push(cm)
                 stream = chunks
                 for group in _groups(ops, applied):  # row ops in worker processes, the others here
                     if ops[group[0]].scope == "row":
