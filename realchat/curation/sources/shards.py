@@ -48,8 +48,8 @@ from realchat.curation.sources import SourceConfig
 from realchat.curation.sources.base import RawRecord, ReadReport
 from realchat.curation.sources.json_stream import (
     _first_char, _iter_array, _line_records, _refuse_single_object)
-from realchat.curation.sources.tables import iter_datasets
-from realchat.errors import SourceError, user_file
+from realchat.curation.sources.tables import iter_datasets, parquet_records
+from realchat.errors import SourceError
 from realchat.recipe.refs import resolve_local
 
 _BLOCK = 32 << 20
@@ -336,27 +336,9 @@ def _plan_parquet(path: Path, target_bytes: int, max_records: int | None, limit:
 
 
 def _read_row_groups(spec: ShardSpec) -> Iterator[RawRecord]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    file = Path(spec.path)
-    try:
-        pf = pq.ParquetFile(file)
-    except Exception as e:
-        raise SourceError(f"not a readable parquet file: {e}", file=str(file)) from None
-    index, row = spec.first_index, spec.first_position
     assert spec.stop is not None
-    batches = pf.iter_batches(batch_size=4096, row_groups=list(range(spec.start, spec.stop)))
-    while True:
-        with user_file(file, record=row, doing="corrupt parquet data", also=(pa.ArrowException,)):
-            batch = next(batches, None)
-            objs = batch.to_pylist() if batch is not None else []
-        if batch is None:
-            return
-        for obj in objs:
-            yield RawRecord(index=index, data=obj, position=f"{file.name} row {row}")
-            index += 1
-            row += 1
+    return parquet_records(Path(spec.path), spec.first_index, list(range(spec.start, spec.stop)),
+                           spec.first_position)
 
 
 __all__ = ["ShardSpec", "plan_shards", "read_shard"]

@@ -14,31 +14,40 @@ from realchat.curation.sources.base import RawRecord, ReadReport
 
 
 def iter_parquet(path: Path, report: ReadReport) -> Iterator[RawRecord]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise SourceError("no .parquet files found", file=str(path))
     index = 0
     for file in files:
-        try:
-            pf = pq.ParquetFile(file)
-        except Exception as e:  # pyarrow raises several types for a corrupt file
-            raise SourceError(f"not a readable parquet file: {e}", file=str(file)) from None
-        row = 0
-        batches = pf.iter_batches(batch_size=4096)
-        while True:
-            # a corrupt data page fails inside pyarrow: name the file and the first row not read
-            with user_file(file, record=row, doing="corrupt parquet data", also=(pa.ArrowException,)):
-                batch = next(batches, None)
-                objs = batch.to_pylist() if batch is not None else []
-            if batch is None:
-                break
-            for obj in objs:
-                yield RawRecord(index=index, data=obj, position=f"{file.name} row {row}")
-                index += 1
-                row += 1
+        for rec in parquet_records(file, index):
+            yield rec
+            index += 1
+
+
+def parquet_records(file: Path, first_index: int, row_groups: list[int] | None = None,
+                    first_row: int = 0) -> Iterator[RawRecord]:
+    """One parquet file's rows (or those of ``row_groups``, whose first row is ``first_row``) as
+    records numbered from ``first_index``; a corrupt file or data page names the file and the row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(file)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise SourceError(f"not a readable parquet file: {e}", file=str(file)) from None
+    index, row = first_index, first_row
+    batches = pf.iter_batches(batch_size=4096, row_groups=row_groups)
+    while True:
+        # a corrupt data page fails inside pyarrow: name the file and the first row not read
+        with user_file(file, record=row, doing="corrupt parquet data", also=(pa.ArrowException,)):
+            batch = next(batches, None)
+            objs = batch.to_pylist() if batch is not None else []
+        if batch is None:
+            return
+        for obj in objs:
+            yield RawRecord(index=index, data=obj, position=f"{file.name} row {row}")
+            index += 1
+            row += 1
 
 
 def iter_datasets(path_or_id: str, split: str, revision: str | None, from_hub: bool,
