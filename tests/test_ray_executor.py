@@ -15,19 +15,15 @@ from typer.testing import CliRunner
 
 from realchat.cli import app
 
+from test_curate_stage import FILTERS as CURATE_FILTERS
+
 pytest.importorskip("ray")
 
 runner = CliRunner()
 
-FILTERS = [
-    {"op": "clean_html"}, {"op": "strip_chat_artifacts"}, {"op": "vendor_mention"}, {"op": "shape"},
-    {"op": "language", "allowed": ["en"], "policy": "share", "min_share": 0.8},
-    {"op": "length", "max_chars": 20000, "max_tokens": 4000},
-    {"op": "quality", "min_alpha_ratio": 0.2, "policy": "share", "min_share": 0.8},
-    {"op": "redact_pii"},
-    {"op": "exact_dedup"}, {"op": "near_dedup"}, {"op": "split", "max_tokens": 1024},
-    {"op": "exact_dedup", "strip_punctuation": True},  # a global op after split: segments are rows
-]
+# the curate stage's rules with redact_pii before the dedup ops, and a global op after split (segments are rows)
+FILTERS = (CURATE_FILTERS[:7] + [{"op": "redact_pii"}] + CURATE_FILTERS[7:]
+           + [{"op": "exact_dedup", "strip_punctuation": True}])
 
 
 def _perturbed(records):
@@ -58,6 +54,15 @@ def _outputs(folder):
     return kept, rejected, stats
 
 
+def _local_and_ray(recipe, tmp_path, step, shard_rows):
+    """Build ``recipe`` with each executor (run roots ``local`` and ``ray``): each one's outputs of ``step``."""
+    _build(recipe)
+    _build(recipe, "--set", f"run_root={tmp_path / 'ray'}", "--set", "executor.kind=ray",
+           "--set", "executor.num_cpus=2", "--set", f"executor.shard_rows={shard_rows}")
+    name = yaml.safe_load(recipe.read_text())["name"]
+    return (_outputs(tmp_path / "local" / name / step), _outputs(tmp_path / "ray" / name / step))
+
+
 def test_ray_executor_equals_local_on_a_slice(write_json_array, sharegpt_records, tmp_path, tiny_tokenizer_dir):
     source = write_json_array(_perturbed(sharegpt_records[:400]), "slice.json")
     doc = {"name": "exec", "run_root": str(tmp_path / "local"),
@@ -65,11 +70,7 @@ def test_ray_executor_equals_local_on_a_slice(write_json_array, sharegpt_records
                                 "tokenizer": str(tiny_tokenizer_dir), "filters": FILTERS}}}
     recipe = tmp_path / "exec.yaml"
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
-    _build(recipe)
-    _build(recipe, "--set", f"run_root={tmp_path / 'ray'}", "--set", "executor.kind=ray",
-           "--set", "executor.num_cpus=2", "--set", "executor.shard_rows=64")
-    kept_l, rej_l, stats_l = _outputs(tmp_path / "local" / "exec" / "curate")
-    kept_r, rej_r, stats_r = _outputs(tmp_path / "ray" / "exec" / "curate")
+    (kept_l, rej_l, stats_l), (kept_r, rej_r, stats_r) = _local_and_ray(recipe, tmp_path, "curate", 64)
 
     assert stats_l["balanced"] and stats_r["balanced"]
     # the slice gives dedup real work: both kinds of duplicates are found
@@ -117,11 +118,7 @@ def test_ray_dedup_against_a_reference_equals_local(write_json_array, sharegpt_r
                                          {"op": "near_dedup", "reference": ref}]}}}
     recipe = tmp_path / "months.yaml"
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
-    _build(recipe)
-    _build(recipe, "--set", f"run_root={tmp_path / 'ray'}", "--set", "executor.kind=ray",
-           "--set", "executor.num_cpus=2", "--set", "executor.shard_rows=40")
-    kept_l, rej_l, stats_l = _outputs(tmp_path / "local" / "months" / "new")
-    kept_r, rej_r, stats_r = _outputs(tmp_path / "ray" / "months" / "new")
+    (kept_l, rej_l, stats_l), (kept_r, rej_r, stats_r) = _local_and_ray(recipe, tmp_path, "new", 40)
     assert rej_l.filter(pl.col("detail").str.contains("in reference old")).height >= 50
     assert kept_r.equals(kept_l)
     cols = ["conversation_id", "source_index", "reason", "rule", "score", "detail"]

@@ -36,7 +36,8 @@ import polars as pl
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import Filter
 from realchat.curation.parts import CurateSink, ShardWriter
-from realchat.curation.pipeline import ChunkReader, ExecutorRun, RuleTally, label_rejected, run_row_ops, tokenizer_spec
+from realchat.curation.pipeline import (ChunkReader, ExecutorRun, RuleTally, label_rejected, run_row_ops,
+                                        source_rule, tokenizer_spec)
 from realchat.curation.sources import open_source
 from realchat.errors import RealChatError
 
@@ -52,21 +53,8 @@ _SPILL = ".spill"
 _START_AFTER = 4
 
 
-class RowsHeld:
-    """The most conversation rows held in memory at once (the chunk that entered the pass, the chunks
-    in worker processes, the chunk in hand; the spill and output writers hold none): what the streaming
-    bound is about, counted rather than inferred from process memory."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-
-    def sample(self, rows: int) -> None:
-        self.peak = max(self.peak, rows)
-
-
 def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[int, "Reference"],
-              out: Path, held: RowsHeld | None = None) -> ExecutorRun:
-    held = held or RowsHeld()
+              out: Path) -> ExecutorRun:
     executor = ctx.loaded.recipe.executor
     records, report = open_source(cfg.source, ctx.base_dir)
     chunk_rows = executor.shard_rows
@@ -83,6 +71,10 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     kept_read = 0
     read_seconds = 0.0
     entering = [0]  # rows of the chunk that last entered the pass (read, or read back from the spill)
+    # the most conversation rows held at once (the chunk that entered the pass, the chunks in worker
+    # processes, the chunk in hand; the writers hold none): the streaming bound, counted rather than
+    # inferred from process memory
+    rows_held_peak = 0
 
     def source_chunks() -> Iterator[pl.DataFrame]:
         nonlocal kept_read, read_seconds
@@ -130,7 +122,7 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
                         spill.write(chunk)
                     else:
                         sink.kept(chunk)
-                    held.sample(entering[0] + workers.rows_in_flight + chunk.height)
+                    rows_held_peak = max(rows_held_peak, entering[0] + workers.rows_in_flight + chunk.height)
             if spill is not None:
                 spill.close()
                 chunks = _read_back(spill.files, entering)
@@ -139,14 +131,10 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     for i, op in enumerate(ops):
         tallies[i].counters.update(op.totals())
     shutil.rmtree(spill_root, ignore_errors=True)
-    for w in report.warnings:
-        ctx.console.print(f"[yellow]warning:[/yellow] {w}")
-    if (warning := reader.renamed_warning()) is not None:
-        ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
-        report.warnings.append(warning)
-    rules = [reader.source_rule(kept_read, read_seconds)] + [t.record() for t in tallies]
+    rules = [source_rule(reader.read, kept_read, reader.rejected_by_reason, reader.unique.renamed, read_seconds)]
+    rules += [t.record() for t in tallies]
     return ExecutorRun(rules=rules, read=reader.read, renamed=reader.unique.renamed, report=report,
-                       figures={"shard_rows": chunk_rows, "passes": len(bounds), "rows_held_peak": held.peak,
+                       figures={"shard_rows": chunk_rows, "passes": len(bounds), "rows_held_peak": rows_held_peak,
                                 "worker_processes": workers.started})
 
 

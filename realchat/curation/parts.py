@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -31,6 +32,21 @@ from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS
 from realchat.curation.scores import SCORES
 
 _SCRATCH = ".parts"
+#: The rejected set's columns after the base ones, in this order (then the ops' own columns).
+_BOOKS = {c: (REJECT_COLUMNS | {"scope": pl.String})[c] for c in ("reason", "rule", "scope", "score", "detail", "raw")}
+
+
+def _scope(kept_index: pl.Series) -> pl.Expr:
+    """``piece`` when some other part of the same source record is kept, else ``conversation``."""
+    return (pl.when(pl.col("source_index").is_in(kept_index.implode()))
+            .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
+
+
+def _name(files: list[Path], folder: Path) -> None:
+    """Move shards to ``folder`` as ``train-KKKKK-of-NNNNN.parquet``."""
+    n = max(1, len(files))
+    for k, path in enumerate(files):
+        os.replace(path, folder / f"train-{k:05d}-of-{n:05d}.parquet")
 
 
 class ShardWriter:
@@ -138,9 +154,7 @@ class CurateSink:
                                            "split": pl.String})
         rejected = _concat(self.rejected_figures, {"source_index": pl.Int64, "reason": pl.String})
         kept_index = kept["source_index"].unique()
-        rejected = rejected.with_columns(
-            pl.when(pl.col("source_index").is_in(kept_index.implode()))
-            .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
+        rejected = rejected.with_columns(_scope(kept_index))
         _name_shards(self.kept_writer.files, self.out / "data", None, self.shard_rows)
         _name_shards(self.rejected_writer.files, self.out / "rejected", kept_index, self.shard_rows)
         shutil.rmtree(self.out / _SCRATCH, ignore_errors=True)
@@ -148,13 +162,15 @@ class CurateSink:
                            kept_scores=_concat(self.kept_scores, {}), rejected_scores=_concat(self.rejected_scores, {}))
 
 
+@dataclass
 class SinkFigures:
     """What the statistics read: per kept row and per rejected row, figures without text."""
 
-    def __init__(self, kept: pl.DataFrame, rejected: pl.DataFrame, kept_conversations: int,
-                 kept_scores: pl.DataFrame, rejected_scores: pl.DataFrame) -> None:
-        self.kept, self.rejected, self.kept_conversations = kept, rejected, kept_conversations
-        self.kept_scores, self.rejected_scores = kept_scores, rejected_scores
+    kept: pl.DataFrame
+    rejected: pl.DataFrame
+    kept_conversations: int
+    kept_scores: pl.DataFrame
+    rejected_scores: pl.DataFrame
 
 
 def _concat(frames: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -176,31 +192,22 @@ def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None, 
             if name not in union or union[name] == pl.Null:
                 union[name] = dtype
     if kept_index is not None:  # the books' columns in their fixed order after the base ones
-        books = REJECT_COLUMNS | {"scope": pl.String}
-        order = list(BASE_SCHEMA) + ["reason", "rule", "scope", "score", "detail", "raw"]
-        union = {c: union.get(c, books.get(c, BASE_SCHEMA.get(c))) for c in order} | {
-            c: t for c, t in union.items() if c not in order}
-    if kept_index is None and all(dict(s) == union for s in schemas):  # already shards: rename them
-        n = max(1, len(parts))
-        for k, path in enumerate(parts):
-            os.replace(path, folder / f"train-{k:05d}-of-{n:05d}.parquet")
-    elif parts:  # one schema, scope filled, re-cut into shards of shard_rows
+        union = BASE_SCHEMA | _BOOKS | {c: t for c, t in union.items() if c in BASE_SCHEMA or c in _BOOKS} | {
+            c: t for c, t in union.items() if c not in BASE_SCHEMA and c not in _BOOKS}
+    if not parts:  # an empty set still has one (empty) shard with the base columns
+        schema = BASE_SCHEMA | ({"split": pl.String} if kept_index is None else _BOOKS)
+        pl.DataFrame(schema=schema).write_parquet(folder / "train-00000-of-00001.parquet", compression="zstd")
+    elif kept_index is None and all(dict(s) == union for s in schemas):  # already shards: rename them
+        _name(parts, folder)
+    else:  # one schema, scope filled, re-cut into shards of shard_rows
         writer = ShardWriter(folder / _SCRATCH, shard_rows)
         for path in parts:
             df = pl.read_parquet(path)
             if kept_index is not None:
-                df = df.with_columns(pl.when(pl.col("source_index").is_in(kept_index.implode()))
-                                     .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
+                df = df.with_columns(_scope(kept_index))
             writer.write(df.select([pl.col(c).cast(t) if c in df.columns else pl.lit(None, dtype=t).alias(c)
                                     for c, t in union.items()]))
             path.unlink()
         writer.close()
-        n = len(writer.files)
-        for k, path in enumerate(writer.files):
-            os.replace(path, folder / f"train-{k:05d}-of-{n:05d}.parquet")
+        _name(writer.files, folder)
         (folder / _SCRATCH).rmdir()
-    if not parts:  # an empty set still has one (empty) shard with the base columns
-        books = REJECT_COLUMNS | {"scope": pl.String}
-        schema = BASE_SCHEMA | ({"split": pl.String} if kept_index is None else
-                                {c: books[c] for c in ("reason", "rule", "scope", "score", "detail", "raw")})
-        pl.DataFrame(schema=schema).write_parquet(folder / "train-00000-of-00001.parquet", compression="zstd")

@@ -107,17 +107,14 @@ class ChunkReader:
         rejects: list[dict[str, Any]] = []
         for rec in records:
             self.read += 1
-            row, rej = normalize(rec, self.roles, self.id_field, self.id_prefix)
+            row, reject = normalised(rec, self.roles, self.id_field, self.id_prefix)
             if row is not None:
                 row["conversation_id"] = self.unique(row["conversation_id"])
                 rows.append(row)
             else:
-                assert rej is not None
-                self.rejected_by_reason[rej.reason] = self.rejected_by_reason.get(rej.reason, 0) + 1
-                rejects.append({"conversation_id": rej.conversation_id or f"{self.id_prefix}-{rec.index}",
-                                "source_index": rec.index, "segment": 0, "messages": None,
-                                "reason": rej.reason, "rule": "source", "score": None, "detail": rej.detail,
-                                "raw": rej.raw})
+                assert reject is not None
+                self.rejected_by_reason[reject["reason"]] = self.rejected_by_reason.get(reject["reason"], 0) + 1
+                rejects.append(reject)
             if len(rows) + len(rejects) >= self.chunk_rows:
                 yield self._frames(rows, rejects)
                 rows, rejects = [], []
@@ -129,16 +126,25 @@ class ChunkReader:
         return (pl.DataFrame(rows, schema=BASE_SCHEMA),
                 pl.DataFrame(rejects, schema=BASE_SCHEMA | REJECT_COLUMNS))
 
-    def source_rule(self, kept: int, seconds: float) -> dict[str, Any]:
-        """The ``source`` entry of the rules list."""
-        renamed = self.unique.renamed
-        return {"rule": "source", "op": "read", "in": self.read, "out": kept,
-                "rejected": self.read - kept, "seconds": round(seconds, 3),
-                "counters": dict(sorted(self.rejected_by_reason.items()))
-                | ({"renamed_duplicate_ids": renamed} if renamed else {})}
 
-    def renamed_warning(self) -> str | None:
-        return renamed_warning(self.unique.renamed)
+def normalised(rec: RawRecord, roles: dict[str, str], id_field: str, id_prefix: str
+               ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """One record as a conversation row, or as a rejected row (rule ``source``, its raw text kept)."""
+    row, rej = normalize(rec, roles, id_field, id_prefix)
+    if row is not None:
+        return row, None
+    assert rej is not None
+    return None, {"conversation_id": rej.conversation_id or f"{id_prefix}-{rec.index}",
+                  "source_index": rec.index, "segment": 0, "messages": None, "reason": rej.reason,
+                  "rule": "source", "score": None, "detail": rej.detail, "raw": rej.raw}
+
+
+def source_rule(read: int, kept: int, rejected_by_reason: dict[str, int], renamed: int,
+                seconds: float) -> dict[str, Any]:
+    """The ``source`` entry of the rules list: records read, kept, rejected by reason, ids renamed."""
+    return {"rule": "source", "op": "read", "in": read, "out": kept, "rejected": read - kept,
+            "seconds": round(seconds, 3), "counters": dict(sorted(rejected_by_reason.items()))
+            | ({"renamed_duplicate_ids": renamed} if renamed else {})}
 
 
 def renamed_warning(n: int) -> str | None:

@@ -55,10 +55,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from realchat.curation.conversations import normalize
 from realchat.curation.ops.base import OpParams
 from realchat.curation.ops.exact_dedup import normalised_user_text
-from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS, renamed_warning, run_row_ops, tokenizer_spec
+from realchat.curation.pipeline import (BASE_SCHEMA, REJECT_COLUMNS, label_rejected, normalised, run_row_ops,
+                                        source_rule, tokenizer_spec)
 from realchat.curation.ops.near_dedup import clusters, shingles
 from realchat.errors import RealChatError, RecipeError
 
@@ -183,15 +183,13 @@ def _read_and_normalise(source: "ShardSpec | list[RawRecord]", roles: dict[str, 
     n = 0
     for rec in records:
         n += 1
-        row, rej = normalize(rec, roles, id_field, id_prefix)
+        row, reject = normalised(rec, roles, id_field, id_prefix)
         if row is not None:
             rows.append(row)
         else:
-            assert rej is not None
-            rejects.append({"conversation_id": rej.conversation_id or f"{id_prefix}-{rec.index}",
-                            "source_index": rec.index, "segment": 0, "messages": None, "reason": rej.reason,
-                            "rule": "source", "score": None, "detail": rej.detail, "raw": rej.raw})
-            by_reason[rej.reason] = by_reason.get(rej.reason, 0) + 1
+            assert reject is not None
+            rejects.append(reject)
+            by_reason[reject["reason"]] = by_reason.get(reject["reason"], 0) + 1
     table = pl.DataFrame(rows, schema=BASE_SCHEMA)
     meta = {"read": n, "warnings": report.warnings, "truncated_at_byte": report.truncated_at_byte,
             "by_reason": by_reason}
@@ -328,26 +326,13 @@ def _run_streaming(ctx: "StepContext", cfg: Any, sink: Any, executor: "ExecutorC
             shards.append(table)
             if meta["by_reason"]:
                 sink.rejected(ray.get(rejects))
-    rules: list[dict[str, Any]] = [{
-        "rule": "source", "op": "read", "in": n_read, "out": n_out, "rejected": n_rej,
-        "seconds": round(time.perf_counter() - started, 3),
-        "counters": by_reason | ({"renamed_duplicate_ids": unique.renamed} if unique.renamed else {}),
-    }]
-
-    def emit(i: int, rejected: pl.DataFrame) -> None:
-        op = cfg.filters[i].op
-        sink.rejected(rejected.with_columns(pl.lit(op).alias("reason"), pl.lit(f"filters[{i}].{op}").alias("rule"),
-                                            pl.lit(None, dtype=pl.String).alias("raw")))
-
-    shards, op_rules = _ops_on_shards(ctx, cfg, shards, references, emit)
+    rules = [source_rule(n_read, n_out, by_reason, unique.renamed, time.perf_counter() - started)]
+    shards, op_rules = _ops_on_shards(ctx, cfg, shards, references,
+                                      lambda i, rejected: sink.rejected(label_rejected(rejected, i, cfg.filters[i].op)))
     for ref in shards:  # one shard at a time in the driver's memory
         kept = ray.get(ref)
         if kept.height:
             sink.kept(kept)
-    if (warning := renamed_warning(unique.renamed)) is not None:
-        report.warnings.append(warning)
-    for w in report.warnings:
-        ctx.console.print(f"[yellow]warning:[/yellow] {w}")
     return ExecutorRun(rules=rules + op_rules, read=n_read, renamed=unique.renamed, report=report)
 
 

@@ -26,7 +26,7 @@ from pydantic import Field
 from realchat.curation.local_executor import run_local
 from realchat.curation.ops import REGISTRY
 from realchat.curation.parts import CurateSink, SinkFigures
-from realchat.curation.pipeline import BASE_SCHEMA, ExecutorRun  # noqa: F401 - BASE_SCHEMA: the table ops take
+from realchat.curation.pipeline import BASE_SCHEMA, ExecutorRun, renamed_warning  # noqa: F401 - BASE_SCHEMA: the table ops take
 from realchat.curation.reference import read_reference
 from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, source_revision
@@ -112,6 +112,10 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     else:
         run = run_local(ctx, cfg, sink, references, out)
     run.report.revision = run.report.revision or source_revision(cfg.source, ctx.base_dir)
+    if (warning := renamed_warning(run.renamed)) is not None:
+        run.report.warnings.append(warning)
+    for w in run.report.warnings:
+        ctx.console.print(f"[yellow]warning:[/yellow] {w}")
     figures = sink.finish()
     stats = _stats(figures, run, time.perf_counter() - started)
     stats["held_out_share"] = cfg.held_out_share
