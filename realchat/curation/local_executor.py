@@ -24,8 +24,8 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from pathlib import Path
@@ -174,34 +174,16 @@ class _Workers:
 
     def stream(self, stream: Iterator[pl.DataFrame], group: list[int], ops: list[Filter],
                tallies: list[RuleTally], sink: CurateSink, shown: dict[int, Any]) -> Iterator[pl.DataFrame]:
+        """The ``row`` ops of ``group`` on each chunk: in a worker once the pool runs, else here."""
         params = [ops[i].params for i in group]
-        pending: deque[tuple[Any, pl.DataFrame]] = deque()
-        upstream = iter(stream)
-        exhausted = False
-        seen = 0
-        while True:
-            while not exhausted and len(pending) < self.processes + 1:
-                chunk = next(upstream, None)
-                if chunk is None:
-                    exhausted = True
-                    break
-                self.rows_in_flight += chunk.height
-                pending.append((None, chunk))
-                seen += 1
-                if self.processes > 1 and (seen > _START_AFTER or self.pool is not None):
-                    self._start()
-                    pending = deque((f if f is not None else self._submit(c, params), c) for f, c in pending)
-            if not pending:
-                return
-            future, chunk = pending.popleft()
-            self.rows_in_flight -= chunk.height
-            if future is None:  # one chunk in all: here, no processes
+        for chunk, answer in self._in_order(stream, lambda c: (run_row_ops, c, params, self.spec)):
+            if answer is None:  # before the pool starts (or an empty chunk): here
                 for i in group:
                     chunk = _apply(ops[i], i, chunk, tallies[i], sink)
                     shown[i].update(completed=tallies[i].rows_in, kept=tallies[i].rows_out)
                 yield chunk
                 continue
-            kept, rejected, meta = _result(future)
+            kept, rejected, meta = answer
             for k, i in enumerate(group):
                 m = meta[k]
                 tallies[i].add_figures(m["in"], m["out"], m["rejected"], m["seconds"], m["counters"])
@@ -211,30 +193,37 @@ class _Workers:
             yield kept
 
     def prepared(self, stream: Iterator[pl.DataFrame], op: Filter) -> Iterator[tuple[pl.DataFrame, Any]]:
-        """Each chunk with what ``op.prepare`` computed for it in a worker (None where no pool runs:
-        ``observe`` computes it here), in order, at most ``processes + 1`` in flight."""
+        """Each chunk with what ``op.prepare`` computed for it in a worker (None before the pool runs:
+        ``observe`` computes it here)."""
+        for chunk, answer in self._in_order(stream, lambda c: (_prepare, type(op), op.params, c)):
+            if answer is None:
+                yield chunk, None
+                continue
+            payload, seconds = answer
+            self.prepare_seconds += seconds
+            yield chunk, payload
+
+    def _in_order(self, stream: Iterator[pl.DataFrame], task: Callable[[pl.DataFrame], tuple[Any, ...]]
+                  ) -> Iterator[tuple[pl.DataFrame, Any]]:
+        """Each chunk with its worker's answer to ``task(chunk)`` (a function and its arguments), in
+        the chunks' order, at most ``processes + 1`` chunks held; None where no worker ran it (before
+        the pool starts, after ``_START_AFTER`` chunks, and for empty chunks)."""
         pending: deque[tuple[Any, pl.DataFrame]] = deque()
+
+        def take() -> tuple[pl.DataFrame, Any]:
+            future, chunk = pending.popleft()
+            self.rows_in_flight -= chunk.height
+            return chunk, (_result(future) if future is not None else None)
+
         for k, chunk in enumerate(stream):
             if k == _START_AFTER and self.processes > 1:
-                self._start()  # enough chunks to pay for the processes (no-op when a row group started them)
-            future = None
-            if self.pool is not None and chunk.height:
-                future = self.pool.submit(_prepare, type(op), op.params, chunk)
-                self.rows_in_flight += chunk.height
-            pending.append((future, chunk))
+                self._start()  # enough chunks to pay for the processes (no-op when already started)
+            self.rows_in_flight += chunk.height
+            pending.append((self.pool.submit(*task(chunk)) if self.pool is not None and chunk.height else None, chunk))
             while len(pending) > self.processes or (pending and pending[0][0] is None):
-                yield self._prepared(pending.popleft())
+                yield take()
         while pending:
-            yield self._prepared(pending.popleft())
-
-    def _prepared(self, item: tuple[Any, pl.DataFrame]) -> tuple[pl.DataFrame, Any]:
-        future, chunk = item
-        if future is None:
-            return chunk, None
-        self.rows_in_flight -= chunk.height
-        payload, seconds = _result(future)
-        self.prepare_seconds += seconds
-        return chunk, payload
+            yield take()
 
     def _start(self) -> None:
         if self.pool is None:
@@ -243,15 +232,6 @@ class _Workers:
             self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_one_thread_each)
             self.started = self.processes
-
-    def _submit(self, chunk: pl.DataFrame, params: list[Any]) -> Any:
-        assert self.pool is not None
-        if not chunk.height:
-            done: Future = Future()
-            done.set_result((chunk, [None] * len(params), [{"in": 0, "out": 0, "rejected": 0, "seconds": 0.0, "counters": {}}
-                                                            for _ in params]))
-            return done
-        return self.pool.submit(run_row_ops, chunk, params, self.spec)
 
     def close(self) -> None:
         if self.pool is not None:
