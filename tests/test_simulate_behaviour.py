@@ -113,9 +113,9 @@ def test_batch_is_refilled_as_sessions_finish(tiny):
     calls: list[int] = []
     real = tiny.generate
 
-    def counting(prompts, sampling, bad_words=None):
+    def counting(prompts, sampling, bad_words=None, role="assistant"):
         calls.append(len(prompts))
-        return real(prompts, sampling, bad_words)
+        return real(prompts, sampling, bad_words, role)
 
     tiny.generate = counting  # type: ignore[method-assign]
     try:

@@ -36,6 +36,7 @@ from realchat.engine.outputs import (
     step_dir,
 )
 from realchat.errors import RecipeError
+from realchat.models.chat_formats import check_chat_templates
 from realchat.files import atomic_write_text, write_json
 from realchat.recipe.refs import FileData, HubData
 from realchat.recipe.schema import LoadedRecipe
@@ -68,6 +69,7 @@ def graph_of(loaded: LoadedRecipe) -> Graph:
         node = graph.nodes[name]
         try:
             registry.get(node.kind).check(node.config, loaded.base_dir)
+            check_chat_templates(node.config, loaded.base_dir, set(loaded.recipe.steps))
         except RecipeError as e:
             e.file, e.field = str(loaded.path), f"steps.{name}.{e.field}" if e.field else f"steps.{name}"
             raise

@@ -101,6 +101,16 @@ class StepContext:
         with self.blame(key):
             return materialize_model(ref, self.base_dir)
 
+    def chat_template(self, ref: str | None, key: str) -> str | None:
+        """A ``chat_template:`` value (a built-in name or a Jinja file) → the template's text; None
+        when the recipe names none (the model's own applies)."""
+        from realchat.models.chat_formats import template_text
+
+        if not ref:
+            return None
+        with self.blame(key):
+            return template_text(ref, self.base_dir)
+
     def token_counter(self, ref: str, key: str) -> TokenCounter:
         path = self.resolve_model(ref, key) if ref in self.loaded.recipe.steps else ref
         with self.blame(key):
@@ -130,15 +140,17 @@ class StepContext:
         """A recipe backend (local / openai / vllm) → an object with ``chat`` (and ``generate``)."""
         from realchat.models.backends import LocalModel, OpenAIChat, VLLMModel
 
+        template = self.chat_template(backend.chat_template, f"{key}.chat_template")
+        log = self.console.print
         if backend.kind == "openai":
             tok = self.resolve_model(backend.tokenizer, f"{key}.tokenizer") if backend.tokenizer else None
             with self.blame(f"{key}.tokenizer"):
-                return OpenAIChat(backend, tok)
+                return OpenAIChat(backend, tok, template, log)
         path = self.resolve_model(backend.model, f"{key}.model")
         with self.blame(f"{key}.model"):
             if backend.kind == "vllm":
-                return VLLMModel(backend, path)
-            return LocalModel(path, backend.batch_size)
+                return VLLMModel(backend, path, template, log)
+            return LocalModel(path, backend.batch_size, template, log)
 
     # -- progress ---------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The recipe as a graph: steps are nodes, references that name a step are edges.
 
 The engine finds a step's inputs by the *types* of its config's fields (``ModelRef``, ``DatasetRef``,
-``FileRef``; see :mod:`realchat.recipe.refs`), so any kind's inputs are wired the same way. Building
+``FileRef``, ``ChatTemplateRef``; see :mod:`realchat.recipe.refs`), so any kind's inputs are wired the same way. Building
 the graph checks every reference: a missing step, a cycle, a dataset where a model is needed, a file
 that is not there — each one error naming the key path, before anything runs.
 """
@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from realchat.errors import RecipeError
+from realchat.models.chat_formats import is_builtin
 from realchat.recipe.base import PACKAGE_PREFIX_HINT, StepConfig
 from realchat.recipe.refs import (
     FileData,
@@ -144,6 +145,10 @@ def build_graph(loaded: LoadedRecipe) -> Graph:
                     edge.step = value
                 else:
                     _check_model(loaded, value, where)
+            elif role == "template":
+                if is_builtin(value):
+                    continue  # RealChat's own format: its text is versioned with the package
+                _must_exist(loaded, value, where, "chat template")
             else:
                 _must_exist(loaded, value, where, "file")
             if edge.step is not None:

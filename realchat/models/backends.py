@@ -21,8 +21,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field
 
 from realchat.errors import ModelError, RealChatError
+from realchat.models.chat_formats import ChatFormat, apply_template
 from realchat.recipe.base import DEFAULT_MODEL, SamplingParams, Strict
-from realchat.recipe.refs import ModelRef
+from realchat.recipe.refs import ChatTemplateRef, ModelRef
 from realchat.redact import redact
 
 
@@ -36,6 +37,9 @@ class LocalBackend(Strict):
     kind: Literal["local"] = "local"
     #: A step name (an sft step's model), a folder, a ``.gguf`` file, ``pkg://`` or a Hub id.
     model: ModelRef = DEFAULT_MODEL
+    #: The model's chat format: a built-in name (`vicuna`, `chatml`, `llama-2`, `llama-3`, `mistral`,
+    #: `gemma`, `phi-3`) or a Jinja file; null = the tokenizer's own (required when it has none).
+    chat_template: ChatTemplateRef | None = None
     #: Conversations advanced together per generate call.
     batch_size: int = Field(16, ge=1)
 
@@ -59,6 +63,14 @@ class OpenAIBackend(Strict):
     #: The served model's tokenizer (a step, folder or Hub id): renders the simulator's prompt and
     #: counts its context. Required when this backend plays the simulator.
     tokenizer: ModelRef | None = None
+    #: The served model's chat format for prompts rendered here (with `tokenizer`): a built-in name or
+    #: a Jinja file; null = the tokenizer's own. Chat completions use the server's template.
+    chat_template: ChatTemplateRef | None = None
+    #: Send prompts rendered here as token ids (a token list as `prompt` on `/v1/completions`: vLLM,
+    #: llama.cpp and OpenAI servers take one), exactly what the model must see. false: as text, with a
+    #: BOS the template writes left out, since the server adds its own (`transformers serve` takes text
+    #: only).
+    prompt_token_ids: bool = False
     #: Requests in flight at once.
     max_concurrency: int = Field(8, ge=1)
     #: Read timeout of one request, seconds.
@@ -80,6 +92,8 @@ class VLLMBackend(Strict):
     kind: Literal["vllm"] = "vllm"
     #: A step name (an sft step's model), a folder or a Hub id.
     model: ModelRef
+    #: The model's chat format: a built-in name or a Jinja file; null = the tokenizer's own.
+    chat_template: ChatTemplateRef | None = None
     #: GPUs the model is split over.
     tensor_parallel_size: int = Field(1, ge=1)
     #: Share of GPU memory vLLM may take (0-1).
@@ -102,6 +116,8 @@ class Generation:
     error: str | None = None
     #: ``stop`` (the model ended its turn) or ``length`` (cut at ``max_new_tokens``); None when unknown.
     finish_reason: str | None = None
+    #: What ended the turn, where known: the turn end (``[/INST]``, ``<|im_end|>``, ``</s>``, …).
+    stop: str | None = None
 
 
 #: Per prompt, strings the model must not write (e.g. the simulator's end marker before its first
@@ -110,20 +126,38 @@ BadWords = list[list[str]] | None
 
 
 class TemplateModel:
-    """A model whose prompts this process renders with its tokenizer's chat template (local, vLLM,
-    or a served model whose tokenizer the recipe names)."""
+    """A model whose prompts this process renders with its chat template (local, vLLM, or a served
+    model whose tokenizer the recipe names), through its :class:`ChatFormat`: conversations laid out
+    so the template accepts them, turns opened without fake messages, generation stopped at the turn
+    end of the role being written, prompts encoded with exactly one BOS."""
 
     tokenizer: Any
+    format: ChatFormat
     #: Whether ``generate`` enforces ``bad_words`` while decoding (else callers resample).
     bans_words = True
 
+    def _use_format(self, template: str | None, what: str, log: Any = None) -> None:
+        apply_template(self.tokenizer, template, what)
+        self.format = ChatFormat.of(self.tokenizer, log)
+
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.format.render(messages, add_generation_prompt)
+
+    def open_turn(self, messages: list[dict[str, str]], role: str = "user") -> str:
+        """The prompt that has the model write the next ``role`` turn after ``messages``."""
+        return self.format.open_turn(messages, role)
 
     def count(self, text: str) -> int:
+        """Tokens of a text alone (no BOS): a turn's length."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None) -> list[Generation]:
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of a rendered prompt as the model sees it (one BOS included): the context budget."""
+        return len(self.format.encode(prompt))
+
+    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None,
+                 role: str = "assistant") -> list[Generation]:
+        """Continue each prompt with a ``role`` turn, stopped at that role's turn end."""
         raise NotImplementedError
 
     def chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams,
@@ -136,6 +170,15 @@ class TemplateModel:
             for g in gens:
                 g.text = answer_prefix + g.text
         return gens
+
+    def finish(self, text: str, role: str, finish_reason: str | None, tokens: int,
+               stopped_by: str | None = None) -> Generation:
+        """A generated turn cut at its turn end (only the stop and what follows it go)."""
+        text, found = self.format.end_of_turn(text, role)
+        stop = found or stopped_by
+        if stop is not None:
+            finish_reason = "stop"
+        return Generation(text, tokens, finish_reason=finish_reason, stop=stop)
 
 
 def _groups(n: int, bad_words: BadWords) -> dict[tuple[str, ...], list[int]]:
@@ -150,7 +193,7 @@ def _groups(n: int, bad_words: BadWords) -> dict[tuple[str, ...], list[int]]:
 class LocalModel(TemplateModel):
     """A transformers causal LM on this machine (CPU or one GPU)."""
 
-    def __init__(self, path: str, batch_size: int = 16) -> None:
+    def __init__(self, path: str, batch_size: int = 16, chat_template: str | None = None, log: Any = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,6 +206,7 @@ class LocalModel(TemplateModel):
             raise ModelError(f"cannot load model {path}: {e}") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._use_format(chat_template, path, log)
         self.batch_size = batch_size
         self.name = path
 
@@ -177,25 +221,36 @@ class LocalModel(TemplateModel):
                     seqs.append(ids)
         return seqs or None
 
-    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None,
+                 role: str = "assistant") -> list[Generation]:
         out: list[Generation | None] = [None] * len(prompts)
         for words, idx in _groups(len(prompts), bad_words).items():
             banned = self.bad_words_ids(words)
             for k in range(0, len(idx), self.batch_size):
                 chunk = idx[k : k + self.batch_size]
-                for i, g in zip(chunk, self._generate([prompts[i] for i in chunk], sampling, banned)):
+                for i, g in zip(chunk, self._generate([prompts[i] for i in chunk], sampling, banned, role)):
                     out[i] = g
         return out  # type: ignore[return-value]
 
-    def _generate(self, chunk: list[str], sampling: SamplingParams,
-                  bad_words_ids: list[list[int]] | None) -> list[Generation]:
+    def encode_batch(self, prompts: list[str]) -> dict[str, Any]:
+        """Left-padded ``input_ids`` and ``attention_mask`` of rendered prompts, each encoded as the
+        model must see it (:meth:`ChatFormat.encode`: one BOS, the template's special tokens)."""
+        return self.tokenizer.pad({"input_ids": [self.format.encode(p) for p in prompts]}, padding=True,
+                                  return_tensors="pt")
+
+    def _generate(self, chunk: list[str], sampling: SamplingParams, bad_words_ids: list[list[int]] | None,
+                  role: str) -> list[Generation]:
         import torch
 
-        enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.encode_batch(chunk).to(self.device)
+        stop_ids = self.format.stop_token_ids(role)
+        stop_texts = [t for t in self.format.stop_strings(role)
+                      if len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) > 1]
         kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, use_cache=True,
-                                      pad_token_id=self.tokenizer.pad_token_id,
-                                      eos_token_id=self.tokenizer.eos_token_id,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stop_ids,
                                       repetition_penalty=sampling.repetition_penalty)
+        if stop_texts:  # a turn end that is several tokens (Llama-2's "[/INST]" on LLaMA's vocabulary)
+            kwargs.update(stop_strings=stop_texts, tokenizer=self.tokenizer)
         if bad_words_ids:
             kwargs["bad_words_ids"] = bad_words_ids
         if sampling.temperature > 0:
@@ -205,15 +260,16 @@ class LocalModel(TemplateModel):
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
         out = []
-        eos = self.tokenizer.eos_token_id
         for row in gen[:, enc["input_ids"].shape[1]:].tolist():
-            if eos in row:  # the model ended its turn; what follows is padding
-                ids, reason = row[: row.index(eos)], "stop"
+            end = next((j for j, t in enumerate(row) if t in stop_ids), None)
+            if end is not None:  # the model ended its turn; what follows is padding
+                ids, reason = row[:end], "stop"
+                stopped_by = self.tokenizer.convert_ids_to_tokens(row[end])
             else:
                 ids = [t for t in row if t != self.tokenizer.pad_token_id]
-                reason = "length" if len(row) >= sampling.max_new_tokens else "stop"
-            out.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids),
-                                  finish_reason=reason))
+                reason, stopped_by = ("length" if len(row) >= sampling.max_new_tokens else "stop"), None
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            out.append(self.finish(text, role, reason, len(ids), stopped_by))
         return out
 
 
@@ -230,7 +286,8 @@ class OpenAIChat(TemplateModel):
 
     bans_words = False  # no portable way to ban a multi-token string on a server: callers resample
 
-    def __init__(self, cfg: OpenAIBackend, tokenizer_path: str | None = None) -> None:
+    def __init__(self, cfg: OpenAIBackend, tokenizer_path: str | None = None, chat_template: str | None = None,
+                 log: Any = None) -> None:
         self.cfg = cfg
         self.key = os.environ.get(cfg.api_key_env, "")
         self.name = f"{cfg.model} @ {cfg.base_url}"
@@ -242,17 +299,30 @@ class OpenAIChat(TemplateModel):
                 self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
             except OSError as e:
                 raise ModelError(f"cannot load tokenizer {tokenizer_path}: {e}") from None
+            self._use_format(chat_template, tokenizer_path, log)
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def _needs_tokenizer(self) -> None:
         if self.tokenizer is None:
             raise RealChatError("a served simulator needs its model's tokenizer to render its prompt",
                                 field="tokenizer", hint="set tokenizer: <the served model's folder or Hub id>")
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self._needs_tokenizer()
         return super().render(messages, add_generation_prompt)
+
+    def open_turn(self, messages: list[dict[str, str]], role: str = "user") -> str:
+        self._needs_tokenizer()
+        return super().open_turn(messages, role)
 
     def count(self, text: str) -> int:
         if self.tokenizer is None:
             return len(text.split())
         return super().count(text)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        if self.tokenizer is None:
+            return len(prompt.split())
+        return super().prompt_tokens(prompt)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -318,15 +388,24 @@ class OpenAIChat(TemplateModel):
 
         return _run_async(self._run(make, conversations))
 
-    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None) -> list[Generation]:
-        async def make(client: Any, prompt: str) -> Generation:
-            r = await client.completions.create(prompt=prompt, **self._body(sampling))
+    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None,
+                 role: str = "assistant") -> list[Generation]:
+        """Text completions of prompts rendered here, stopped at ``role``'s turn end (``stop``; at most
+        four strings, as OpenAI's API allows), each prompt sent as token ids or as text with the BOS
+        the server adds left out (``prompt_token_ids``), so the model sees one BOS either way."""
+        self._needs_tokenizer()
+        stops = self.format.stop_strings(role)[:4]
+        payloads: list[Any] = [self.format.encode(p) if self.cfg.prompt_token_ids else self.format.text_for_server(p)
+                               for p in prompts]
+
+        async def make(client: Any, prompt: Any) -> Generation:
+            r = await client.completions.create(prompt=prompt, stop=stops, **self._body(sampling))
             choice = r.choices[0]
             if not isinstance(choice.text, str):
                 raise TypeError("the completion has no text")
-            return Generation(choice.text, _completion_tokens(r), finish_reason=choice.finish_reason)
+            return self.finish(choice.text, role, choice.finish_reason, _completion_tokens(r))
 
-        return _run_async(self._run(make, prompts))
+        return _run_async(self._run(make, payloads))
 
 
 def _completion_tokens(response: Any) -> int:
@@ -346,9 +425,10 @@ def _run_async(coro: Any) -> Any:
 
 
 class VLLMModel(TemplateModel):
-    """vLLM's offline engine (``pip install realchat[vllm]``; a GPU)."""
+    """vLLM's offline engine (``pip install realchat[vllm]``; a GPU). Prompts go in as token ids
+    (``TokensPrompt``), never as text vLLM would tokenize again with a second BOS."""
 
-    def __init__(self, cfg: VLLMBackend, path: str) -> None:
+    def __init__(self, cfg: VLLMBackend, path: str, chat_template: str | None = None, log: Any = None) -> None:
         try:
             from vllm import LLM
         except ImportError:
@@ -357,17 +437,24 @@ class VLLMModel(TemplateModel):
         self.llm = LLM(model=path, tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype)
         self.tokenizer = self.llm.get_tokenizer()
+        self._use_format(chat_template, path, log)
         self.name = path
 
-    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None,
+                 role: str = "assistant") -> list[Generation]:
         from vllm import SamplingParams as VSampling
 
         out: list[Generation | None] = [None] * len(prompts)
         for words, idx in _groups(len(prompts), bad_words).items():
             params = VSampling(temperature=sampling.temperature, top_p=sampling.top_p,
                                max_tokens=sampling.max_new_tokens, repetition_penalty=sampling.repetition_penalty,
-                               bad_words=list(words) or None)
-            for i, o in zip(idx, self.llm.generate([prompts[i] for i in idx], params, use_tqdm=False)):
+                               bad_words=list(words) or None, stop=self.format.stop_strings(role),
+                               stop_token_ids=self.format.stop_token_ids(role))
+            requests = [{"prompt_token_ids": self.format.encode(prompts[i])} for i in idx]
+            for i, o in zip(idx, self.llm.generate(requests, params, use_tqdm=False)):
                 c = o.outputs[0]
-                out[i] = Generation(c.text, len(c.token_ids), finish_reason=c.finish_reason)
+                reason = c.stop_reason  # the stop string, the stop token id, or None (EOS / length)
+                stopped_by = (reason if isinstance(reason, str) else
+                              self.tokenizer.convert_ids_to_tokens(reason) if isinstance(reason, int) else None)
+                out[i] = self.finish(c.text, role, c.finish_reason, len(c.token_ids), stopped_by)
         return out  # type: ignore[return-value]

@@ -92,6 +92,7 @@ REF_EXAMPLES: dict[str, list[Any]] = {
               "./models/my-model"],
     "dataset": ["curate", {"step": "curate", "split": "held_out"}, {"path": "data/sharegpt.json", "format": "sharegpt"},
                 {"hub": "owner/name", "revision": "main"}],
+    "template": ["vicuna", "llama-2", "chatml", "templates/my-format.jinja"],
 }
 
 

@@ -41,7 +41,7 @@ FileFormat = Literal["sharegpt", "openai_messages", "parquet", "datasets_folder"
 class RefRole:
     """Marks a field as a reference to a ``model`` or a ``dataset`` (an edge when it names a step)."""
 
-    role: Literal["model", "dataset", "file"]
+    role: Literal["model", "dataset", "file", "template"]
 
 
 class StepData(Strict):
@@ -101,6 +101,9 @@ DatasetRef = Annotated[
 ]
 #: A local file or folder whose content enters the fingerprint (benchmark questions, prompts).
 FileRef = Annotated[str, RefRole("file")]
+#: A chat format: a built-in name (``vicuna``, ``chatml``, ``llama-2`` …, see
+#: :mod:`realchat.models.chat_formats`) or a Jinja file whose content enters the fingerprint.
+ChatTemplateRef = Annotated[str, RefRole("template")]
 
 ResolvedData = Union[StepData, FileData, HubData]
 
@@ -208,4 +211,4 @@ def as_dataset(value: Any, steps: set[str]) -> ResolvedData | None:
     return None
 
 
-__all__ = ["DatasetRef", "FileData", "FileRef", "HubData", "ModelRef", "RefRole", "StepData"]
+__all__ = ["ChatTemplateRef", "DatasetRef", "FileData", "FileRef", "HubData", "ModelRef", "RefRole", "StepData"]

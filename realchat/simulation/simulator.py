@@ -103,24 +103,37 @@ class Session:
     truncated_answers: int = 0
     #: The session's goal in the simulator's system prompt (intent conditioning); None = none.
     intent: str | None = None
+    #: One per user turn the simulator wrote: ``stop`` (it ended its turn) or ``length`` (cut).
+    user_finish_reasons: list[str | None] = field(default_factory=list)
+    #: One per message: what ended that turn as generated (the turn end: ``[/INST]``, ``<|im_end|>``,
+    #: ``</s>``, …), None for seed turns and where the backend does not say.
+    turn_stops: list[str | None] = field(default_factory=list)
+
+    def add_turn(self, role: str, content: str, stop: str | None) -> None:
+        self.turn_stops.extend([None] * (len(self.messages) - len(self.turn_stops)))  # seed turns
+        self.messages.append({"role": role, "content": content})
+        self.turn_stops.append(stop)
+
+    def drop_question(self) -> None:
+        """Take back the last (unanswered) question, and what was recorded of it."""
+        self.messages.pop()
+        del self.turn_stops[len(self.messages):]
+        if self.user_finish_reasons:
+            self.user_finish_reasons.pop()
 
     def record(self, settings_id: str) -> dict[str, Any]:
         return {"session_id": self.session_id, "mode": self.mode, "seed_id": self.seed_id,
                 "messages": self.messages, "rounds": self.rounds, "stop_reason": self.stop_reason,
                 "error": self.error, "settings_id": settings_id, "finish_reasons": self.finish_reasons,
                 "repeat_resamples": self.repeat_resamples, "end_marker_resamples": self.end_marker_resamples,
-                "truncated_answers": self.truncated_answers, "intent": self.intent}
+                "truncated_answers": self.truncated_answers, "intent": self.intent,
+                "user_finish_reasons": self.user_finish_reasons,
+                "turn_stops": self.turn_stops + [None] * (len(self.messages) - len(self.turn_stops))}
 
 
-def user_turn_opener(render: Callable[..., str]) -> str:
-    """The text a chat template puts before a user message's content (e.g. ``<|im_start|>user\\n``)."""
-    sentinel = "\u2063RC\u2063"
-    base = render([{"role": "system", "content": "s"}], add_generation_prompt=False)
-    full = render([{"role": "system", "content": "s"}, {"role": "user", "content": sentinel}],
-                  add_generation_prompt=False)
-    if not full.startswith(base) or sentinel not in full:
-        raise ValueError("the chat template does not render incrementally; cannot open a user turn")
-    return full[len(base): full.index(sentinel)]
+#: What the roleplaying model hears first (as the user, roles swapped), so the conversation it sees
+#: starts with a user turn and alternates, as strict templates (Llama-2, Mistral, Gemma) demand.
+ROLEPLAY_OPENER = "Hello! What would you like to ask me?"
 
 
 def _norm(text: str) -> str:
@@ -161,27 +174,32 @@ class Simulation:
         self.on_finish = on_finish
         #: With a session's ``intent``: its system prompt is this template filled (as in training).
         self.intent_template = intent_template
-        self.opener = user_turn_opener(simulator.render) if cfg.simulator in ("usergpt", "magpie") else ""
+        #: The role the simulator writes in its own prompt: a user turn, except for the roleplaying
+        #: assistant model, which answers as "assistant" in the swapped conversation.
+        self.simulator_role = "assistant" if cfg.simulator == "roleplay" else "user"
         self.generated_tokens = 0
 
     # -- prompts ----------------------------------------------------------------------------------
 
     def simulator_prompt(self, s: Session) -> str:
+        """The simulator's prompt, valid for its template (laid out by its chat format): a user turn
+        opened after the conversation (``usergpt``: its own system prompt in front; ``magpie``: the
+        assistant's, as the Magpie method samples an instruct model's user slot, never a fake one), or
+        for ``roleplay`` the swapped conversation, opened by :data:`ROLEPLAY_OPENER` so that it starts
+        with a user turn and alternates."""
         cfg = self.cfg
         if cfg.simulator == "usergpt":
             system = (with_intent(self.intent_template, self.user_system_prompt, s.intent) if self.intent_template
                       else self.user_system_prompt)
             head = [{"role": "system", "content": system}] if system else []
-            return self.sim.render(head + s.messages, add_generation_prompt=False) + self.opener
+            return self.sim.open_turn(head + s.messages, "user")
         if cfg.simulator == "magpie":
             head = [{"role": "system", "content": cfg.assistant_system_prompt}] if cfg.assistant_system_prompt else []
-            return self.sim.render(head + s.messages, add_generation_prompt=False) + self.opener
+            return self.sim.open_turn(head + s.messages, "user")
         # roleplay: the simulator is an assistant model; the real assistant's answers reach it as user turns
         swapped = [{"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]} for m in s.messages]
-        if not swapped:
-            swapped = [{"role": "user", "content": "Hello! What would you like to ask me?"}]
-        return self.sim.render([{"role": "system", "content": cfg.roleplay_prompt}] + swapped,
-                               add_generation_prompt=True)
+        return self.sim.render([{"role": "system", "content": cfg.roleplay_prompt},
+                                {"role": "user", "content": ROLEPLAY_OPENER}, *swapped], add_generation_prompt=True)
 
     def answerer_messages(self, s: Session) -> list[dict[str, str]]:
         sys = self.cfg.assistant_system_prompt
@@ -195,7 +213,7 @@ class Simulation:
 
     def too_long(self, s: Session, prompt: str | None = None) -> bool:
         prompt = prompt if prompt is not None else self.simulator_prompt(s)
-        return self.sim.count(prompt) + self.cfg.user_sampling.max_new_tokens > self.cfg.context_budget
+        return self.sim.prompt_tokens(prompt) + self.cfg.user_sampling.max_new_tokens > self.cfg.context_budget
 
     def run(self, sessions: Iterable[Session], capacity: int | None = None) -> None:
         """Simulate every session; at most ``capacity`` in flight, refilled as sessions finish."""
@@ -236,8 +254,9 @@ class Simulation:
                 live.remove(s)
                 self.finish(s, reason, g.error)
                 continue
-            s.messages.append({"role": "user", "content": text.strip()})
+            s.add_turn("user", text.strip(), g.stop)
             s.user_tokens.append(g.tokens)
+            s.user_finish_reasons.append(g.finish_reason)
         # every live session now ends on a user turn: answer all of them in one batch
         answering = [s for s in live if s.messages and s.messages[-1]["role"] == "user"]
         if not answering:
@@ -246,7 +265,7 @@ class Simulation:
         for s, g in zip(answering, gens):
             self.generated_tokens += g.tokens
             if g.error is not None:
-                s.messages.pop()  # the question stays unanswered: drop it, keep what is complete
+                s.drop_question()  # the question stays unanswered: drop it, keep what is complete
                 live.remove(s)
                 self.finish(s, "failed", g.error)
                 continue
@@ -256,11 +275,11 @@ class Simulation:
                 if cfg.truncated_answers == "trim":
                     text, reason = trim_to_sentence(text), "trimmed"
                 if cfg.truncated_answers == "drop" or not text:
-                    s.messages.pop()
+                    s.drop_question()
                     live.remove(s)
                     self.finish(s, "truncated_answer")
                     continue
-            s.messages.append({"role": "assistant", "content": text})
+            s.add_turn("assistant", text, g.stop)
             s.assistant_tokens.append(g.tokens)
             s.finish_reasons.append(reason)
             s.rounds += 1
@@ -293,7 +312,8 @@ class Simulation:
         tries = cfg.max_resamples if cfg.user_sampling.temperature > 0 else 0
         for attempt in range(tries + 1):
             bad = [self.banned(asking[i]) for i in todo] if getattr(self.sim, "bans_words", False) else None
-            gens = self.sim.generate([prompts[i] for i in todo], cfg.user_sampling, bad_words=bad) if todo else []
+            gens = (self.sim.generate([prompts[i] for i in todo], cfg.user_sampling, bad_words=bad,
+                                      role=self.simulator_role) if todo else [])
             again = []
             for i, g in zip(todo, gens):
                 self.generated_tokens += g.tokens

@@ -19,7 +19,7 @@ from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.intents import TrainIntents, summarize, with_intent
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
-from realchat.recipe.refs import DatasetRef, ModelRef
+from realchat.recipe.refs import ChatTemplateRef, DatasetRef, ModelRef
 from realchat.steps.base import StepKind, StepResult
 from realchat.training.chat_format import as_user_simulator
 from realchat.training.checkpoints import checkpoint_faults
@@ -35,6 +35,11 @@ class SftConfig(StepConfig, TrainingSettings):
     loss_on: Literal["user", "assistant"]
     #: A step name (an sft step's model), a folder, a ``.gguf`` file, ``pkg://`` or a Hub id.
     base_model: ModelRef = DEFAULT_MODEL
+    #: The chat format to train in: a built-in name (`vicuna`: the paper's format; `chatml`, `llama-2`,
+    #: `llama-3`, `mistral`, `gemma`, `phi-3`) or a Jinja file. Required when the base model's tokenizer
+    #: has none (a base model); replaces its own otherwise. Saved into the trained model's tokenizer, so
+    #: every step that loads the model renders this format.
+    chat_template: ChatTemplateRef | None = None
     #: Training conversations: a step name (its train split), ``{step, split}``, a file, a Hub id.
     dataset: DatasetRef
     #: Conversations for the held-out loss (e.g. ``{step: curate, split: held_out}``); without it,
@@ -108,6 +113,10 @@ class Sft(StepKind):
         started = time.perf_counter()
         with ranks.main_first():  # under torchrun, one process fills the model cache, the others read it
             base = ctx.resolve_model(cfg.base_model, "base_model")
+        # the format is settled before anything is paid for (intent summaries) or trained
+        template = ctx.chat_template(cfg.chat_template, "chat_template")
+        with ctx.blame("chat_template"):
+            check_format(base, template)
         convs = ctx.conversations("dataset")
         role = cfg.loss_on
         if not any(m["role"] == role for c in convs for m in c["messages"]):
@@ -128,8 +137,10 @@ class Sft(StepKind):
             stats = train_sft(cfg, base_model=base, train_convs=prepare(cfg, train), eval_convs=prepare(cfg, held),
                               loss_role=role, out=out, work=ctx.work_dir(), seed=ctx.seed,
                               show_progress=ctx.show_progress and ctx.console.is_terminal,
-                              callbacks=callbacks, log=ctx.console.print, reporter=ctx.reporter)
+                              callbacks=callbacks, log=ctx.console.print, reporter=ctx.reporter,
+                              chat_template=template)
         stats["base_model_ref"] = cfg.base_model
+        stats["chat_template"] = cfg.chat_template or "the base model's own"
         stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
         stats["end_marker"] = cfg.end_marker if role == "user" else None
         # simulate reads the template here, as it reads the end marker: the same prompt at both times
@@ -139,6 +150,15 @@ class Sft(StepKind):
         stats["versions"] = package_versions()
         stats["seconds_total"] = round(time.perf_counter() - started, 1)
         return StepResult(stats=stats)
+
+
+def check_format(base: str, template: str | None) -> None:
+    """The base model's tokenizer has a chat template, or the recipe gives one (a Hub model is only
+    known here, at the step's start); the template renders the probe conversations."""
+    from realchat.models import load_tokenizer
+    from realchat.models.chat_formats import ChatFormat, apply_template
+
+    ChatFormat.of(apply_template(load_tokenizer(base), template, base))
 
 
 def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) -> dict[str, Any]:

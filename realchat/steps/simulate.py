@@ -348,7 +348,7 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                  simulator_model=cfg.simulator_backend.model, min_rounds=cfg.min_rounds,
                  truncated_answers_rule=cfg.truncated_answers, max_failed_share=cfg.max_failed_share,
                  answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
-                 end_marker=marker)
+                 end_marker=marker, chat_formats=format_notes(sim_backend, answerer, sim.simulator_role))
     if cfg.intent:
         stats["intents"] = {"source": cfg.intent.source, "distinct": len(set(intents)), "template": template,
                             "sessions_with_intent": sum(1 for r in kept if r.get("intent"))}
@@ -358,13 +358,14 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
 COLUMNS = {"session_id": pl.String, "mode": pl.String, "seed_id": pl.String, "messages": MESSAGES,
            "rounds": pl.Int32, "stop_reason": pl.String, "error": pl.String, "settings_id": pl.String,
            "finish_reasons": pl.List(pl.String), "repeat_resamples": pl.Int32,
-           "end_marker_resamples": pl.Int32, "truncated_answers": pl.Int32, "intent": pl.String}
+           "end_marker_resamples": pl.Int32, "truncated_answers": pl.Int32, "intent": pl.String,
+           "user_finish_reasons": pl.List(pl.String), "turn_stops": pl.List(pl.String)}
 
 
 def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
     # records from an older part file lack the newer columns: null lists, zero counts
     defaults = {"finish_reasons": None, "repeat_resamples": 0, "end_marker_resamples": 0, "truncated_answers": 0,
-                "intent": None}
+                "intent": None, "user_finish_reasons": None, "turn_stops": None}
     rows = [{**defaults, **r} for r in records]
     return pl.DataFrame(rows, schema=COLUMNS)
 
@@ -439,6 +440,11 @@ def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: 
         "failed": stop.get("failed", 0),
         # per assistant turn of the kept conversations: ended by the model, or cut at the token limit
         "finish_reasons": _count(f for r in kept for f in (r.get("finish_reasons") or []) if f is not None),
+        # the same for the user turns the simulator wrote
+        "user_finish_reasons": _count(f for r in kept for f in (r.get("user_finish_reasons") or []) if f is not None),
+        # what ended each generated turn, per role: the template's turn end (or EOS) when the model stopped
+        "turn_stops": {role: _count(stop for r in kept for m, stop in zip(r["messages"], r.get("turn_stops") or [])
+                                    if m["role"] == role and stop is not None) for role in ("user", "assistant")},
         # every answer cut at the token limit, whatever ``truncated_answers`` did with it
         "truncated_answers": sum(r.get("truncated_answers", 0) for r in kept + rejected),
         "trimmed_answers": sum((r.get("finish_reasons") or []).count("trimmed") for r in kept),
@@ -448,6 +454,18 @@ def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: 
         "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
         "token_counter": "simulator tokenizer" if count else "whitespace words",
     }
+
+
+def format_notes(simulator: Any, answerer: Any, simulator_role: str) -> dict[str, Any]:
+    """Per model, the turn ends it stops at (for the role it writes) and how often its chat format had
+    to lay a conversation out for the template (a system prompt folded, turns merged, an empty user
+    turn added); a served model rendered by its server says so."""
+    out: dict[str, Any] = {}
+    for name, backend, role in (("simulator", simulator, simulator_role), ("answerer", answerer, "assistant")):
+        fmt = getattr(backend, "format", None)
+        out[name] = ({"template": "the server's"} if fmt is None else
+                     {"writes": role, "stop_strings": fmt.stop_strings(role), "adaptations": dict(fmt.notes)})
+    return out
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -2,14 +2,17 @@
 
 UserGPT learns to speak as the human, ReaLM as the assistant: the same model family, the loss on
 different turns. TRL's ``assistant_only_loss`` needs ``{% generation %}`` markers in the chat template,
-which most templates (SmolLM2's, Llama-2's) lack, so the mask is built here instead, for any template:
+which most templates (SmolLM2's, Llama-2's) lack, so the mask is built here instead, for any template,
+from the model's :class:`~realchat.models.chat_formats.ChatFormat`:
 
-1. render the conversation with the tokenizer's chat template, one message at a time, checking that
-   each rendering extends the previous one (true of ChatML, Llama-2, Zephyr …; anything else is an
-   error, not a silent mis-mask);
-2. mark the characters of the loss role's turns: from the start of the turn's *content* to the end of
-   the turn as rendered (so the end-of-turn token carries loss and the role header does not);
-3. tokenize the whole text once with offsets; a token carries loss when its first character is marked.
+1. lay the conversation out for the template (:meth:`ChatFormat.fit`: Llama-2 and Gemma refuse what
+   ChatML renders) and render it one message at a time, checking that each rendering extends the
+   previous one;
+2. mark the characters of the loss role's turns: the turn's own *content* and its **turn end**
+   (``<|im_end|>``, `` [/INST]``, ``</s>``, ``<|eot_id|>``, Vicuna's next ``ASSISTANT:``), so the model
+   learns to stop where the backends stop it; not the role header, not a folded system prompt;
+3. tokenize the whole text once with offsets (one BOS, as :meth:`ChatFormat.encode` gives the
+   backends); a token carries loss when its first character is marked.
 
 The result (``input_ids``, ``assistant_masks``) is what TRL's SFTTrainer takes as a pre-tokenised
 dataset: it turns the mask into ``labels``, truncates, drops fully masked rows, packs.
@@ -19,54 +22,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from realchat.errors import RealChatError
+from realchat.models.chat_formats import ChatFormat
+from realchat.models.chat_formats import loss_spans as _format_loss_spans
 
 #: Written by the simulator after a conversation's last assistant turn when trained with it
 #: (UserLM-style end of conversation); plain text, so any tokenizer can learn it.
 DEFAULT_END_MARKER = "<|endconversation|>"
 
-
-class ChatFormatError(RealChatError):
-    """The chat template cannot be used to build loss masks."""
-
-
 def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    return ChatFormat.of(tokenizer).render(messages, add_generation_prompt=False)
 
 
 def loss_spans(tokenizer: Any, messages: list[dict[str, str]], loss_role: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans ``[start, end)`` that carry loss."""
-    spans: list[tuple[int, int]] = []
-    prev = ""
-    text = ""
-    for i, m in enumerate(messages):
-        text = render(tokenizer, messages[: i + 1])
-        if not text.startswith(prev):
-            raise ChatFormatError(
-                "the chat template does not render conversations incrementally (message "
-                f"{i} changes what came before), so turn masks cannot be built from it",
-                hint="use a ChatML/Llama-style template, or set the tokenizer's chat_template",
-            )
-        if m["role"] == loss_role:
-            new = text[len(prev):]
-            offset = new.rfind(m["content"]) if m["content"] else -1
-            start = len(prev) + (offset if offset >= 0 else 0)
-            spans.append((start, len(text)))
-        prev = text
-    return text, spans
+    return _format_loss_spans(ChatFormat.of(tokenizer), messages, loss_role)
 
 
 def tokenize_with_mask(tokenizer: Any, messages: list[dict[str, str]], loss_role: str) -> dict[str, list[int]]:
     """``input_ids`` and ``assistant_masks`` (1 = carries loss) for one conversation."""
-    text, spans = loss_spans(tokenizer, messages, loss_role)
+    fmt = ChatFormat.of(tokenizer)
+    text, spans = _format_loss_spans(fmt, messages, loss_role)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
     mask = []
     k = 0
     for start, _end in enc["offset_mapping"]:
         while k < len(spans) and start >= spans[k][1]:
             k += 1
         mask.append(1 if k < len(spans) and spans[k][0] <= start < spans[k][1] else 0)
-    return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
+    if fmt.bos_id is not None and (not ids or ids[0] != fmt.bos_id):  # one BOS, as the backends send it
+        ids.insert(0, fmt.bos_id)
+        mask.insert(0, 0)
+    return {"input_ids": ids, "assistant_masks": mask}
 
 
 def decode_loss_tokens(tokenizer: Any, row: dict[str, list[int]]) -> list[str]:

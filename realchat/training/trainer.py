@@ -25,6 +25,7 @@ from pydantic import AfterValidator, Field
 
 from realchat.errors import RealChatError
 from realchat.recipe.base import Strict
+from realchat.models.chat_formats import ChatFormat, apply_template
 from realchat.training.chat_format import tokenize_with_mask
 from realchat.training.throughput import throughput
 
@@ -250,6 +251,14 @@ def packed_documents_separate(model: Any) -> bool:
     return bool(blocked.all())
 
 
+def turn_end_ids(chat_format: ChatFormat) -> int | list[int]:
+    """The ids a trained model's generation config stops at: EOS, then each role's turn end where it
+    is one token; one id stays an int (what most configs hold)."""
+    ids = [*chat_format.stop_token_ids("assistant"), *chat_format.stop_token_ids("user")]
+    unique = list(dict.fromkeys(ids))
+    return unique[0] if len(unique) == 1 else unique
+
+
 def last_checkpoint(work: Path) -> str | None:
     """The newest *complete* checkpoint (:mod:`realchat.training.checkpoints`); torn ones are dropped."""
     from realchat.training.checkpoints import newest_complete
@@ -261,11 +270,13 @@ def last_checkpoint(work: Path) -> str | None:
 def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[dict[str, str]]],
               eval_convs: list[list[dict[str, str]]], loss_role: str, out: Path, work: Path, seed: int,
               show_progress: bool = True, callbacks: list[Any] | None = None, log: Any = print,
-              reporter: Any = None) -> dict[str, Any]:
+              reporter: Any = None, chat_template: str | None = None) -> dict[str, Any]:
     """Train, save a loadable model folder to ``out``; return the figures for the card.
 
-    ``reporter`` (a :class:`realchat.progress.Reporter`) shows steps, loss and tokens/s while training
-    runs; transformers' own tqdm bar and log printer are off (a ``\\r`` line, or raw dicts, in a log)."""
+    ``chat_template`` (the recipe's, as text) replaces the tokenizer's own and is saved with the model,
+    so every later step renders the format it trained on. ``reporter`` (a
+    :class:`realchat.progress.Reporter`) shows steps, loss and tokens/s while training runs;
+    transformers' own tqdm bar and log printer are off (a ``\\r`` line, or raw dicts, in a log)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -277,11 +288,10 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = apply_template(AutoTokenizer.from_pretrained(base_model), chat_template, base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "chat_template", None):
-        raise RealChatError(f"{base_model}: the tokenizer has no chat template", field="base_model")
+    chat_format = ChatFormat.of(tokenizer, log)
     train_rows = tokenize_conversations(tokenizer, train_convs, loss_role, cfg.max_length, "training data")
     eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs) if any(r["assistant_masks"])]
                  if eval_convs else [])
@@ -391,7 +401,8 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         if cfg.method == "lora":
             trained = trained.merge_and_unload()
         trained = trained.to(dtype)  # saved in the dtype it trained in (bf16 on a GPU that has it)
-        trained.generation_config.eos_token_id = tokenizer.eos_token_id
+        # generation stops at every turn end of the format it trained on (``<|im_end|>``, ``<|eot_id|>``, …)
+        trained.generation_config.eos_token_id = turn_end_ids(chat_format)
         trained.generation_config.pad_token_id = tokenizer.pad_token_id
         trained.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
