@@ -142,3 +142,21 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory, sharegpt_records):
+    """``family_models(name)`` → the folder of a tiny random model of that chat-model family
+    (tests/families.py), built once per test session."""
+    from families import build_model
+
+    corpus = [t["value"] for r in sharegpt_records[:200] for t in r.get("conversations", [])
+              if isinstance(t.get("value"), str)][:2000]
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = build_model(family, tmp_path_factory.mktemp(f"family-{family}"), corpus)
+        return made[family]
+
+    return get

@@ -313,6 +313,8 @@ class ChatFormat:
         bos = getattr(tokenizer, "bos_token_id", None)
         self.bos_id: int | None = bos if bos is not None and self._tokenizer_adds_bos(bos) else None
         self.bos_text: str | None = getattr(tokenizer, "bos_token", None) if self.bos_id is not None else None
+        self.open_strips_space = False
+        self.open_strips_space = self._space_belongs_to_content()
 
     @classmethod
     def of(cls, tokenizer: Any, log: Callable[[str], None] | None = None) -> "ChatFormat":
@@ -388,7 +390,19 @@ class ChatFormat:
         at = text.rfind(_S3)
         if at < 0:
             raise ChatTemplateError("the chat template does not show a message's content; cannot open a turn")
-        return text[:at]
+        return text[:at].rstrip(" ") if self.open_strips_space else text[:at]
+
+    def _space_belongs_to_content(self) -> bool:
+        """Whether an opened turn must end before its trailing space: Vicuna's ``USER: `` and Llama-2's
+        ``[INST] `` end with a space that a SentencePiece vocabulary folds into the content's first
+        piece (``▁How``); a prompt ending in a lone ``▁`` is one the model never saw in training. True
+        when the prompt's tokens are not a prefix of the rendered turn's, and are without the space."""
+        opened = self.open_turn([], "user")
+        if not opened.endswith(" "):
+            return False
+        full = self.encode(self.render([{"role": "user", "content": "Hello"}], add_generation_prompt=False))
+        with_space, without = self.encode(opened), self.encode(opened.rstrip(" "))
+        return full[: len(with_space)] != with_space and full[: len(without)] == without
 
     def _note(self, what: str) -> None:
         first = what not in self.notes

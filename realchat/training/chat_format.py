@@ -12,7 +12,8 @@ from the model's :class:`~realchat.models.chat_formats.ChatFormat`:
    (``<|im_end|>``, `` [/INST]``, ``</s>``, ``<|eot_id|>``, Vicuna's next ``ASSISTANT:``), so the model
    learns to stop where the backends stop it; not the role header, not a folded system prompt;
 3. tokenize the whole text once with offsets (one BOS, as :meth:`ChatFormat.encode` gives the
-   backends); a token carries loss when its first character is marked.
+   backends); a token carries loss when its first character that is not a space is marked (a
+   SentencePiece piece such as ``▁Hi`` carries the space before the word).
 
 The result (``input_ids``, ``assistant_masks``) is what TRL's SFTTrainer takes as a pre-tokenised
 dataset: it turns the mask into ``labels``, truncates, drops fully masked rows, packs.
@@ -46,7 +47,10 @@ def tokenize_with_mask(tokenizer: Any, messages: list[dict[str, str]], loss_role
     ids = list(enc["input_ids"])
     mask = []
     k = 0
-    for start, _end in enc["offset_mapping"]:
+    for start, end in enc["offset_mapping"]:
+        piece = text[start:end]
+        # where the token's text starts, past the space SentencePiece folds into it ("▁Hi" is " Hi")
+        start += len(piece) - len(piece.lstrip()) if piece.strip() else 0
         while k < len(spans) and start >= spans[k][1]:
             k += 1
         mask.append(1 if k < len(spans) and spans[k][0] <= start < spans[k][1] else 0)
