@@ -23,7 +23,7 @@ from pydantic import Field
 from realchat.errors import ModelError, RealChatError
 from realchat.recipe.base import DEFAULT_MODEL, SamplingParams, Strict
 from realchat.recipe.refs import ModelRef
-from realchat.redact import redact
+from realchat.redact import redact, register_secret_env, scrub
 
 
 # -- configs (what a recipe writes under answerer:, simulator_backend:, judge:, backend:) ---------------
@@ -102,6 +102,12 @@ class Generation:
     error: str | None = None
     #: ``stop`` (the model ended its turn) or ``length`` (cut at ``max_new_tokens``); None when unknown.
     finish_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        # every model's words enter RealChat here: a server echoing its API key (or any known secret)
+        # into an answer must not carry it into the data, the exports or the card
+        self.text = scrub(self.text) if isinstance(self.text, str) else self.text
+        self.error = redact(self.error)
 
 
 #: Per prompt, strings the model must not write (e.g. the simulator's end marker before its first
@@ -232,6 +238,7 @@ class OpenAIChat(TemplateModel):
 
     def __init__(self, cfg: OpenAIBackend, tokenizer_path: str | None = None) -> None:
         self.cfg = cfg
+        register_secret_env(cfg.api_key_env)
         self.key = os.environ.get(cfg.api_key_env, "")
         self.name = f"{cfg.model} @ {cfg.base_url}"
         self.tokenizer = None
