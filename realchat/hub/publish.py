@@ -34,7 +34,7 @@ from typing import Any
 
 from realchat.errors import RealChatError, user_file
 from realchat.files import read_json, write_json
-from realchat.recipe.schema import LoadedRecipe, PublishConfig
+from realchat.recipe.schema import PUBLISHED_RECORDS, LoadedRecipe, PublishConfig
 
 MANIFEST = "manifest.json"
 
@@ -50,7 +50,7 @@ class PublishError(RealChatError):
 
 def repo_id(loaded: LoadedRecipe, step: str) -> str:
     cfg = loaded.recipe.publish
-    return f"{cfg.namespace}/{cfg.repos.get(step) or f'{loaded.name}-{step}'}"
+    return f"{cfg.namespace}/{cfg.repo_name(loaded.name, step)}"
 
 
 def repo_type(loaded: LoadedRecipe, step: str) -> str:
@@ -64,7 +64,7 @@ def repo_path(repo: str, kind: str) -> str:
 
 
 def local_root(cfg: PublishConfig, run_root: str = "runs") -> Path:
-    return Path(cfg.local_root).expanduser() if cfg.local_root else Path(run_root).parent / "hub"
+    return cfg.root(run_root)
 
 
 def endpoint(cfg: PublishConfig) -> str:
@@ -86,7 +86,7 @@ def local_repo_dir(cfg: PublishConfig, repo: str, kind: str, run_root: str = "ru
 
 
 def record_path(loaded: LoadedRecipe, step: str) -> Path:
-    return Path(loaded.recipe.run_root) / loaded.name / "published" / f"{step}.json"
+    return Path(loaded.recipe.run_root) / loaded.name / PUBLISHED_RECORDS / f"{step}.json"
 
 
 def published_record(loaded: LoadedRecipe, step: str, fingerprint: str | None = None) -> dict[str, Any] | None:
@@ -194,9 +194,11 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 
     if cfg.target == "local":
         dest = local_repo_dir(cfg, repo, kind, loaded.recipe.run_root)
-        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log)
+        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log,
+                                           owner=(loaded.name, step))
     else:
-        revision, changed = HubPublisher(cfg, log).publish(repo, kind, folder, card, step, manifest["fingerprint"])
+        revision, changed = HubPublisher(cfg, log).publish(repo, kind, folder, card, step, manifest["fingerprint"],
+                                                           recipe=loaded.name)
     record = {
         "step": step,
         "target": cfg.target,
@@ -225,13 +227,27 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 OWNED = ".realchat-files.json"
 
 
+def check_owner(published: Any, recipe: str, step: str, where: str) -> None:
+    """Refuse to publish over another step's repo: the manifest already there (``published``) names
+    the recipe and step it came from. Two steps of one recipe cannot share a repo (the recipe is
+    refused when loaded); two recipes naming one repo are caught here, before anything is changed."""
+    if not isinstance(published, dict) or not published.get("step"):
+        return
+    theirs = (published.get("recipe"), published.get("step"))
+    if theirs != (recipe, step):
+        raise PublishError(f"{where} holds step {theirs[1]} of recipe {theirs[0]}; publishing step {step} of recipe "
+                           f"{recipe} there would overwrite it; nothing was changed",
+                           hint=f"give step {step} a repo of its own in publish.repos (or remove {where} "
+                                "if what it holds is no longer wanted)")
+
+
 def _owned(dest: Path) -> dict[str, Any] | None:
     rec = read_json(dest / OWNED)
     return rec if isinstance(rec, dict) and isinstance(rec.get("files"), list) else None
 
 
 def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
-                   log: Any = print) -> tuple[str, bool]:
+                   log: Any = print, owner: tuple[str, str] | None = None) -> tuple[str, bool]:
     """Put the step folder in the Hub-like local layout; the revision is the step fingerprint.
 
     The new revision is assembled beside the old one: the run folder's files hard-linked (copied where
@@ -244,6 +260,8 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
     ours = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                   if (p.is_file() or p.is_symlink()) and p.name != TEMP_MARK)
     ours = sorted(set(ours) | {"README.md"})
+    if owner is not None:
+        check_owner(read_json(dest / MANIFEST), *owner, str(dest))
     owned = _owned(dest)
     readme = dest / "README.md"
     if (owned and owned.get("fingerprint") == fingerprint and set(owned["files"]) == set(ours)
@@ -370,7 +388,7 @@ class HubPublisher:
             waiting.cancel()
 
     def publish(self, repo: str, kind: str, folder: Path, card: str, step: str,
-                fingerprint: str) -> tuple[str, bool]:
+                fingerprint: str, recipe: str | None = None) -> tuple[str, bool]:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete, RepoCard
 
         api, rev = self.api, self.cfg.revision
@@ -397,7 +415,10 @@ class HubPublisher:
             self._call(f"create branch {rev}", api.create_branch, repo, repo_type=kind, branch=rev, exist_ok=True)
         info = self._call(f"read {repo}", api.repo_info, repo, repo_type=kind, revision=rev, files_metadata=False)
         remote_files = {s.rfilename for s in (info.siblings or [])}
-        if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files):
+        published = self._remote_manifest(repo, kind, info.sha, remote_files)
+        if recipe is not None:
+            check_owner(published, recipe, step, f"{self.endpoint}: {kind} repo {repo}")
+        if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files, published):
             return info.sha, False
 
         from realchat.files import TEMP_MARK
@@ -432,18 +453,28 @@ class HubPublisher:
         tops = {r.split("/", 1)[0] for r in rel}
         return {f for f in remote_files if f.split("/", 1)[0] in tops}
 
+    def _remote_manifest(self, repo: str, kind: str, sha: str, remote_files: set[str]) -> Any:
+        """The repo's ``manifest.json`` at ``sha`` (None when it has none or it is unreadable)."""
+        if MANIFEST not in remote_files:
+            return None
+        try:
+            return json.loads(self._read(repo, kind, sha, MANIFEST))
+        except RealChatError:
+            raise
+        except Exception:
+            return None
+
     def _remote_matches(self, repo: str, kind: str, sha: str, fingerprint: str, card: str,
-                        remote_files: set[str]) -> bool:
-        if MANIFEST not in remote_files or "README.md" not in remote_files:
+                        remote_files: set[str], m: Any) -> bool:
+        if not isinstance(m, dict) or m.get("fingerprint") != fingerprint or "README.md" not in remote_files:
             return False
         try:
-            m = json.loads(self._read(repo, kind, sha, MANIFEST))
             readme = self._read(repo, kind, sha, "README.md")
         except RealChatError:
             raise
         except Exception:
             return False
-        return isinstance(m, dict) and m.get("fingerprint") == fingerprint and readme == card
+        return readme == card
 
     def _read(self, repo: str, kind: str, sha: str, filename: str) -> str:
         """One file of the repo at ``sha``: one request with RealChat's timeouts (``hf_hub_download``
