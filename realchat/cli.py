@@ -175,13 +175,14 @@ def push_cmd(
     recipe: RecipeArg,
     step: Annotated[Optional[list[str]], typer.Option(help="Publish only this step (repeatable).")] = None,
     set_: SetOpt = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a build of this recipe to finish.")] = 0.0,
 ) -> None:
     """Publish finished steps to the recipe's publish target (the Hub or a local folder)."""
     from realchat.engine.build import push
     from realchat.recipe.load import load_recipe
 
     loaded = load_recipe(recipe, set_)
-    push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
+    push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"), wait_s=wait)
 
 
 @app.command()

@@ -350,12 +350,14 @@ def publish(loaded: LoadedRecipe, graph: Graph, name: str, log: Any = print) -> 
     return publish_step(loaded, name, folder, render, log)
 
 
-def push(loaded: LoadedRecipe, steps: list[str] | None = None, log: Any = print) -> list[dict[str, Any]]:
-    """Publish finished steps (all that are finished, or those named), under the run folder's lock."""
+def push(loaded: LoadedRecipe, steps: list[str] | None = None, log: Any = print,
+         wait_s: float = 0.0) -> list[dict[str, Any]]:
+    """Publish finished steps (all that are finished, or those named), under the run folder's lock
+    (waiting up to ``wait_s`` seconds for a build that holds it)."""
     from realchat.hub.publish import PublishError
 
     graph = graph_of(loaded)
-    with run_lock(recipe_dir(loaded.run_root, loaded.name)):
+    with run_lock(recipe_dir(loaded.run_root, loaded.name), wait_s, log=log):
         plans = {p.name: p for p in plan(loaded, graph)}
         names = steps or [n for n in graph.order if plans[n].done]
         for n in names:

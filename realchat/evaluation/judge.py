@@ -86,8 +86,9 @@ def read_judgments(path: Path) -> list[dict[str, Any]]:
             raise bad("", "a JSON object (a FastChat judgment)")
         if "score" in row:
             score = row["score"]
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or not (
-                    score == UNPARSABLE or SCORE_RANGE[0] <= score <= SCORE_RANGE[1]):  # NaN, ±Infinity too
+            if isinstance(score, bool) or not isinstance(score, (int, float)):
+                raise bad("score", "a number (-1 for an unparsable verdict)")
+            if not (score == UNPARSABLE or SCORE_RANGE[0] <= score <= SCORE_RANGE[1]):  # NaN, ±Infinity too
                 raise bad("score", "a grade from 1 to 10 (-1 for an unparsable verdict)")
             if not isinstance(row.get("turn", 1), int) or isinstance(row.get("turn", 1), bool):
                 raise bad("turn", "an integer turn (1 or 2)")

@@ -287,7 +287,10 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
     elif dest.exists() or dest.is_symlink():
         raise PublishError(f"{dest}: exists and is not a folder; RealChat publishes a folder there",
                            hint="move it away or set publish.local_root")
-    clash = sorted(set(theirs) & set(ours))
+    # a user's file where RealChat needs a folder (their file `data`, our `data/…`), or their empty
+    # folder where RealChat writes a file: as much a clash as the same path
+    folders = {"/".join(r.split("/")[:i]) for r in ours for i in range(1, r.count("/") + 1)}
+    clash = sorted((set(theirs) & (set(ours) | folders)) | (set(empty_dirs) & set(ours)))
     if clash:
         raise PublishError(f"{dest / clash[0]}: a file RealChat did not write is where it publishes "
                            f"{clash[0]}; nothing was changed", hint="move the file away, then publish again")
@@ -527,10 +530,19 @@ def _card_meta(path: Path, name: str | None = None) -> dict[str, Any]:
         return RepoCard.load(path).data.to_dict()
 
 
+def _inside(rel: Any) -> bool:
+    """Whether a card's ``repo_path`` stays below the publish root (relative, no ``..``): a card is
+    input, and lineage must not be led to read anywhere else on the disk."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    parts = Path(rel).parts
+    return not Path(rel).is_absolute() and ".." not in parts and bool(parts)
+
+
 def _local_root_of(folder: Path, block: dict[str, Any]) -> Path | None:
     """The publish root a local card lives under, from its own ``repo_path`` (relative to that root)."""
     rel = block.get("repo_path")
-    if not rel:
+    if not _inside(rel):
         return None
     depth = len(Path(rel).parts)
     return folder.parents[depth - 1] if len(folder.parents) >= depth else None
@@ -556,7 +568,10 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
         if not isinstance(parents, list) or not all(isinstance(p, dict) for p in parents):
             raise PublishError(f"{where}: the card's `realchat` block is not RealChat's lineage (expected a "
                                "mapping with a list of parents)")
-        ident = f"{block.get('repo')}@{block.get('fingerprint')}"
+        # a card without repo or fingerprint is known by where it was read (else all such cards would
+        # be one node and every one after the first would lose its subtree)
+        ident = (f"{block.get('repo')}@{block.get('fingerprint')}" if block.get("repo") and block.get("fingerprint")
+                 else f"at {where}")
         node = {"depth": depth, "key": key, "where": where, "step": block.get("step"), "kind": block.get("kind"),
                 "repo": block.get("repo"), "fingerprint": block.get("fingerprint"), "revision": target[2],
                 "version": block.get("version"), "recipe_sha256": block.get("recipe_sha256")}
@@ -573,6 +588,10 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
                             "step": None, "kind": "source" if parent.get("role") == "dataset" else parent.get("role"),
                             "repo": parent.get("repo") or parent["source"], "revision": parent.get("revision"),
                             "fingerprint": None})
+            elif parent.get("repo_path") and root is not None and not _inside(parent["repo_path"]):
+                out.append({"depth": depth + 1, "key": parent.get("key"), "where": "?", "step": parent.get("step"),
+                            "kind": None, "repo": None, "revision": None, "fingerprint": parent.get("fingerprint"),
+                            "note": f"repo_path {parent['repo_path']!r} leaves the publish root: not followed"})
             elif parent.get("repo_path") and root is not None:
                 visit((str(root / parent["repo_path"]), None, None), depth + 1, parent.get("key"))
             elif parent.get("repo") and parent.get("target") == "hub":

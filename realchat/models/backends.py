@@ -283,9 +283,13 @@ class OpenAIChat(TemplateModel):
             text = f"cannot connect to {self.cfg.base_url}: {type(cause).__name__}: {str(cause)[:200]}"
         else:
             text = f"unusable answer ({type(e).__name__}: {str(e)[:300]})"
-        retried = not isinstance(e, openai.APIStatusError) or e.status_code >= 500 or e.status_code in (408, 409, 429)
-        if retried and isinstance(e, openai.APIError) and self.cfg.max_retries:
-            text = f"failed after {self.cfg.max_retries + 1} attempts: {text}"
+        if isinstance(e, openai.APIError) and self.cfg.max_retries:
+            refused = _retry_after_refused(e.response) if isinstance(e, openai.APIStatusError) else None
+            if refused is not None:
+                text = (f"not retried (the server asked to wait {refused:g} s, longer than the client waits): "
+                        f"{text}")
+            elif _retried(e):
+                text = f"failed after {self.cfg.max_retries + 1} attempts: {text}"
         return redact(text, [self.key]) or ""
 
     async def _run(self, make: Any, items: list[Any]) -> list[Generation]:
@@ -334,6 +338,34 @@ class OpenAIChat(TemplateModel):
             return Generation(choice.text, _completion_tokens(r), finish_reason=choice.finish_reason)
 
         return _run_async(self._run(make, prompts))
+
+
+def _retry_after_refused(response: Any) -> float | None:
+    """The wait a server asked for (``Retry-After``/``Retry-After-Ms``) when it is longer than the
+    ``openai`` client waits, which then makes no second attempt; None otherwise."""
+    from openai._constants import MAX_RETRY_AFTER_DELAY
+
+    headers = getattr(response, "headers", None) or {}
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            wait = float(headers.get(header)) / divisor
+        except (TypeError, ValueError):
+            continue
+        return wait if wait > MAX_RETRY_AFTER_DELAY else None
+    return None
+
+
+def _retried(e: BaseException) -> bool:
+    """Whether the ``openai`` client retried the failed request (its rules: connection errors and
+    timeouts, 408/409/429/5xx unless the server's ``x-should-retry`` says otherwise)."""
+    import openai
+
+    if not isinstance(e, openai.APIStatusError):
+        return True
+    should = (getattr(e.response, "headers", None) or {}).get("x-should-retry")
+    if should in ("true", "false"):
+        return should == "true"
+    return e.status_code >= 500 or e.status_code in (408, 409, 429)
 
 
 def _completion_tokens(response: Any) -> int:
