@@ -54,7 +54,8 @@ class OpenAIBackend(Strict):
     base_url: str
     #: The model name the server knows (not a reference: the server owns the weights).
     model: str
-    #: Name of the environment variable holding the key (the key itself never enters the recipe).
+    #: Name of the environment variable holding the key (the key itself never enters the recipe; its
+    #: value is redacted from everything RealChat writes or prints, model answers included).
     api_key_env: str = "OPENAI_API_KEY"
     #: The served model's tokenizer (a step, folder or Hub id): renders the simulator's prompt and
     #: counts its context. Required when this backend plays the simulator.

@@ -37,11 +37,14 @@ class PublishConfig(Strict):
     #: `local`: a folder laid out like the Hub; `hub`: the Hugging Face Hub (needs a token).
     target: Literal["local", "hub"] = "local"
     #: For ``target: local``: root folder; datasets go to ``<root>/datasets/<ns>/<name>``, models to
-    #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``).
+    #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``). It must not be
+    #: the run root or inside it.
     local_root: str | None = None
     #: User or organisation that owns the repos.
     namespace: str = "realchat"
-    #: Repo name per step; the default is ``<recipe name>-<step>``.
+    #: Repo name per step; the default is ``<recipe name>-<step>``. No two steps may publish to one
+    #: repo (checked when the recipe is loaded; a repo holding another recipe's step is refused when
+    #: publishing).
     repos: dict[str, str] = Field(default_factory=dict)
     #: Create Hub repos as private.
     private: bool = False
@@ -88,7 +91,8 @@ class Recipe(Strict):
     run_root: str = "runs"
     #: Seed of every random choice (sampling, shuffles, training); a step may override it.
     seed: int = Field(42, ge=0, lt=2**32)
-    #: Step name (a slug you choose) → its config; ``kind`` picks what the step does.
+    #: Step name (a slug you choose) → its config; ``kind`` picks what the step does. ``published``
+    #: is reserved (the folder of publish records).
     steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
     #: Where finished steps are published (a local Hub-like folder by default, or the Hub).
     publish: PublishConfig = PublishConfig()
