@@ -28,17 +28,28 @@ out = Console(soft_wrap=True)
 
 
 def _fail(err: RealChatError) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(err.render())}", highlight=False)
+    from realchat.redact import redact
+
+    # a Hub's or proxy's error body may echo the request's Authorization header
+    console.print(f"[bold red]error:[/bold red] {escape(redact(err.render()) or '')}", highlight=False)
     raise typer.Exit(err.exit_code)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The CLI boundary: every command runs inside it, so an error about the user's input (a
     :class:`RealChatError`, an OS error on a path, a decode error) prints one line and exits 2 —
-    one mechanism, not a ``try`` per command. ``REALCHAT_TRACEBACK=1`` shows the traceback instead."""
+    one mechanism, not a ``try`` per command. ``REALCHAT_TRACEBACK=1`` shows the traceback instead.
+    Everything a command prints goes through :func:`realchat.redact.redacted_streams`: no known
+    secret reaches the terminal or a job log."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        from realchat.redact import redacted_streams
+
+        with redacted_streams():
+            return _guarded(*args, **kwargs)
+
+    def _guarded(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -164,13 +175,14 @@ def push_cmd(
     recipe: RecipeArg,
     step: Annotated[Optional[list[str]], typer.Option(help="Publish only this step (repeatable).")] = None,
     set_: SetOpt = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a build of this recipe to finish.")] = 0.0,
 ) -> None:
     """Publish finished steps to the recipe's publish target (the Hub or a local folder)."""
     from realchat.engine.build import push
     from realchat.recipe.load import load_recipe
 
     loaded = load_recipe(recipe, set_)
-    push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"))
+    push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"), wait_s=wait)
 
 
 @app.command()

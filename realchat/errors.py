@@ -115,6 +115,23 @@ def user_file(path: str | Path, record: str | int | None = None, doing: str = "c
         raise UserFileError(f"{doing}: {cause(e)}", file=str(path), record=record) from None
 
 
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """A write to ``path`` whose failure on a full, read-only or over-quota disk names the file: a
+    plain write on an open file, pyarrow's and polars' own I/O report the condition without a path."""
+    try:
+        yield
+    except RealChatError:
+        raise
+    except Exception as e:
+        disk = _disk_condition(e)
+        if disk is None:
+            raise
+        raise UserFileError(f"cannot write: {disk}", file=str(path),
+                            hint="free space (or make the run root writable) and rerun: finished steps "
+                                 "and finished parts are kept") from None
+
+
 def boundary_error(exc: BaseException) -> RealChatError | None:
     """The CLI's one mechanism: an exception that is about the user's files, as a one-line error.
 

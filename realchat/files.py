@@ -13,7 +13,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,23 @@ def clean_stale(folder: Path) -> None:
             os.replace(p, folder)
             (folder / TEMP_MARK).unlink(missing_ok=True)
         else:
-            shutil.rmtree(p, ignore_errors=True)
+            remove_marked(p)
+
+
+def remove_marked(folder: Path) -> None:
+    """Remove a temporary folder RealChat marked, its mark last: a removal cut off part-way (kill -9)
+    leaves a folder that is still marked, so a later :func:`clean_stale` sweeps it (only a kill between
+    the last two calls can leave the folder, empty)."""
+    for child in folder.iterdir():
+        if child.name == TEMP_MARK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    (folder / TEMP_MARK).unlink(missing_ok=True)
+    with suppress(OSError):
+        folder.rmdir()
 
 
 def _temp_name(folder: Path, what: str) -> Path:
@@ -105,11 +121,12 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
             os.replace(old, folder)  # the previous content back where it was
         if folder.is_dir():
             (folder / TEMP_MARK).unlink(missing_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir():
+            remove_marked(tmp)
         raise
     (folder / TEMP_MARK).unlink(missing_ok=True)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_marked(old)
 
 
 def link_or_copy(src: Path, dst: Path) -> bool:

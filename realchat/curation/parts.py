@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from realchat.curation.pipeline import BASE_SCHEMA, REJECT_COLUMNS
 from realchat.curation.scores import SCORES
+from realchat.errors import writing
 
 _SCRATCH = ".parts"
 #: The rejected set's columns after the base ones, in this order (then the ops' own columns).
@@ -71,12 +72,14 @@ class ShardWriter:
                 self._close_file()
             if self._writer is None:
                 path = self.folder / f"part-{len(self.files):05d}.parquet"
-                self._writer = pq.ParquetWriter(path, table.schema, compression=self.compression)
+                with writing(path):
+                    self._writer = pq.ParquetWriter(path, table.schema, compression=self.compression)
                 self._schema = table.schema
                 self.files.append(path)
             room = self.shard_rows - self._in_file
             head = df.slice(0, room)
-            self._writer.write_table(head.to_arrow() if head.height < df.height else table)
+            with writing(self.files[-1]):
+                self._writer.write_table(head.to_arrow() if head.height < df.height else table)
             self._in_file += head.height
             self.rows += head.height
             df = df.slice(room)
@@ -86,7 +89,8 @@ class ShardWriter:
 
     def _close_file(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            with writing(self.files[-1]):
+                self._writer.close()
             self._writer = None
             self._in_file = 0
 

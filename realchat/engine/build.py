@@ -194,6 +194,30 @@ def card_for(loaded: LoadedRecipe, graph: Graph, name: str, manifest: dict[str, 
                   "license_link": node.config.license_link}))
 
 
+def inputs_unchanged(loaded: LoadedRecipe, p: StepPlan, ctx: StepContext) -> None:
+    """Fail when a file the step read was changed or replaced after it was planned: its fingerprint,
+    manifest and card name the sha256 taken at plan time, so an output made from other bytes must not
+    be written under them. Read again after the step ran (a digest is re-read only when the file's
+    inode, size or times changed); the work folder goes too, since its parts came from the new bytes."""
+    from realchat.engine.fingerprint import external_identity
+
+    planned = {x.get("key", "extra"): x for x in p.external}
+    now = {x.get("key", "extra"): x for x in registry.get(p.kind).external_inputs(p.node.config, loaded.base_dir)}
+    for e in p.node.inputs:
+        if not e.step:
+            planned[e.key], now[e.key] = p.identities[e.key], external_identity(e, loaded.base_dir)
+    for key, was in planned.items():
+        if now.get(key) != was:
+            shutil.rmtree(ctx.work_dir(), ignore_errors=True)
+            digest = lambda ident: str((ident or {}).get("revision") or (ident or {}).get("sha256") or "?").removeprefix(  # noqa: E731
+                "sha256:")[:12]
+            raise RecipeError(f"{was.get('source') or was.get('ref') or key} changed while step {p.name} ran "
+                              f"(sha256 {digest(was)}… when planned, {digest(now.get(key))}… now): the output "
+                              "was made from data its manifest and card would not name; nothing was written",
+                              file=str(loaded.path), field=f"steps.{p.name}.{key}",
+                              hint="rerun once the file no longer changes: the step is planned on its new content")
+
+
 def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext) -> dict[str, Any]:
     """Run one step into its atomic output; its work folder (checkpoints, part files) is kept for a
     resume until the output is in place, then removed."""
@@ -202,6 +226,7 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
         result = kind.run(ctx, tmp)
+        inputs_unchanged(loaded, p, ctx)
         write_json(tmp / STATS, result.stats)
         if result.manifest.get("configs"):  # one record of each config, for the card
             result.manifest.setdefault("samples", sample_records(tmp, result.manifest["configs"]))
@@ -327,12 +352,14 @@ def publish(loaded: LoadedRecipe, graph: Graph, name: str, log: Any = print) -> 
     return publish_step(loaded, name, folder, render, log)
 
 
-def push(loaded: LoadedRecipe, steps: list[str] | None = None, log: Any = print) -> list[dict[str, Any]]:
-    """Publish finished steps (all that are finished, or those named), under the run folder's lock."""
+def push(loaded: LoadedRecipe, steps: list[str] | None = None, log: Any = print,
+         wait_s: float = 0.0) -> list[dict[str, Any]]:
+    """Publish finished steps (all that are finished, or those named), under the run folder's lock
+    (waiting up to ``wait_s`` seconds for a build that holds it)."""
     from realchat.hub.publish import PublishError
 
     graph = graph_of(loaded)
-    with run_lock(recipe_dir(loaded.run_root, loaded.name)):
+    with run_lock(recipe_dir(loaded.run_root, loaded.name), wait_s, log=log):
         plans = {p.name: p for p in plan(loaded, graph)}
         names = steps or [n for n in graph.order if plans[n].done]
         for n in names:

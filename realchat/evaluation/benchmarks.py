@@ -83,7 +83,8 @@ class BenchmarkConfig(Strict):
     models: list[BenchModel] = Field(default_factory=list)
     #: Answer length and FastChat's per-category temperatures (0 → greedy).
     max_new_tokens: int = Field(1024, ge=1)
-    #: The LLM judge: an OpenAI-compatible endpoint (default GPT-4), a local model or vLLM.
+    #: The LLM judge: an OpenAI-compatible endpoint (default GPT-4), a local model or vLLM. A grade
+    #: outside FastChat's 1-10 (``[[0]]``, ``[[85]]``) counts as unparsable (-1), as the card reports.
     judge: Backend = OpenAIBackend(base_url="https://api.openai.com/v1", model="gpt-4")
     #: Length of the judge's answer.
     judge_max_new_tokens: int = Field(2048, ge=1)

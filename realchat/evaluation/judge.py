@@ -23,14 +23,22 @@ _SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _SCORE_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")
 
 
+#: FastChat's single-answer grades: 1 to 10; -1 marks a verdict without a readable grade.
+SCORE_RANGE = (1.0, 10.0)
+UNPARSABLE = -1.0
+
+
 def parse_score(judgment: str) -> float:
+    """The grade in a judge's verdict (``[[7]]``); a verdict without one, or with one outside
+    1-10 (``[[0]]``, ``[[85]]``), is unparsable (-1) as FastChat counts it."""
     m = _SCORE.search(judgment) or _SCORE_FALLBACK.search(judgment)
     if not m:
-        return -1.0
+        return UNPARSABLE
     try:
-        return float(m.group(1))
+        score = float(m.group(1))
     except ValueError:
-        return -1.0
+        return UNPARSABLE
+    return score if SCORE_RANGE[0] <= score <= SCORE_RANGE[1] else UNPARSABLE
 
 
 def parse_pair(judgment: str) -> str:
@@ -78,8 +86,10 @@ def read_judgments(path: Path) -> list[dict[str, Any]]:
             raise bad("", "a JSON object (a FastChat judgment)")
         if "score" in row:
             score = row["score"]
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+            if isinstance(score, bool) or not isinstance(score, (int, float)):
                 raise bad("score", "a number (-1 for an unparsable verdict)")
+            if not (score == UNPARSABLE or SCORE_RANGE[0] <= score <= SCORE_RANGE[1]):  # NaN, ±Infinity too
+                raise bad("score", "a grade from 1 to 10 (-1 for an unparsable verdict)")
             if not isinstance(row.get("turn", 1), int) or isinstance(row.get("turn", 1), bool):
                 raise bad("turn", "an integer turn (1 or 2)")
             if not isinstance(row.get("model"), str):

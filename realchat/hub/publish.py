@@ -34,7 +34,7 @@ from typing import Any
 
 from realchat.errors import RealChatError, user_file
 from realchat.files import read_json, write_json
-from realchat.recipe.schema import LoadedRecipe, PublishConfig
+from realchat.recipe.schema import PUBLISHED_RECORDS, LoadedRecipe, PublishConfig
 
 MANIFEST = "manifest.json"
 
@@ -50,7 +50,7 @@ class PublishError(RealChatError):
 
 def repo_id(loaded: LoadedRecipe, step: str) -> str:
     cfg = loaded.recipe.publish
-    return f"{cfg.namespace}/{cfg.repos.get(step) or f'{loaded.name}-{step}'}"
+    return f"{cfg.namespace}/{cfg.repo_name(loaded.name, step)}"
 
 
 def repo_type(loaded: LoadedRecipe, step: str) -> str:
@@ -64,7 +64,7 @@ def repo_path(repo: str, kind: str) -> str:
 
 
 def local_root(cfg: PublishConfig, run_root: str = "runs") -> Path:
-    return Path(cfg.local_root).expanduser() if cfg.local_root else Path(run_root).parent / "hub"
+    return cfg.root(run_root)
 
 
 def endpoint(cfg: PublishConfig) -> str:
@@ -86,7 +86,7 @@ def local_repo_dir(cfg: PublishConfig, repo: str, kind: str, run_root: str = "ru
 
 
 def record_path(loaded: LoadedRecipe, step: str) -> Path:
-    return Path(loaded.recipe.run_root) / loaded.name / "published" / f"{step}.json"
+    return Path(loaded.recipe.run_root) / loaded.name / PUBLISHED_RECORDS / f"{step}.json"
 
 
 def published_record(loaded: LoadedRecipe, step: str, fingerprint: str | None = None) -> dict[str, Any] | None:
@@ -194,9 +194,11 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 
     if cfg.target == "local":
         dest = local_repo_dir(cfg, repo, kind, loaded.recipe.run_root)
-        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log)
+        revision, changed = _publish_local(dest, folder, card, manifest["fingerprint"], log,
+                                           owner=(loaded.name, step))
     else:
-        revision, changed = HubPublisher(cfg, log).publish(repo, kind, folder, card, step, manifest["fingerprint"])
+        revision, changed = HubPublisher(cfg, log).publish(repo, kind, folder, card, step, manifest["fingerprint"],
+                                                           recipe=loaded.name)
     record = {
         "step": step,
         "target": cfg.target,
@@ -225,13 +227,27 @@ def publish_step(loaded: LoadedRecipe, step: str, folder: Path, render_card: Cal
 OWNED = ".realchat-files.json"
 
 
+def check_owner(published: Any, recipe: str, step: str, where: str) -> None:
+    """Refuse to publish over another step's repo: the manifest already there (``published``) names
+    the recipe and step it came from. Two steps of one recipe cannot share a repo (the recipe is
+    refused when loaded); two recipes naming one repo are caught here, before anything is changed."""
+    if not isinstance(published, dict) or not published.get("step"):
+        return
+    theirs = (published.get("recipe"), published.get("step"))
+    if theirs != (recipe, step):
+        raise PublishError(f"{where} holds step {theirs[1]} of recipe {theirs[0]}; publishing step {step} of recipe "
+                           f"{recipe} there would overwrite it; nothing was changed",
+                           hint=f"give step {step} a repo of its own in publish.repos (or remove {where} "
+                                "if what it holds is no longer wanted)")
+
+
 def _owned(dest: Path) -> dict[str, Any] | None:
     rec = read_json(dest / OWNED)
     return rec if isinstance(rec, dict) and isinstance(rec.get("files"), list) else None
 
 
 def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
-                   log: Any = print) -> tuple[str, bool]:
+                   log: Any = print, owner: tuple[str, str] | None = None) -> tuple[str, bool]:
     """Put the step folder in the Hub-like local layout; the revision is the step fingerprint.
 
     The new revision is assembled beside the old one: the run folder's files hard-linked (copied where
@@ -244,6 +260,8 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
     ours = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                   if (p.is_file() or p.is_symlink()) and p.name != TEMP_MARK)
     ours = sorted(set(ours) | {"README.md"})
+    if owner is not None:
+        check_owner(read_json(dest / MANIFEST), *owner, str(dest))
     owned = _owned(dest)
     readme = dest / "README.md"
     if (owned and owned.get("fingerprint") == fingerprint and set(owned["files"]) == set(ours)
@@ -269,7 +287,10 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
     elif dest.exists() or dest.is_symlink():
         raise PublishError(f"{dest}: exists and is not a folder; RealChat publishes a folder there",
                            hint="move it away or set publish.local_root")
-    clash = sorted(set(theirs) & set(ours))
+    # a user's file where RealChat needs a folder (their file `data`, our `data/…`), or their empty
+    # folder where RealChat writes a file: as much a clash as the same path
+    folders = {"/".join(r.split("/")[:i]) for r in ours for i in range(1, r.count("/") + 1)}
+    clash = sorted((set(theirs) & (set(ours) | folders)) | (set(empty_dirs) & set(ours)))
     if clash:
         raise PublishError(f"{dest / clash[0]}: a file RealChat did not write is where it publishes "
                            f"{clash[0]}; nothing was changed", hint="move the file away, then publish again")
@@ -370,7 +391,7 @@ class HubPublisher:
             waiting.cancel()
 
     def publish(self, repo: str, kind: str, folder: Path, card: str, step: str,
-                fingerprint: str) -> tuple[str, bool]:
+                fingerprint: str, recipe: str | None = None) -> tuple[str, bool]:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete, RepoCard
 
         api, rev = self.api, self.cfg.revision
@@ -397,7 +418,10 @@ class HubPublisher:
             self._call(f"create branch {rev}", api.create_branch, repo, repo_type=kind, branch=rev, exist_ok=True)
         info = self._call(f"read {repo}", api.repo_info, repo, repo_type=kind, revision=rev, files_metadata=False)
         remote_files = {s.rfilename for s in (info.siblings or [])}
-        if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files):
+        published = self._remote_manifest(repo, kind, info.sha, remote_files)
+        if recipe is not None:
+            check_owner(published, recipe, step, f"{self.endpoint}: {kind} repo {repo}")
+        if self._remote_matches(repo, kind, info.sha, fingerprint, card, remote_files, published):
             return info.sha, False
 
         from realchat.files import TEMP_MARK
@@ -432,18 +456,28 @@ class HubPublisher:
         tops = {r.split("/", 1)[0] for r in rel}
         return {f for f in remote_files if f.split("/", 1)[0] in tops}
 
+    def _remote_manifest(self, repo: str, kind: str, sha: str, remote_files: set[str]) -> Any:
+        """The repo's ``manifest.json`` at ``sha`` (None when it has none or it is unreadable)."""
+        if MANIFEST not in remote_files:
+            return None
+        try:
+            return json.loads(self._read(repo, kind, sha, MANIFEST))
+        except RealChatError:
+            raise
+        except Exception:
+            return None
+
     def _remote_matches(self, repo: str, kind: str, sha: str, fingerprint: str, card: str,
-                        remote_files: set[str]) -> bool:
-        if MANIFEST not in remote_files or "README.md" not in remote_files:
+                        remote_files: set[str], m: Any) -> bool:
+        if not isinstance(m, dict) or m.get("fingerprint") != fingerprint or "README.md" not in remote_files:
             return False
         try:
-            m = json.loads(self._read(repo, kind, sha, MANIFEST))
             readme = self._read(repo, kind, sha, "README.md")
         except RealChatError:
             raise
         except Exception:
             return False
-        return isinstance(m, dict) and m.get("fingerprint") == fingerprint and readme == card
+        return readme == card
 
     def _read(self, repo: str, kind: str, sha: str, filename: str) -> str:
         """One file of the repo at ``sha``: one request with RealChat's timeouts (``hf_hub_download``
@@ -496,10 +530,19 @@ def _card_meta(path: Path, name: str | None = None) -> dict[str, Any]:
         return RepoCard.load(path).data.to_dict()
 
 
+def _inside(rel: Any) -> bool:
+    """Whether a card's ``repo_path`` stays below the publish root (relative, no ``..``): a card is
+    input, and lineage must not be led to read anywhere else on the disk."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    parts = Path(rel).parts
+    return not Path(rel).is_absolute() and ".." not in parts and bool(parts)
+
+
 def _local_root_of(folder: Path, block: dict[str, Any]) -> Path | None:
     """The publish root a local card lives under, from its own ``repo_path`` (relative to that root)."""
     rel = block.get("repo_path")
-    if not rel:
+    if not _inside(rel):
         return None
     depth = len(Path(rel).parts)
     return folder.parents[depth - 1] if len(folder.parents) >= depth else None
@@ -525,7 +568,10 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
         if not isinstance(parents, list) or not all(isinstance(p, dict) for p in parents):
             raise PublishError(f"{where}: the card's `realchat` block is not RealChat's lineage (expected a "
                                "mapping with a list of parents)")
-        ident = f"{block.get('repo')}@{block.get('fingerprint')}"
+        # a card without repo or fingerprint is known by where it was read (else all such cards would
+        # be one node and every one after the first would lose its subtree)
+        ident = (f"{block.get('repo')}@{block.get('fingerprint')}" if block.get("repo") and block.get("fingerprint")
+                 else f"at {where}")
         node = {"depth": depth, "key": key, "where": where, "step": block.get("step"), "kind": block.get("kind"),
                 "repo": block.get("repo"), "fingerprint": block.get("fingerprint"), "revision": target[2],
                 "version": block.get("version"), "recipe_sha256": block.get("recipe_sha256")}
@@ -542,6 +588,10 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
                             "step": None, "kind": "source" if parent.get("role") == "dataset" else parent.get("role"),
                             "repo": parent.get("repo") or parent["source"], "revision": parent.get("revision"),
                             "fingerprint": None})
+            elif parent.get("repo_path") and root is not None and not _inside(parent["repo_path"]):
+                out.append({"depth": depth + 1, "key": parent.get("key"), "where": "?", "step": parent.get("step"),
+                            "kind": None, "repo": None, "revision": None, "fingerprint": parent.get("fingerprint"),
+                            "note": f"repo_path {parent['repo_path']!r} leaves the publish root: not followed"})
             elif parent.get("repo_path") and root is not None:
                 visit((str(root / parent["repo_path"]), None, None), depth + 1, parent.get("key"))
             elif parent.get("repo") and parent.get("target") == "hub":

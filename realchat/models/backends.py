@@ -24,7 +24,7 @@ from realchat.errors import ModelError, RealChatError
 from realchat.models.chat_formats import ChatFormat, apply_template
 from realchat.recipe.base import DEFAULT_MODEL, SamplingParams, Strict
 from realchat.recipe.refs import ChatTemplateRef, ModelRef
-from realchat.redact import redact
+from realchat.redact import redact, register_secret_env, scrub
 
 
 # -- configs (what a recipe writes under answerer:, simulator_backend:, judge:, backend:) ---------------
@@ -58,7 +58,8 @@ class OpenAIBackend(Strict):
     base_url: str
     #: The model name the server knows (not a reference: the server owns the weights).
     model: str
-    #: Name of the environment variable holding the key (the key itself never enters the recipe).
+    #: Name of the environment variable holding the key (the key itself never enters the recipe; its
+    #: value is redacted from everything RealChat writes or prints, model answers included).
     api_key_env: str = "OPENAI_API_KEY"
     #: The served model's tokenizer (a step, folder or Hub id): renders the simulator's prompt and
     #: counts its context. Required when this backend plays the simulator.
@@ -118,6 +119,12 @@ class Generation:
     finish_reason: str | None = None
     #: What ended the turn, where known: the turn end (``[/INST]``, ``<|im_end|>``, ``</s>``, …).
     stop: str | None = None
+
+    def __post_init__(self) -> None:
+        # every model's words enter RealChat here: a server echoing its API key (or any known secret)
+        # into an answer must not carry it into the data, the exports or the card
+        self.text = scrub(self.text) if isinstance(self.text, str) else self.text
+        self.error = redact(self.error)
 
 
 #: Per prompt, strings the model must not write (e.g. the simulator's end marker before its first
@@ -289,6 +296,7 @@ class OpenAIChat(TemplateModel):
     def __init__(self, cfg: OpenAIBackend, tokenizer_path: str | None = None, chat_template: str | None = None,
                  log: Any = None) -> None:
         self.cfg = cfg
+        register_secret_env(cfg.api_key_env)
         self.key = os.environ.get(cfg.api_key_env, "")
         self.name = f"{cfg.model} @ {cfg.base_url}"
         self.tokenizer = None
@@ -346,9 +354,13 @@ class OpenAIChat(TemplateModel):
             text = f"cannot connect to {self.cfg.base_url}: {type(cause).__name__}: {str(cause)[:200]}"
         else:
             text = f"unusable answer ({type(e).__name__}: {str(e)[:300]})"
-        retried = not isinstance(e, openai.APIStatusError) or e.status_code >= 500 or e.status_code in (408, 409, 429)
-        if retried and isinstance(e, openai.APIError) and self.cfg.max_retries:
-            text = f"failed after {self.cfg.max_retries + 1} attempts: {text}"
+        if isinstance(e, openai.APIError) and self.cfg.max_retries:
+            refused = _retry_after_refused(e.response) if isinstance(e, openai.APIStatusError) else None
+            if refused is not None:
+                text = (f"not retried (the server asked to wait {refused:g} s, longer than the client waits): "
+                        f"{text}")
+            elif _retried(e):
+                text = f"failed after {self.cfg.max_retries + 1} attempts: {text}"
         return redact(text, [self.key]) or ""
 
     async def _run(self, make: Any, items: list[Any]) -> list[Generation]:
@@ -406,6 +418,34 @@ class OpenAIChat(TemplateModel):
             return self.finish(choice.text, role, choice.finish_reason, _completion_tokens(r))
 
         return _run_async(self._run(make, payloads))
+
+
+def _retry_after_refused(response: Any) -> float | None:
+    """The wait a server asked for (``Retry-After``/``Retry-After-Ms``) when it is longer than the
+    ``openai`` client waits, which then makes no second attempt; None otherwise."""
+    from openai._constants import MAX_RETRY_AFTER_DELAY
+
+    headers = getattr(response, "headers", None) or {}
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            wait = float(headers.get(header)) / divisor
+        except (TypeError, ValueError):
+            continue
+        return wait if wait > MAX_RETRY_AFTER_DELAY else None
+    return None
+
+
+def _retried(e: BaseException) -> bool:
+    """Whether the ``openai`` client retried the failed request (its rules: connection errors and
+    timeouts, 408/409/429/5xx unless the server's ``x-should-retry`` says otherwise)."""
+    import openai
+
+    if not isinstance(e, openai.APIStatusError):
+        return True
+    should = (getattr(e.response, "headers", None) or {}).get("x-should-retry")
+    if should in ("true", "false"):
+        return should == "true"
+    return e.status_code >= 500 or e.status_code in (408, 409, 429)
 
 
 def _completion_tokens(response: Any) -> int:

@@ -22,6 +22,11 @@ from realchat.errors import RecipeError
 from realchat.recipe.base import SLUG, Slug, StepConfig, Strict
 from realchat.recipe.executor import ExecutorConfig
 
+#: The folder of publish records in a recipe's run folder (``<run_root>/<recipe>/published/``): no
+#: step may take this name, or its output and the records would be one folder (``--force`` would
+#: delete the other steps' records).
+PUBLISHED_RECORDS = "published"
+
 
 class PublishConfig(Strict):
     """Where finished steps are published: the Hugging Face Hub, or a local folder laid out like it.
@@ -32,11 +37,14 @@ class PublishConfig(Strict):
     #: `local`: a folder laid out like the Hub; `hub`: the Hugging Face Hub (needs a token).
     target: Literal["local", "hub"] = "local"
     #: For ``target: local``: root folder; datasets go to ``<root>/datasets/<ns>/<name>``, models to
-    #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``).
+    #: ``<root>/<ns>/<name>``. Default: ``hub`` beside the run root (``runs`` → ``hub``). It must not be
+    #: the run root or inside it.
     local_root: str | None = None
     #: User or organisation that owns the repos.
     namespace: str = "realchat"
-    #: Repo name per step; the default is ``<recipe name>-<step>``.
+    #: Repo name per step; the default is ``<recipe name>-<step>``. No two steps may publish to one
+    #: repo (checked when the recipe is loaded; a repo holding another recipe's step is refused when
+    #: publishing).
     repos: dict[str, str] = Field(default_factory=dict)
     #: Create Hub repos as private.
     private: bool = False
@@ -62,6 +70,14 @@ class PublishConfig(Strict):
                 raise ValueError(f"repo name {name!r} for {step}: letters, digits, '.', '_' or '-'")
         return v
 
+    def repo_name(self, recipe: str, step: str) -> str:
+        """The repo a step publishes to (without the namespace): ``repos``' name, else ``<recipe>-<step>``."""
+        return self.repos.get(step) or f"{recipe}-{step}"
+
+    def root(self, run_root: str) -> Path:
+        """The local publish root: ``local_root``, else ``hub`` beside the run root."""
+        return Path(self.local_root).expanduser() if self.local_root else Path(run_root).parent / "hub"
+
 
 class Recipe(Strict):
     """A RealChat build: named steps of any kinds, wired by the references between them."""
@@ -75,7 +91,8 @@ class Recipe(Strict):
     run_root: str = "runs"
     #: Seed of every random choice (sampling, shuffles, training); a step may override it.
     seed: int = Field(42, ge=0, lt=2**32)
-    #: Step name (a slug you choose) → its config; ``kind`` picks what the step does.
+    #: Step name (a slug you choose) → its config; ``kind`` picks what the step does. ``published``
+    #: is reserved (the folder of publish records).
     steps: dict[Slug, SerializeAsAny[StepConfig]] = Field(min_length=1)
     #: Where finished steps are published (a local Hub-like folder by default, or the Hub).
     publish: PublishConfig = PublishConfig()
@@ -88,6 +105,40 @@ class Recipe(Strict):
         if unknown:
             raise ValueError(f"publish.repos names no step of the recipe: {', '.join(unknown)} "
                              f"(steps: {', '.join(self.steps)})")
+        return self
+
+    @model_validator(mode="after")
+    def _places_apart(self) -> "Recipe":
+        """Every output has a place of its own: no step is named like the publish-records folder, no two
+        steps publish to one repo (Hub names are case-insensitive), and locally no repo folder is the
+        run folder or inside it (publishing would replace a step's output and its manifest)."""
+        reserved = [s for s in self.steps if s.lower() == PUBLISHED_RECORDS]
+        if reserved:
+            raise ValueError(f"steps: the step name {reserved[0]!r} is reserved: <run_root>/{self.name}/"
+                             f"{PUBLISHED_RECORDS}/ holds the publish records; rename the step")
+        seen: dict[tuple[str, str], str] = {}
+        places: list[tuple[str, str, str]] = []
+        for step, cfg in self.steps.items():
+            kind = "model" if type(cfg).produces == "model" else "dataset"
+            repo = f"{self.publish.namespace}/{self.publish.repo_name(self.name, step)}"
+            other = seen.setdefault((kind, repo.lower()), step)
+            if other != step:
+                raise ValueError(f"publish.repos: steps {other} and {step} both publish to the {kind} repo "
+                                 f"{repo}: each would overwrite the other; give one its own name in publish.repos")
+            places.append((step, kind, repo))
+        if self.publish.target == "local":
+            run = Path(self.run_root).expanduser().resolve()
+            root = self.publish.root(self.run_root).resolve()
+            if root == run or run in root.parents:
+                raise ValueError(f"publish.local_root: the publish root {root} is "
+                                 f"{'the run root' if root == run else 'inside the run root'} {run}: published "
+                                 "repos would land in run folders; choose a folder outside the run root")
+            mine = run / self.name
+            for step, kind, repo in places:
+                folder = root / (f"datasets/{repo}" if kind == "dataset" else repo)
+                if folder == mine or mine in folder.parents or folder in mine.parents:
+                    raise ValueError(f"publish: step {step} would publish to {folder}, which overlaps this "
+                                     f"recipe's run folder {mine}; change publish.local_root or publish.namespace")
         return self
 
 

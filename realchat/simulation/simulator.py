@@ -43,6 +43,13 @@ from realchat.intents import with_intent
 from realchat.recipe.base import SamplingParams, Strict
 
 
+
+def failed_by(role: str, error: str | None) -> str | None:
+    """A backend error as stored: opened by the role (the recipe key) that failed, ``simulator_backend``
+    or ``answerer``, so a failed step blames the backend that failed, not always the answerer."""
+    return None if error is None else f"{role}: {error}"
+
+
 class SimulationSettings(Strict):
     """How the conversation loop runs: who writes the user turn, decoding, stop rules."""
 
@@ -252,7 +259,7 @@ class Simulation:
             reason = self.judge_question(s, text, g.error)
             if reason:
                 live.remove(s)
-                self.finish(s, reason, g.error)
+                self.finish(s, reason, failed_by("simulator_backend", g.error))
                 continue
             s.add_turn("user", text.strip(), g.stop)
             s.user_tokens.append(g.tokens)
@@ -267,7 +274,7 @@ class Simulation:
             if g.error is not None:
                 s.drop_question()  # the question stays unanswered: drop it, keep what is complete
                 live.remove(s)
-                self.finish(s, "failed", g.error)
+                self.finish(s, "failed", failed_by("answerer", g.error))
                 continue
             text, reason = g.text.strip(), g.finish_reason
             if reason == "length":

@@ -96,6 +96,15 @@ class EvaluateConfig(StepConfig):
                 raise ValueError("benchmark.judge_prompts: name FastChat's judge_prompts.jsonl when questions come from the Hub")
             if len(set(models)) != len(models):
                 raise ValueError("benchmark.models: model names must be unique")
+            from realchat.evaluation.benchmarks import safe_name
+
+            files: dict[str, str] = {}
+            for m in models:  # answers are kept in <safe name>.jsonl: two names, one file = one model unasked
+                first = files.setdefault(safe_name(m).lower(), m)  # .lower(): case-insensitive filesystems
+                if first != m:
+                    raise ValueError(f"benchmark.models: {first!r} and {m!r} differ only in characters a file "
+                                     f"name drops; both would answer into {safe_name(m)}.jsonl (the second would "
+                                     "get the first's answers and scores): rename one")
             if "pairwise" in b.modes:
                 if b.pairwise_baseline not in models:
                     raise ValueError(f"benchmark.pairwise_baseline: {b.pairwise_baseline!r} must be one of "

@@ -29,7 +29,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from realchat.engine.context import StepContext
-from realchat.errors import RealChatError
+from realchat.errors import RealChatError, writing
 from realchat.files import atomic_write_text
 from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_intent_file, summarize
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
@@ -142,17 +142,20 @@ def read_parts(path: Path, retry_failed: bool = True) -> list[dict[str, Any]]:
 class PartWriter:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.f = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         body = json.dumps(record, sort_keys=True, ensure_ascii=False)
         line = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
                           ensure_ascii=False)
-        self.f.write(line + "\n")
-        self.f.flush()
+        with writing(self.path):  # a full disk names the part file (a torn last line is dropped on resume)
+            self.f.write(line + "\n")
+            self.f.flush()
 
     def close(self) -> None:
-        self.f.close()
+        with writing(self.path):
+            self.f.close()
 
 
 # -- seeds and backends ---------------------------------------------------------------------------
@@ -377,6 +380,10 @@ def check_usable(ctx: StepContext, cfg: SimulateConfig, records: list[dict[str, 
     share = len(failed) / len(records) if records else 0.0
     if kept and share <= cfg.max_failed_share:
         return
+    # the role that failed most (its errors open with its recipe key: simulation.simulator.failed_by)
+    roles = [next((k for k in ("simulator_backend", "answerer") if (r.get("error") or "").startswith(k + ": ")),
+                  "answerer") for r in failed]
+    blamed = max(("simulator_backend", "answerer"), key=roles.count) if roles else "simulator_backend"
     firsts: list[str] = []
     for r in failed:
         e = redact(r.get("error")) or "(no error text)"
@@ -390,7 +397,7 @@ def check_usable(ctx: StepContext, cfg: SimulateConfig, records: list[dict[str, 
     shown = "".join(f"\n  - {e}" for e in firsts)
     raise RealChatError(f"{why}; nothing written or published. First errors:{shown}" if firsts
                         else f"{why}; nothing written or published",
-                        file=str(ctx.loaded.path), field=ctx.key("answerer" if failed else "simulator_backend"),
+                        file=str(ctx.loaded.path), field=ctx.key(blamed),
                         hint="a rerun retries the failed sessions and keeps the finished ones")
 
 

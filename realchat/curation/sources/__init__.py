@@ -24,7 +24,9 @@ class SourceConfig(Strict):
     """
 
     #: How the source is read: ShareGPT JSON/JSONL, OpenAI `messages` JSONL, parquet, a
-    #: `save_to_disk` folder, or a Hub dataset.
+    #: `save_to_disk` folder, or a Hub dataset. A JSON record in which one object gives a key twice is
+    #: rejected (`read.duplicate_key`, counted on the card), never read with the first value lost; a
+    #: table without a `conversations` or `messages` column is an error.
     format: Literal["sharegpt", "openai_messages", "parquet", "datasets_folder", "hub"] = "sharegpt"
     #: A file or folder (relative to the recipe), `pkg://<package>/<file>`, or a Hub dataset id for
     #: `format: hub`.

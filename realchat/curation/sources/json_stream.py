@@ -26,6 +26,36 @@ from realchat.curation.sources.base import RawRecord, ReadReport, printable
 _SKIP = " \t\r\n,"
 _CHUNK = 1 << 20
 
+#: The rejection reason of a record in which one object gives a key twice.
+DUPLICATE_KEY = "read.duplicate_key"
+
+
+class _Decoder:
+    """JSON decoding that notices a key given twice in one object. ``json`` keeps the last value and
+    drops the first without a word; such a record is rejected with its reason instead, so no value is
+    lost silently (``repeated`` holds the keys seen twice since the last :meth:`take`)."""
+
+    def __init__(self) -> None:
+        self.repeated: list[str] = []
+        self.decoder = json.JSONDecoder(object_pairs_hook=self._pairs)
+
+    def _pairs(self, pairs: list[tuple[str, object]]) -> dict[str, object]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            self.repeated.append(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+        return obj
+
+    def take(self) -> list[str]:
+        keys, self.repeated = self.repeated, []
+        return keys
+
+
+def _duplicate(index: int, position: str, text: str, keys: list[str]) -> RawRecord:
+    return RawRecord(index=index, position=position, raw=printable(text), error=DUPLICATE_KEY,
+                     detail=f"key {keys[0]!r} is given twice in one object (JSON would keep only the last "
+                            "value and lose the first without a word)")
+
 
 def _first_char(path: Path) -> str:
     with path.open("rb") as f:
@@ -86,7 +116,7 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport, start: int = 0, sto
     beginning) numbered from ``index``, the records that begin before ``stop`` (None: all). A record
     that begins before ``stop`` is read whole, past ``stop`` if need be (shards: :mod:`.shards`)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    json_decoder = json.JSONDecoder()
+    json_decoder = _Decoder()
     buf = ""
     pos = 0
     offset = start  # bytes of the file before buf[pos]
@@ -130,11 +160,12 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport, start: int = 0, sto
         if buf[pos] == "]" or (stop is not None and offset >= stop):
             return
         try:
-            obj, end = json_decoder.raw_decode(buf, pos)
+            obj, end = json_decoder.decoder.raw_decode(buf, pos)
         except RecursionError:  # where this record ends is unknown, so the rest cannot be read safely
             raise SourceError(f"nested too deeply to read (deeper than Python's recursion limit) at byte {offset}",
                               file=str(path), record=index) from None
         except json.JSONDecodeError as e:
+            json_decoder.take()  # an incomplete record: decoded again once the buffer holds it all
             if not eof:
                 fill()
                 continue
@@ -160,7 +191,9 @@ def _iter_array(f: BinaryIO, path: Path, report: ReadReport, start: int = 0, sto
                 detail=f"record cut off by the end of the file at byte {offset}: {e.msg}",
             )
             return
-        yield RawRecord(index=index, data=obj, position=f"byte {offset}")
+        repeated = json_decoder.take()
+        yield (_duplicate(index, f"byte {offset}", buf[pos:end], repeated) if repeated
+               else RawRecord(index=index, data=obj, position=f"byte {offset}"))
         index += 1
         advance(end)
         if pos > _CHUNK:  # keep the buffer about one chunk long
@@ -205,6 +238,7 @@ def _line_records(lines: Iterable[bytes], path: Path, report: ReadReport, first_
                   index: int = 0) -> Iterator[RawRecord]:
     """Records of consecutive JSON lines, the first being line ``first_lineno`` holding record ``index``
     (blank lines hold none). The last line is cut off when it does not end in a newline."""
+    decoder = _Decoder()
     for lineno, (line, is_last) in enumerate(_ahead(lines), start=first_lineno):
         text = line.decode("utf-8", "surrogateescape")
         if lineno == 1:
@@ -212,7 +246,7 @@ def _line_records(lines: Iterable[bytes], path: Path, report: ReadReport, first_
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = decoder.decoder.decode(text)
         except RecursionError:  # one line is one record: reject it, read on
             yield RawRecord(index=index, position=f"line {lineno}", raw=printable(text[:10_000]),
                             error="read.too_deep",
@@ -226,5 +260,8 @@ def _line_records(lines: Iterable[bytes], path: Path, report: ReadReport, first_
             yield RawRecord(index=index, position=f"line {lineno}", raw=printable(text.rstrip("\n")),
                             error=reason, detail=f"line {lineno}: {e.msg} at column {e.colno}")
         else:
-            yield RawRecord(index=index, data=obj, position=f"line {lineno}")
+            repeated = decoder.take()
+            yield (_duplicate(index, f"line {lineno}", text.rstrip("\n"), repeated) if repeated
+                   else RawRecord(index=index, data=obj, position=f"line {lineno}"))
+        decoder.take()
         index += 1

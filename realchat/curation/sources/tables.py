@@ -24,6 +24,20 @@ def iter_parquet(path: Path, report: ReadReport) -> Iterator[RawRecord]:
             index += 1
 
 
+#: The columns a tabular source's conversations can be in (ShareGPT's, or OpenAI's messages).
+CONVERSATION_COLUMNS = ("conversations", "messages")
+
+
+def require_conversations(columns: list[str], where: str) -> None:
+    """A table without a conversations column holds no conversation in any row: one error naming the
+    file and the columns it has, not every row rejected and an empty dataset published."""
+    if not any(c in columns for c in CONVERSATION_COLUMNS):
+        shown = ", ".join(columns[:20]) + (f", … ({len(columns)} in all)" if len(columns) > 20 else "")
+        raise SourceError(f"no 'conversations' or 'messages' column; the columns are: {shown or 'none'}",
+                          file=where, hint="a column of ShareGPT turns ({from, value}) or OpenAI messages "
+                                           "({role, content}) per row")
+
+
 def parquet_records(file: Path, first_index: int, row_groups: list[int] | None = None,
                     first_row: int = 0) -> Iterator[RawRecord]:
     """One parquet file's rows (or those of ``row_groups``, whose first row is ``first_row``) as
@@ -35,6 +49,7 @@ def parquet_records(file: Path, first_index: int, row_groups: list[int] | None =
         pf = pq.ParquetFile(file)
     except Exception as e:  # pyarrow raises several types for a corrupt file
         raise SourceError(f"not a readable parquet file: {e}", file=str(file)) from None
+    require_conversations(pf.schema_arrow.names, str(file))
     index, row = first_index, first_row
     batches = pf.iter_batches(batch_size=4096, row_groups=row_groups)
     while True:
@@ -63,6 +78,7 @@ def iter_datasets(path_or_id: str, split: str, revision: str | None, from_hub: b
                 ds = ds[split]
     except Exception as e:  # network, missing split, wrong folder: all reported the same way
         raise SourceError(f"cannot load dataset: {e}", file=path_or_id) from None
+    require_conversations(list(ds.column_names or []), path_or_id)
     fingerprint = getattr(ds, "_fingerprint", None)
     if from_hub and report.revision is None:
         report.revision = revision or fingerprint
