@@ -54,9 +54,12 @@ class EvaluateConfig(StepConfig):
     produces: ClassVar[Produces] = "report"
     #: Conversation datasets to describe: each a `name` (its label) and a `dataset` reference.
     datasets: list[EvalDataset] = Field(default_factory=list)
-    #: Conversations per dataset for the statistics (a fixed hash sample); null = all.
+    #: Conversations per dataset for the statistics (a hash sample by the recipe's seed); null = all.
+    #: A real conversation ``split`` cut counts once, by its first segment (see :func:`load_dataset_for_eval`).
     max_conversations: int | None = Field(500, ge=1)
-    #: Sample every dataset down to the smallest one's size (the paper compares at equal size).
+    #: Sample the compared datasets down to the smallest one's size (the paper compares at equal
+    #: size). The fidelity's real reference (``fidelity.real``) is not one of them: it keeps up to
+    #: ``max_conversations`` and does not floor the others.
     equal_size: bool = False
     #: Tokenizer for token statistics.
     tokenizer: ModelRef = DEFAULT_MODEL
@@ -108,21 +111,37 @@ class EvaluateConfig(StepConfig):
 # -- datasets ---------------------------------------------------------------------------------------
 
 
-def hash_order(convs: list[Conversation]) -> list[Conversation]:
-    """A fixed pseudo-random order (by id hash): samples are the same on every run and machine."""
-    return sorted(convs, key=lambda c: hashlib.sha256(c["id"].encode()).hexdigest())
+def hash_order(convs: list[Conversation], seed: int | None = None) -> list[Conversation]:
+    """A fixed pseudo-random order (by the hash of the id, and of the seed when given): samples are
+    the same on every run and machine."""
+    salt = "" if seed is None else f"{seed}:"
+    return sorted(convs, key=lambda c: hashlib.sha256(f"{salt}{c['id']}".encode()).hexdigest())
 
 
-def load_dataset_for_eval(ctx: StepContext, i: int) -> list[Conversation]:
+def load_dataset_for_eval(ctx: StepContext, i: int) -> tuple[list[Conversation], int]:
+    """(one row per conversation in hash order by the seed, the segments that were left out).
+
+    Statistics are per conversation, as the paper's are. A real conversation that ``split`` cut into
+    segments counts once, by its first segment: the first at most ``max_tokens`` tokens of it, the
+    same window a simulated session has (it ends at ``context_budget``), with the real first question
+    (a later segment may open with "continue"). Rounds and tokens per conversation of real and
+    simulated data then measure the same thing."""
+    from realchat.data import opens_conversation
+
     convs = ctx.conversations(f"datasets[{i}].dataset")
-    return hash_order([c for c in convs if any(m["role"] == "user" for m in c["messages"])])
+    firsts = [c for c in convs if opens_conversation(c) and any(m["role"] == "user" for m in c["messages"])]
+    return hash_order(firsts, ctx.seed), len(convs) - len(firsts)
 
 
 def sample_sizes(cfg: EvaluateConfig, sizes: dict[str, int]) -> dict[str, int]:
-    cap = min(sizes.values()) if cfg.equal_size and sizes else None
+    """Conversations each dataset is described on: ``max_conversations``, and with ``equal_size`` the
+    smallest compared dataset's size (the fidelity's real reference is a yardstick, not compared)."""
+    reference = cfg.fidelity.real if cfg.fidelity is not None else None
+    compared = [n for name, n in sizes.items() if name != reference] or list(sizes.values())
+    cap = min(compared) if cfg.equal_size and compared else None
     out = {}
     for name, n in sizes.items():
-        for limit in (cap, cfg.max_conversations):
+        for limit in (None if name == reference else cap, cfg.max_conversations):
             if limit is not None:
                 n = min(n, limit)
         out[name] = n
@@ -476,7 +495,8 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
                                "simulator_step": ctx.step_of("fidelity.simulator_model") if cfg.fidelity else None}
 
     t0 = time.perf_counter()
-    full = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
+    loaded = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
+    full = {k: v[0] for k, v in loaded.items()}
     sizes = sample_sizes(cfg, {k: len(v) for k, v in full.items()})
     convs = {k: v[: sizes[k]] for k, v in full.items()}
     series: dict[str, dict[str, Any]] = {}
@@ -487,7 +507,11 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
         for name, cs in convs.items():
             ctx.console.print(f"{ctx.name}: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
             stats, series[name] = describe_dataset(cs, counter, encoder, seed)
-            results["datasets"][name] = {"available": len(full[name]), **stats}
+            results["datasets"][name] = {"available": len(full[name]), "later_segments_left_out": loaded[name][1],
+                                         **stats}
+    results["sampling"] = {"unit": "conversation (a cut real conversation: its first segment)",
+                           "equal_size": cfg.equal_size, "sizes": sizes,
+                           "reference": cfg.fidelity.real if cfg.fidelity is not None else None}
     results["timings_s"]["statistics"] = round(time.perf_counter() - t0, 1)
 
     if cfg.fidelity is not None:
