@@ -92,9 +92,11 @@ class EvaluateConfig(StepConfig):
             models = [m.name for m in b.models]
             if not models:
                 raise ValueError("benchmark.models: name at least one model to answer the questions")
-            if b.judge_mode == "verdict_only" and b.judge.kind == "openai":
-                raise ValueError("benchmark.judge_mode: verdict_only needs a local or vllm judge "
-                                 "(an endpoint renders its own chat template)")
+            if b.judge_mode == "verdict_only" and b.judge.kind == "openai" and b.judge.tokenizer is None:
+                # the verdict is opened for the judge in its own format: a served judge's prompt is
+                # then rendered here with its tokenizer and sent as a text completion
+                raise ValueError("benchmark.judge_mode: verdict_only with a served judge needs judge.tokenizer "
+                                 "(the served model's folder or Hub id: its chat template opens the verdict)")
             if b.questions_format == "hub" and not b.judge_prompts:
                 raise ValueError("benchmark.judge_prompts: name FastChat's judge_prompts.jsonl when questions come from the Hub")
             if len(set(models)) != len(models):
