@@ -81,3 +81,13 @@ def test_equal_size_is_not_floored_by_the_fidelity_reference():
     no_fid = EvaluateConfig(datasets=[{"name": n, "dataset": "x"} for n in ("a", "b")], equal_size=True,
                             max_conversations=None)
     assert sample_sizes(no_fid, {"a": 40, "b": 700}) == {"a": 40, "b": 40}
+
+
+def test_a_card_lists_a_dataset_two_inputs_read_once():
+    """usergpt reads curate twice (dataset and eval_dataset): its card's ``datasets`` names it once."""
+    from realchat.hub.cards import _dataset_repos
+
+    parents = [{"key": "base_model", "repo": "org/base", "repo_type": "model"},
+               {"key": "dataset", "repo": "org/curate", "repo_type": "dataset", "split": "train"},
+               {"key": "eval_dataset", "repo": "org/curate", "repo_type": "dataset", "split": "held_out"}]
+    assert _dataset_repos(parents) == ["org/curate"]
