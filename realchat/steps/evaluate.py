@@ -377,7 +377,11 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
     if not all(p.exists() for p in paths.values()):
         judge = ctx.open_backend(b.judge, "benchmark.judge")
     first = b.judge_mode == "verdict_only"
-    results: dict[str, Any] = {"judge": b.judge.model, "judge_name": judge_name, "benchmarks": {}}
+    from realchat.models import served_identity
+
+    results: dict[str, Any] = {"judge": b.judge.model, "judge_name": judge_name, "benchmarks": {},
+                               "judge_model": served_identity(b.judge),
+                               "models": {m.name: served_identity(m.backend) for m in b.models}}
     for bench, (questions, refs) in selected.items():
         rows: list[dict[str, Any]] = []
         for mode in b.modes:

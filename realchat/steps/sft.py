@@ -18,6 +18,7 @@ from realchat.data import Conversation, sample_conversations, split_held_out
 from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.intents import TrainIntents, summarize, with_intent, write_intents
+from realchat.models import served_identity
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import DatasetRef, ModelRef
 from realchat.steps.base import StepKind, StepResult
@@ -185,6 +186,7 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
     return {"source": it.source, "with_intent": have, "without_intent": len(convs) - have,
             "summarized_this_run": asked,
             "summarizer": getattr(it.summarizer.backend, "model", None) if it.summarizer else None,
+            "summarizer_model": served_identity(it.summarizer.backend) if it.summarizer else None,
             "example": next(c["intent"] for c in convs if c.get("intent"))}
 
 

@@ -32,6 +32,7 @@ from realchat.engine.context import StepContext
 from realchat.errors import RealChatError
 from realchat.files import atomic_write_text
 from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_intent_file, summarize, write_intents
+from realchat.models import served_identity
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
 from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
@@ -358,6 +359,10 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                  truncated_answers_rule=cfg.truncated_answers, max_failed_share=cfg.max_failed_share,
                  answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
                  end_marker=marker)
+    # the models behind the conversations, served ones included (lineage of what wrote the data)
+    stats["models"] = {"simulator": served_identity(cfg.simulator_backend), "answerer": served_identity(cfg.answerer),
+                       **({"intent_summarizer": served_identity(cfg.intent.summarizer.backend)}
+                          if cfg.intent and cfg.intent.summarizer else {})}
     if seeds:
         # fewer seeds than sessions: first questions are reused (each about sessions/seeds times)
         stats["seeds"] = {"available": len(seeds), "sessions_per_seed": round(len(ids) / len(seeds), 2)}
