@@ -120,8 +120,8 @@ def hash_order(convs: list[Conversation], seed: int | None = None) -> list[Conve
     return sorted(convs, key=lambda c: hashlib.sha256(f"{salt}{c['id']}".encode()).hexdigest())
 
 
-def load_dataset_for_eval(ctx: StepContext, i: int) -> tuple[list[Conversation], int]:
-    """(one row per conversation in hash order by the seed, the segments that were left out).
+def load_dataset_for_eval(ctx: StepContext, i: int) -> tuple[list[Conversation], list[Conversation]]:
+    """(one row per conversation in hash order by the seed, the rows that were left out).
 
     Statistics are per conversation, as the paper's are. A real conversation that ``split`` cut into
     segments counts once, by its first segment: the first at most ``max_tokens`` tokens of it, the
@@ -132,7 +132,8 @@ def load_dataset_for_eval(ctx: StepContext, i: int) -> tuple[list[Conversation],
 
     convs = ctx.conversations(f"datasets[{i}].dataset")
     firsts = [c for c in convs if opens_conversation(c) and any(m["role"] == "user" for m in c["messages"])]
-    return hash_order(firsts, ctx.seed), len(convs) - len(firsts)
+    kept = {id(c) for c in firsts}
+    return hash_order(firsts, ctx.seed), [c for c in convs if id(c) not in kept]
 
 
 def sample_sizes(cfg: EvaluateConfig, sizes: dict[str, int]) -> dict[str, int]:
@@ -195,7 +196,8 @@ def is_whole(conv: Conversation) -> bool:
 
 
 def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Conversation]],
-                 series: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+                 series: dict[str, dict[str, Any]], seed: int,
+                 full: dict[str, list[Conversation]] | None = None) -> dict[str, Any]:
     """Perplexity of the simulator and the baseline on held-out real user turns (the simulator's
     ending decisions in the same pass), then every simulated dataset against the real one: Fréchet
     distance, classifier, role adherence, rounds, how conversations ended, intent decomposition."""
@@ -210,7 +212,11 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
     prompt, marker = ctx.trained_simulator(fid.simulator_model)
     out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "max_length": fid.max_length, "simulated": {}}
     # whole conversations, those already in the perplexity pass first (their ending costs nothing more)
-    whole = [c for c in real if is_whole(c)] + [c for c in convs[fid.real][len(real):] if is_whole(c)]
+    # (the rest from every real conversation there is, not only the statistics' sample: whole ones are
+    # rare where split cuts most, and the ending measure has its own size, ending_conversations)
+    pool = (full or convs)[fid.real]
+    in_real = {id(c) for c in real}
+    whole = [c for c in real if is_whole(c)] + [c for c in pool if id(c) not in in_real and is_whole(c)]
     ending = whole[: fid.ending_conversations] if marker else []
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
@@ -513,7 +519,7 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
         for name, cs in convs.items():
             ctx.console.print(f"{ctx.name}: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
             stats, series[name] = describe_dataset(cs, counter, encoder, seed)
-            results["datasets"][name] = {"available": len(full[name]), "later_segments_left_out": loaded[name][1],
+            results["datasets"][name] = {"available": len(full[name]), "later_segments_left_out": len(loaded[name][1]),
                                          **stats}
     results["sampling"] = {"unit": "conversation (a cut real conversation: its first segment)",
                            "equal_size": cfg.equal_size, "sizes": sizes,
@@ -522,7 +528,10 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
 
     if cfg.fidelity is not None:
         t0 = time.perf_counter()
-        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed)
+        # the ending measure may use any row whose real end is known (is_whole), also one whose start
+        # split had to reject: it is about ending, not about the first question
+        pool = {k: v + [c for c in loaded[k][1] if is_whole(c)] for k, v in full.items()}
+        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed, pool)
         results["timings_s"]["fidelity"] = round(time.perf_counter() - t0, 1)
     if cfg.benchmark is not None:
         t0 = time.perf_counter()
