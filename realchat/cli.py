@@ -102,6 +102,9 @@ def escape(text: str) -> str:
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value (YAML value).")]
+OverlayOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--overlay", help="A YAML file of key.path: value overrides applied before --set (repeatable): the same "
+                      "recipe with other models, sizes or hardware, e.g. recipes/paper/cpu-standin.yaml.")]
 
 
 @app.command()
@@ -114,6 +117,7 @@ def build(
         "--from", help="Run this step (a step name of the recipe) and every step downstream of it.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild the selected steps even when a finished output matches.")] = False,
     set_: SetOpt = None,
+    overlay: OverlayOpt = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     push: Annotated[bool, typer.Option("--push/--no-push",
                                        help="Publish each step after building it (to the recipe's publish target).")] = True,
@@ -127,7 +131,7 @@ def build(
     from realchat.recipe.load import load_recipe
 
     try:
-        loaded = load_recipe(recipe, set_)
+        loaded = load_recipe(recipe, set_, overlay)
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
                   show_progress=progress, progress_interval_s=progress_interval, wait_s=wait,
                   on_built=lambda p, stats: summary(p.name, stats, p.output))
@@ -176,12 +180,13 @@ def push_cmd(
     step: Annotated[Optional[list[str]], typer.Option(help="Publish only this step (repeatable).")] = None,
     set_: SetOpt = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a build of this recipe to finish.")] = 0.0,
+    overlay: OverlayOpt = None,
 ) -> None:
     """Publish finished steps to the recipe's publish target (the Hub or a local folder)."""
     from realchat.engine.build import push
     from realchat.recipe.load import load_recipe
 
-    loaded = load_recipe(recipe, set_)
+    loaded = load_recipe(recipe, set_, overlay)
     push(loaded, step or None, log=lambda m: console.print(f"[cyan]publish[/cyan] {m}"), wait_s=wait)
 
 
@@ -339,13 +344,14 @@ def stats_cmd(
 def plan_cmd(
     recipe: RecipeArg,
     set_: SetOpt = None,
+    overlay: OverlayOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list: name, kind, parents, fingerprint, done, output.")] = False,
 ) -> None:
     """Show the steps in build order: kind, parents, output, fingerprint, and which are done already."""
     from realchat.engine.build import plan
     from realchat.recipe.load import load_recipe
 
-    loaded = load_recipe(recipe, set_)
+    loaded = load_recipe(recipe, set_, overlay)
     plans = plan(loaded)
     if as_json:
         sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2) + "\n")

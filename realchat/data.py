@@ -58,7 +58,8 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     seg = df["segment"].to_list() if "segment" in df.columns else [0] * df.height
     # optional columns a consumer may need: a per-conversation goal (``intent``); curate's split marks the
     # segments that end where the real conversation ended (``ends_conversation``; absent = all do)
-    extra = [c for c in ("ends_conversation", "intent") if c in df.columns]
+    # and the later segments that start with a follow-up whose answer-before is not in them
+    extra = [c for c in ("ends_conversation", "follows_unseen_answer", "intent") if c in df.columns]
     extras = df.select(extra).to_dicts() if extra else [{}] * df.height
     for cid, s, msgs, more in zip(df[id_col].to_list(), seg, df["messages"].to_list(), extras):
         out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
@@ -97,6 +98,31 @@ def record_intent(data: Any) -> dict[str, str]:
     goal, for intent conditioning), else nothing."""
     intent = data.get("intent") if isinstance(data, dict) else None
     return {"intent": intent.strip()} if isinstance(intent, str) and intent.strip() else {}
+
+
+def opens_conversation(conv: Conversation) -> bool:
+    """True for a real conversation's start: its first segment (``split`` numbers the later ones
+    ``<id>#<k>``), and not one that begins with a follow-up whose answer-before ``split`` could not
+    keep. Its first user turn is the real first question; a file's or a simulation's rows all are."""
+    return conv["id"] == conv.get("base_id", conv["id"]) and not conv.get("follows_unseen_answer")
+
+
+def conversation_order(convs: list[Conversation], seed: int) -> list[str]:
+    """The distinct conversation ids (``base_id``: all segments of one conversation share it) in a
+    fixed pseudo-random order: the sha256 of seed and id. The same on every run and machine, and a
+    sample of the first ``n`` is a sample of conversations, not the file's head."""
+    ids = {str(c.get("base_id", c["id"])) for c in convs}
+    return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def sample_conversations(convs: list[Conversation], n: int | None, seed: int) -> list[Conversation]:
+    """Every row (segment) of ``n`` conversations drawn by :func:`conversation_order`, in their
+    original order; all rows when ``n`` is None or not smaller than the conversations there are."""
+    order = conversation_order(convs, seed)
+    if n is None or n >= len(order):
+        return list(convs)
+    chosen = set(order[:n])
+    return [c for c in convs if str(c.get("base_id", c["id"])) in chosen]
 
 
 def split_held_out(convs: list[Conversation], share: float) -> tuple[list[Conversation], list[Conversation]]:

@@ -11,8 +11,13 @@ Where intents come from:
 * ``column``: the conversations' ``intent`` field (a step output's ``intent`` column, or an
   ``intent`` key of the records of a file the recipe names);
 * ``model``: a backend (local, vLLM, endpoint) that summarises each conversation's user goal in one
-  sentence with :data:`SUMMARY_PROMPT`, greedy, in batches; the summaries are appended to
-  ``intents.jsonl`` in the step's work folder as they come, so a rerun (or a crash) redoes none;
+  sentence with :data:`SUMMARY_PROMPT`, greedy, in batches. Each summary is keyed by its *request*
+  (the summarising model, its length limit and the prompt with the conversation in it), not by the
+  step, and appended as it comes to ``intents/summaries.jsonl`` in RealChat's cache folder
+  (``$REALCHAT_CACHE``), which outlives any work folder: a rerun, a crash, a changed training key
+  (``fsdp``), or another step summarising the same held-out conversations (usergpt, sim_free and
+  sim_seeded all read them) asks for none again. Each step also keeps the intents it used in its
+  output (``intents/intents.jsonl``: id, intent, request key), so they can be audited and reused;
 * in simulation also ``file``: one intent per line (``.txt``) or JSONL records with an ``intent`` key.
 
 The template that puts the intent into the system prompt is one string, the same at training and
@@ -155,13 +160,33 @@ def _read_cache(path: Path) -> dict[str, str]:
     return out
 
 
-def summarize(convs: list[dict[str, Any]], cfg: IntentSummarizer, open_model: Callable[[], Any], cache: Path,
-              log: Callable[[str], None] = lambda s: None) -> tuple[list[str], int]:
-    """(one intent per conversation, summaries written this run). Each request is keyed by the sha256
-    of its text; keys already in ``cache`` are not asked again; the model is opened only when some
-    are missing. A request that failed gives an empty intent (that conversation goes without)."""
+def cache_path() -> Path:
+    """The summaries of every build on this machine, by request key (see the module doc)."""
+    from realchat.models import cache_dir
+
+    return cache_dir() / "intents" / "summaries.jsonl"
+
+
+def request_key(cfg: IntentSummarizer, request: str) -> str:
+    """What makes a summary the same summary: the model that writes it (kind and name; an endpoint's
+    address is where it is served, not what it is), its length limit, and the request's text (the
+    prompt with the conversation in it). Greedy decoding: the same request gives the same answer."""
+    b = cfg.backend
+    ident = {"kind": b.kind, "model": str(b.model), "max_new_tokens": cfg.max_new_tokens, "request": request}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def summarize(convs: list[dict[str, Any]], cfg: IntentSummarizer, open_model: Callable[[], Any],
+              cache: Path | None = None, log: Callable[[str], None] = lambda s: None) -> tuple[list[str], int]:
+    """(one intent per conversation, summaries written this run). Each request is keyed by
+    :func:`request_key`; keys already in ``cache`` (default :func:`cache_path`) are not asked again;
+    the model is opened only when some are missing. A request that failed gives an empty intent
+    (that conversation goes without). Each conversation gets its ``intent_key``."""
+    cache = cache or cache_path()
     requests = [cfg.prompt.replace("{conversation}", conversation_text(c["messages"], cfg.max_chars)) for c in convs]
-    keys = [hashlib.sha256(r.encode()).hexdigest() for r in requests]
+    keys = [request_key(cfg, r) for r in requests]
+    for c, k in zip(convs, keys):
+        c["intent_key"] = k
     done = _read_cache(cache)
     todo = sorted({k: i for i, k in enumerate(keys) if k not in done}.values())
     if todo:
@@ -184,6 +209,27 @@ def summarize(convs: list[dict[str, Any]], cfg: IntentSummarizer, open_model: Ca
                                        ensure_ascii=False) + "\n")
                 f.flush()
     return [done.get(k, "") for k in keys], len(todo)
+
+
+def write_intents(out: Path, convs: list[dict[str, Any]], summarizer: IntentSummarizer | None) -> Path | None:
+    """``out/intents/intents.jsonl``: the intent each conversation got (id, intent, and the request key
+    for summarised ones), the step's auditable record of them; None when no conversation has one."""
+    rows = [{"id": c["id"], "intent": c["intent"], **({"key": c["intent_key"]} if c.get("intent_key") else {})}
+            for c in convs if c.get("intent")]
+    if not rows:
+        return None
+    path = out / "intents" / "intents.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if summarizer is not None:
+        b = summarizer.backend
+        meta = {"model": str(b.model), "kind": b.kind, "prompt": summarizer.prompt,
+                "max_new_tokens": summarizer.max_new_tokens, "max_chars": summarizer.max_chars}
+        (path.parent / "summarizer.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n",
+                                                     encoding="utf-8")
+    return path
 
 
 def read_intent_file(path: Path) -> list[str]:

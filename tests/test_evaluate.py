@@ -435,13 +435,18 @@ def test_verdict_first_judging_with_a_local_model(tiny_model_dir):
             bm.judge_pairwise(continues, "j", prompts, qs, refs, answers, "b", 3, True)} == {("model_2", "model_1")}
 
 
-def test_verdict_only_needs_a_local_judge():
+def test_verdict_only_with_a_served_judge_needs_its_tokenizer(tiny_model_dir):
+    """A served judge's verdict is opened through its tokenizer (a text completion of the rendered
+    prompt): allowed with ``judge.tokenizer``, a clear error without."""
     from pydantic import ValidationError
 
     from realchat.steps.evaluate import EvaluateConfig
 
-    with pytest.raises(ValidationError, match="verdict_only needs a local or vllm judge"):
+    with pytest.raises(ValidationError, match="verdict_only with a served judge needs judge.tokenizer"):
         EvaluateConfig(fidelity=None, benchmark=bench_cfg(judge_mode="verdict_only"))
+    served = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "j", "tokenizer": str(tiny_model_dir)}
+    cfg = EvaluateConfig(fidelity=None, benchmark=bench_cfg(judge_mode="verdict_only", judge=served))
+    assert cfg.benchmark.judge.tokenizer == str(tiny_model_dir)
 
 
 def test_broken_question_file_names_file_line_and_field(tmp_path):

@@ -56,7 +56,10 @@ def test_shipped_schema_is_what_realchat_schema_prints():
 
 
 def test_recipes_point_at_the_shipped_schema():
-    recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
+    import yaml
+
+    # overlays (`realchat build RECIPE --overlay FILE`) are key paths, not recipes: the schema is not theirs
+    recipes = [r for r in sorted((ROOT / "recipes").rglob("*.yaml")) if "steps" in (yaml.safe_load(r.read_text()) or {})]
     assert recipes
     for recipe in recipes:
         first = recipe.read_text().splitlines()[0]

@@ -128,8 +128,8 @@ def fidelity_section(results: dict[str, Any], only: list[str] | None = None) -> 
                           "rounds TV distance [95% CI] ↓", "role adherence [95% CI] ↑", "ended by the simulator"],
                          rows))
         real_mean = (next(iter(sims.values())).get("rounds") or {}).get("real_mean")
-        parts.append(f"Real conversations run {_fmt(real_mean)} rounds on average (simulations are capped by "
-                     "`max_rounds`).")
+        parts.append(f"Real conversations run {_fmt(real_mean)} rounds on average (their first segment)."
+                     + stopped_by(sims))
         rc = f.get("role_classifier") or {}
         if rc.get("accuracy") is not None:
             parts.append(f"Role adherence is judged by a {rc['method']} ({rc['n_per_class']} turns each); checked "
@@ -197,6 +197,20 @@ def write_report(out: Path, results: dict[str, Any], series: dict[str, dict[str,
     body.append(f"Time: {timings}; total {results.get('seconds')} s.\n")
     (out / "report.md").write_text("\n".join(s for s in body if s), encoding="utf-8")
     return plots
+
+
+def stopped_by(sims: dict[str, Any]) -> str:
+    """What ended each simulation's sessions, from its stop reasons (``context_budget``, ``max_rounds``,
+    the end marker, an empty question, ...): the report says what really stopped them, not what a
+    recipe might have capped."""
+    said = []
+    for name, s in sims.items():
+        reasons = s.get("stop_reasons") or {}
+        total = sum(reasons.values())
+        if total:
+            top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+            said.append(f"`{name}` " + ", ".join(f"`{r}` {n / total:.0%}" for r, n in top))
+    return (" Simulated sessions stopped on: " + "; ".join(said) + ".") if said else ""
 
 
 def report_markdown(results: dict[str, Any]) -> str:

@@ -160,7 +160,8 @@ def to_json(value: Any, indent: int | None = None) -> str:
 
 def _dataset_repos(parents: list[dict[str, Any]]) -> list[str]:
     """Parents published as Hub datasets (the metadata the Hub links datasets and models by)."""
-    return [p["repo"] for p in parents if p.get("repo") and p.get("repo_type") == "dataset"]
+    # once each: two inputs may read one repo (usergpt's dataset and eval_dataset, both of curate)
+    return list(dict.fromkeys(p["repo"] for p in parents if p.get("repo") and p.get("repo_type") == "dataset"))
 
 
 def realchat_block(ci: CardInput) -> dict[str, Any]:

@@ -321,3 +321,17 @@ def upstream_repo(ref: str) -> str | None:
     if looks_like_hub_id(ref) and not ref.startswith(("pkg:", ".", "/")) and not Path(ref).exists():
         return ref
     return None
+
+
+def served_identity(backend: Any) -> dict[str, Any]:
+    """What a card records of a model a step used: kind and model, and for an endpoint its address
+    without credentials (user:password, query strings) — the served model is named, never a key."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    out: dict[str, Any] = {"kind": backend.kind, "model": str(backend.model)}
+    url = getattr(backend, "base_url", None)
+    if url:
+        u = urlsplit(str(url))
+        out["base_url"] = urlunsplit((u.scheme, u.hostname + (f":{u.port}" if u.port else "") if u.hostname else "",
+                                      u.path, "", ""))
+    return out

@@ -1,4 +1,10 @@
-"""Loading a recipe: YAML → ``--set`` overrides → each step validated by its kind's config.
+"""Loading a recipe: YAML → ``--overlay`` files → ``--set`` overrides → each step validated by its kind's config.
+
+An overlay is "the same recipe, smaller" (or bigger): a YAML mapping of ``--set``-style key paths to
+values, kept in a file beside the recipe (``recipes/paper/cpu-standin.yaml``). It may only change
+what the base recipe already has (a key path whose parent does not exist in the base is an error
+naming the overlay file and the key), so an overlay cannot silently add a step or drift from a
+renamed one; the values are applied in the file's order, before any ``--set``.
 
 Validation is strict: an unknown key, a wrong type, a bad value, an unknown kind or a missing file is
 reported as one :class:`~realchat.errors.RecipeError` naming the recipe file, the key path
@@ -25,8 +31,10 @@ from realchat.recipe.yaml_loader import AliasBombError, DuplicateKeyError, load_
 from realchat.steps import registry
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
-    """Read, override (``--set key.path=value``) and validate a recipe; raise RecipeError if bad."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                overlays: list[str | Path] | None = None) -> LoadedRecipe:
+    """Read, overlay (``--overlay FILE``), override (``--set key.path=value``) and validate a recipe;
+    raise RecipeError if bad."""
     path = Path(path)
     overrides = list(overrides or [])
     if not path.is_file():
@@ -47,6 +55,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         raise RecipeError(f"{where}not valid YAML ({getattr(e, 'problem', e)})", file=str(path)) from None
     if not isinstance(data, dict):
         raise RecipeError("expected a mapping at the top level (name:, steps:)", file=str(path))
+    from_overlays: list[str] = []
+    sources: dict[tuple[str | int, ...], str] = {}
+    for overlay in overlays or []:
+        data, items = apply_overlay(data, Path(overlay), str(path))
+        from_overlays += items
+        for item in items:
+            sources[tuple(parse_key_path(item.partition("=")[0]))] = str(overlay)
     given: dict[tuple[str | int, ...], str] = {}
     for item in overrides:
         key = tuple(parse_key_path(item.partition("=")[0].strip()))
@@ -55,8 +70,84 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
                               file=str(path))
         given[key] = item
         data = apply_override(data, item, str(path))
-    recipe = validate(data, str(path))
-    return LoadedRecipe(recipe, path, text, overrides, data)
+    try:
+        recipe = validate(data, str(path))
+    except RecipeError as e:
+        if sources:
+            raise name_overlay_keys(e, sources) from None
+        raise
+    return LoadedRecipe(recipe, path, text, from_overlays + overrides, data)
+
+
+def apply_overlay(data: dict[str, Any], overlay: Path, recipe: str) -> tuple[dict[str, Any], list[str]]:
+    """(the recipe with the overlay's values, the overlay as ``key=value`` items for lineage).
+
+    The file is a mapping of key paths (``steps.usergpt.base_model``) to YAML values. Each key path's
+    parent must exist in the recipe (the last key may be new: ``steps.curate.source.limit``); errors
+    name the overlay file and the key path."""
+    if not overlay.is_file():
+        raise RecipeError("overlay file not found", file=str(overlay), hint=f"--overlay of {recipe}")
+    with user_file(overlay, doing="cannot read the overlay"):
+        text = overlay.read_text(encoding="utf-8")
+    try:
+        with user_file(overlay, doing="cannot read the overlay"):
+            doc = load_yaml(text)
+    except DuplicateKeyError as e:
+        raise RecipeError(f"line {e.line}: duplicate key {e.key!r} (first at line {e.first_line})",
+                          file=str(overlay)) from None
+    except (yaml.YAMLError, AliasBombError) as e:
+        raise RecipeError(f"not valid YAML ({getattr(e, 'problem', e)})", file=str(overlay)) from None
+    if doc is None:
+        return data, []
+    data = unshared(data)
+    if not isinstance(doc, dict):
+        raise RecipeError("expected a mapping of key paths to values (steps.usergpt.base_model: …)",
+                          file=str(overlay))
+    items = []
+    for key, value in doc.items():
+        parts = parse_key_path(str(key))
+        if not parts or ".".join(str(p) for p in parts) != str(key).replace("[", ".").replace("]", ""):
+            raise RecipeError("not a key path (name.name[0].name)", file=str(overlay), field=str(key))
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            ok = (isinstance(node, dict) and isinstance(part, str) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+            if not ok:
+                where = ".".join(str(p) for p in parts[: i + 1])
+                raise RecipeError(f"the recipe {recipe} has no {where}: an overlay changes what the recipe has "
+                                  "(it cannot add steps or sections)", file=str(overlay), field=str(key))
+            node = node[part]
+        last = parts[-1]
+        if not (isinstance(node, dict) and isinstance(last, str)) and not (
+                isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node)):
+            raise RecipeError(f"the recipe {recipe} has nothing to set there", file=str(overlay), field=str(key))
+        node[last] = copy.deepcopy(value)
+        items.append(f"{key}={json.dumps(value, ensure_ascii=False, default=str)}")
+    return data, items
+
+
+def unshared(node: Any) -> Any:
+    """A copy in which no two places are one object. A YAML alias (``*answerer``) loads as the anchor's
+    very object, and ``copy.deepcopy`` keeps that sharing; a key path names one place, so setting it
+    must not change the other places the alias was written."""
+    if isinstance(node, dict):
+        return {k: unshared(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [unshared(v) for v in node]
+    return copy.deepcopy(node)
+
+
+def name_overlay_keys(error: RecipeError, sources: dict[tuple[str | int, ...], str]) -> RecipeError:
+    """The validation error, each line whose key path an overlay set (or lies under one) naming that
+    overlay file: the mistake is there, not in the recipe."""
+    lines = error.message.split("\n")
+    out = []
+    for line in lines:
+        key = line.strip().split(":", 1)[0]
+        parts = tuple(parse_key_path(key))
+        owner = next((f for k, f in sources.items() if parts[: len(k)] == k), None)
+        out.append(f"{line} (set by the overlay {owner})" if owner and line.startswith("  ") else line)
+    return RecipeError("\n".join(out), file=error.file, field=error.field, hint=error.hint)
 
 
 def validate(data: dict[str, Any], file: str) -> Recipe:
@@ -130,7 +221,7 @@ def apply_override(data: dict, item: str, file: str) -> dict:
     except yaml.YAMLError as e:
         raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})",
                           file=file, field=key) from None
-    data = copy.deepcopy(data)
+    data = unshared(data)
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]

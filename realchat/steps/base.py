@@ -42,6 +42,8 @@ def data_configs(out: Path) -> list[dict[str, Any]]:
     shared = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "sharegpt").glob("*.parquet")))
     if shared:  # a simulation's ShareGPT export (also as sharegpt/realchat.jsonl, the paper's file)
         configs.append({"config_name": "sharegpt", "data_files": [{"split": "train", "path": "sharegpt/*.parquet"}]})
+    if (out / "intents" / "intents.jsonl").is_file():  # the goals the step used (realchat.intents.write_intents)
+        configs.append({"config_name": "intents", "data_files": [{"split": "train", "path": "intents/intents.jsonl"}]})
     return configs
 
 

@@ -54,9 +54,12 @@ class EvaluateConfig(StepConfig):
     produces: ClassVar[Produces] = "report"
     #: Conversation datasets to describe: each a `name` (its label) and a `dataset` reference.
     datasets: list[EvalDataset] = Field(default_factory=list)
-    #: Conversations per dataset for the statistics (a fixed hash sample); null = all.
+    #: Conversations per dataset for the statistics (a hash sample by the recipe's seed); null = all.
+    #: A real conversation ``split`` cut counts once, by its first segment (see :func:`load_dataset_for_eval`).
     max_conversations: int | None = Field(500, ge=1)
-    #: Sample every dataset down to the smallest one's size (the paper compares at equal size).
+    #: Sample the compared datasets down to the smallest one's size (the paper compares at equal
+    #: size). The fidelity's real reference (``fidelity.real``) is not one of them: it keeps up to
+    #: ``max_conversations`` and does not floor the others.
     equal_size: bool = False
     #: Tokenizer for token statistics.
     tokenizer: ModelRef = DEFAULT_MODEL
@@ -89,9 +92,11 @@ class EvaluateConfig(StepConfig):
             models = [m.name for m in b.models]
             if not models:
                 raise ValueError("benchmark.models: name at least one model to answer the questions")
-            if b.judge_mode == "verdict_only" and b.judge.kind == "openai":
-                raise ValueError("benchmark.judge_mode: verdict_only needs a local or vllm judge "
-                                 "(an endpoint renders its own chat template)")
+            if b.judge_mode == "verdict_only" and b.judge.kind == "openai" and b.judge.tokenizer is None:
+                # the verdict is opened for the judge in its own format: a served judge's prompt is
+                # then rendered here with its tokenizer and sent as a text completion
+                raise ValueError("benchmark.judge_mode: verdict_only with a served judge needs judge.tokenizer "
+                                 "(the served model's folder or Hub id: its chat template opens the verdict)")
             if b.questions_format == "hub" and not b.judge_prompts:
                 raise ValueError("benchmark.judge_prompts: name FastChat's judge_prompts.jsonl when questions come from the Hub")
             if len(set(models)) != len(models):
@@ -117,21 +122,38 @@ class EvaluateConfig(StepConfig):
 # -- datasets ---------------------------------------------------------------------------------------
 
 
-def hash_order(convs: list[Conversation]) -> list[Conversation]:
-    """A fixed pseudo-random order (by id hash): samples are the same on every run and machine."""
-    return sorted(convs, key=lambda c: hashlib.sha256(c["id"].encode()).hexdigest())
+def hash_order(convs: list[Conversation], seed: int | None = None) -> list[Conversation]:
+    """A fixed pseudo-random order (by the hash of the id, and of the seed when given): samples are
+    the same on every run and machine."""
+    salt = "" if seed is None else f"{seed}:"
+    return sorted(convs, key=lambda c: hashlib.sha256(f"{salt}{c['id']}".encode()).hexdigest())
 
 
-def load_dataset_for_eval(ctx: StepContext, i: int) -> list[Conversation]:
+def load_dataset_for_eval(ctx: StepContext, i: int) -> tuple[list[Conversation], list[Conversation]]:
+    """(one row per conversation in hash order by the seed, the rows that were left out).
+
+    Statistics are per conversation, as the paper's are. A real conversation that ``split`` cut into
+    segments counts once, by its first segment: the first at most ``max_tokens`` tokens of it, the
+    same window a simulated session has (it ends at ``context_budget``), with the real first question
+    (a later segment may open with "continue"). Rounds and tokens per conversation of real and
+    simulated data then measure the same thing."""
+    from realchat.data import opens_conversation
+
     convs = ctx.conversations(f"datasets[{i}].dataset")
-    return hash_order([c for c in convs if any(m["role"] == "user" for m in c["messages"])])
+    firsts = [c for c in convs if opens_conversation(c) and any(m["role"] == "user" for m in c["messages"])]
+    kept = {id(c) for c in firsts}
+    return hash_order(firsts, ctx.seed), [c for c in convs if id(c) not in kept]
 
 
 def sample_sizes(cfg: EvaluateConfig, sizes: dict[str, int]) -> dict[str, int]:
-    cap = min(sizes.values()) if cfg.equal_size and sizes else None
+    """Conversations each dataset is described on: ``max_conversations``, and with ``equal_size`` the
+    smallest compared dataset's size (the fidelity's real reference is a yardstick, not compared)."""
+    reference = cfg.fidelity.real if cfg.fidelity is not None else None
+    compared = [n for name, n in sizes.items() if name != reference] or list(sizes.values())
+    cap = min(compared) if cfg.equal_size and compared else None
     out = {}
     for name, n in sizes.items():
-        for limit in (cap, cfg.max_conversations):
+        for limit in (None if name == reference else cap, cfg.max_conversations):
             if limit is not None:
                 n = min(n, limit)
         out[name] = n
@@ -183,7 +205,8 @@ def is_whole(conv: Conversation) -> bool:
 
 
 def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Conversation]],
-                 series: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+                 series: dict[str, dict[str, Any]], seed: int,
+                 full: dict[str, list[Conversation]] | None = None) -> dict[str, Any]:
     """Perplexity of the simulator and the baseline on held-out real user turns (the simulator's
     ending decisions in the same pass), then every simulated dataset against the real one: Fréchet
     distance, classifier, role adherence, rounds, how conversations ended, intent decomposition."""
@@ -198,7 +221,11 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
     prompt, marker = ctx.trained_simulator(fid.simulator_model)
     out: dict[str, Any] = {"system_prompt": prompt, "real": fid.real, "max_length": fid.max_length, "simulated": {}}
     # whole conversations, those already in the perplexity pass first (their ending costs nothing more)
-    whole = [c for c in real if is_whole(c)] + [c for c in convs[fid.real][len(real):] if is_whole(c)]
+    # (the rest from every real conversation there is, not only the statistics' sample: whole ones are
+    # rare where split cuts most, and the ending measure has its own size, ending_conversations)
+    pool = (full or convs)[fid.real]
+    in_real = {id(c) for c in real}
+    whole = [c for c in real if is_whole(c)] + [c for c in pool if id(c) not in in_real and is_whole(c)]
     ending = whole[: fid.ending_conversations] if marker else []
     ppl = {}
     for label, ref, key in (("simulator", fid.simulator_model, "simulator_model"),
@@ -365,7 +392,11 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
     if not all(p.exists() for p in paths.values()):
         judge = ctx.open_backend(b.judge, "benchmark.judge")
     first = b.judge_mode == "verdict_only"
-    results: dict[str, Any] = {"judge": b.judge.model, "judge_name": judge_name, "benchmarks": {}}
+    from realchat.models import served_identity
+
+    results: dict[str, Any] = {"judge": b.judge.model, "judge_name": judge_name, "benchmarks": {},
+                               "judge_model": served_identity(b.judge),
+                               "models": {m.name: served_identity(m.backend) for m in b.models}}
     for bench, (questions, refs) in selected.items():
         rows: list[dict[str, Any]] = []
         for mode in b.modes:
@@ -485,7 +516,8 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
                                "simulator_step": ctx.step_of("fidelity.simulator_model") if cfg.fidelity else None}
 
     t0 = time.perf_counter()
-    full = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
+    loaded = {d.name: load_dataset_for_eval(ctx, i) for i, d in enumerate(cfg.datasets)}
+    full = {k: v[0] for k, v in loaded.items()}
     sizes = sample_sizes(cfg, {k: len(v) for k, v in full.items()})
     convs = {k: v[: sizes[k]] for k, v in full.items()}
     series: dict[str, dict[str, Any]] = {}
@@ -496,12 +528,19 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
         for name, cs in convs.items():
             ctx.console.print(f"{ctx.name}: statistics of {name} ({len(cs):,} of {len(full[name]):,} conversations)")
             stats, series[name] = describe_dataset(cs, counter, encoder, seed)
-            results["datasets"][name] = {"available": len(full[name]), **stats}
+            results["datasets"][name] = {"available": len(full[name]), "later_segments_left_out": len(loaded[name][1]),
+                                         **stats}
+    results["sampling"] = {"unit": "conversation (a cut real conversation: its first segment)",
+                           "equal_size": cfg.equal_size, "sizes": sizes,
+                           "reference": cfg.fidelity.real if cfg.fidelity is not None else None}
     results["timings_s"]["statistics"] = round(time.perf_counter() - t0, 1)
 
     if cfg.fidelity is not None:
         t0 = time.perf_counter()
-        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed)
+        # the ending measure may use any row whose real end is known (is_whole), also one whose start
+        # split had to reject: it is about ending, not about the first question
+        pool = {k: v + [c for c in loaded[k][1] if is_whole(c)] for k, v in full.items()}
+        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed, pool)
         results["timings_s"]["fidelity"] = round(time.perf_counter() - t0, 1)
     if cfg.benchmark is not None:
         t0 = time.perf_counter()

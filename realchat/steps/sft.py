@@ -14,10 +14,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from realchat.data import Conversation, split_held_out
+from realchat.data import Conversation, sample_conversations, split_held_out
 from realchat.engine import ranks
 from realchat.engine.context import StepContext
-from realchat.intents import TrainIntents, summarize, with_intent
+from realchat.intents import TrainIntents, summarize, with_intent, write_intents
+from realchat.models import served_identity
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import ChatTemplateRef, DatasetRef, ModelRef
 from realchat.steps.base import StepKind, StepResult
@@ -54,7 +55,8 @@ class SftConfig(StepConfig, TrainingSettings):
     #: UserLM-style end-of-conversation marker the simulator learns to write after the last
     #: assistant turn (``loss_on: user`` only; null turns it off).
     end_marker: str | None = None
-    #: Use at most this many training conversations; null = all.
+    #: Use at most this many training conversations (real conversations: all segments ``split`` cut
+    #: one into count once), a hash sample by the recipe's seed; null = all.
     max_conversations: int | None = Field(None, ge=1)
     #: ``loss_on: user``: intent conditioning (UserLM): each conversation's one-sentence goal in the
     #: simulator's system prompt, from the data's ``intent`` column or summarised by a model; null = off.
@@ -127,9 +129,20 @@ class Sft(StepKind):
             train, held = convs, ctx.conversations("eval_dataset")
         else:
             train, held = split_held_out(convs, cfg.eval_share)
+        counts: dict[str, int] = {}
         if cfg.max_conversations:
-            train = train[: cfg.max_conversations]
-            held = held[: max(1, cfg.max_conversations // 10)] if held else held
+            # conversations, not rows: every segment of a hash sample (by the seed) of the conversations
+            train = sample_conversations(train, cfg.max_conversations, ctx.seed)
+            held = sample_conversations(held, max(1, cfg.max_conversations // 10), ctx.seed) if held else held
+        if role == "user":
+            # a follow-up whose answer-before split could not keep: the simulator would learn to ask
+            # "continue" out of nowhere (realchat/curation/ops/split.py)
+            before = len(train) + len(held)
+            train = [c for c in train if not c.get("follows_unseen_answer")]
+            held = [c for c in held if not c.get("follows_unseen_answer")]
+            counts["dropped_follow_ups_without_answer"] = before - len(train) - len(held)
+        counts["conversations"] = len({c.get("base_id", c["id"]) for c in train})
+        counts["rows"] = len(train)
         intent_stats = attach_intents(ctx, cfg, train + held) if cfg.intent and role == "user" else None
         ctx.console.print(f"{ctx.name}: {len(train):,} conversations to train on, {len(held):,} held out; "
                           f"base {cfg.base_model}; loss on {role} turns")
@@ -139,6 +152,7 @@ class Sft(StepKind):
                               show_progress=ctx.show_progress and ctx.console.is_terminal,
                               callbacks=callbacks, log=ctx.console.print, reporter=ctx.reporter,
                               chat_template=template)
+        stats["training_data"] = counts
         stats["base_model_ref"] = cfg.base_model
         stats["chat_template"] = cfg.chat_template or "the base model's own"
         stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
@@ -147,6 +161,8 @@ class Sft(StepKind):
         stats["intent_template"] = cfg.intent.template if intent_stats else None
         if intent_stats:
             stats["intents"] = intent_stats
+            written = write_intents(out, train + held, cfg.intent.summarizer if cfg.intent else None)
+            stats["intents"]["file"] = str(written.relative_to(out)) if written else None
         stats["versions"] = package_versions()
         stats["seconds_total"] = round(time.perf_counter() - started, 1)
         return StepResult(stats=stats)
@@ -171,9 +187,10 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
         assert it.summarizer is not None
         summarizer = it.summarizer
         with ranks.main_first():  # under torchrun the main process summarises; the others read its cache
+            # keyed by request in RealChat's cache: a rerun, another step or another key asks none again
             intents, asked = summarize(convs, summarizer,
                                        lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                                       ctx.work_dir() / "intents.jsonl", ctx.console.print)
+                                       log=ctx.console.print)
         for c, intent in zip(convs, intents):
             c["intent"] = intent
     have = sum(1 for c in convs if c.get("intent"))
@@ -189,6 +206,7 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
     return {"source": it.source, "with_intent": have, "without_intent": len(convs) - have,
             "summarized_this_run": asked,
             "summarizer": getattr(it.summarizer.backend, "model", None) if it.summarizer else None,
+            "summarizer_model": served_identity(it.summarizer.backend) if it.summarizer else None,
             "example": next(c["intent"] for c in convs if c.get("intent"))}
 
 

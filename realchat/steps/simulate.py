@@ -31,7 +31,8 @@ from pydantic import Field, model_validator
 from realchat.engine.context import StepContext
 from realchat.errors import RealChatError, writing
 from realchat.files import atomic_write_text
-from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_intent_file, summarize
+from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_intent_file, summarize, write_intents
+from realchat.models import served_identity
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
 from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
@@ -164,7 +165,11 @@ class PartWriter:
 def load_seeds(ctx: StepContext, cfg: SimulateConfig) -> list[dict[str, Any]]:
     """First questions (and answers) for seeded mode, from the conversations ``seeds.dataset`` names."""
     assert cfg.seeds is not None
-    convs = ctx.conversations("seeds.dataset")
+    from realchat.data import opens_conversation
+
+    # a seed is a real conversation's first question: its first segment, never a later one that
+    # split started with a follow-up ("continue", "ok write it")
+    convs = [c for c in ctx.conversations("seeds.dataset") if opens_conversation(c)]
     seeds = []
     for c in convs:
         msgs = [m for m in c["messages"] if m["role"] != "system"]
@@ -191,7 +196,7 @@ def simulator_prompt_and_marker(ctx: StepContext, cfg: SimulateConfig) -> tuple[
     return prompt, marker
 
 
-def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], dict[str, str], str]:
+def load_intents(ctx: StepContext, cfg: SimulateConfig, out: Path | None = None) -> tuple[list[str], dict[str, str], str]:
     """(intents the sessions take in turn, intents by conversation id, the template) for intent
     conditioning. By id: a seeded session whose seed conversation has a goal in ``intent.dataset``
     gets that goal (its first question and its goal agree). The template is the recipe's, else the
@@ -206,17 +211,22 @@ def load_intents(ctx: StepContext, cfg: SimulateConfig) -> tuple[list[str], dict
         with ctx.blame("intent.file"):
             intents = read_intent_file(resolve_local(it.file, ctx.base_dir))
     else:
-        convs = ctx.conversations("intent.dataset")
+        from realchat.data import opens_conversation
+
+        # one goal per real conversation (its first segment), as seeds are one per conversation
+        convs = [c for c in ctx.conversations("intent.dataset") if opens_conversation(c)]
         missing = [c for c in convs if not c.get("intent")]
         if missing and it.summarizer is not None:
             summarizer = it.summarizer
             got, _ = summarize(missing, summarizer,
                                lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                               ctx.work_dir() / "intents.jsonl", ctx.console.print)
+                               log=ctx.console.print)
             for c, intent in zip(missing, got):
                 c["intent"] = intent
         intents = [c["intent"] for c in convs if c.get("intent")]
         by_id = {c["id"]: c["intent"] for c in convs if c.get("intent")}
+        if out is not None:  # the goals the sessions draw from, kept with the output (config ``intents``)
+            write_intents(out, convs, it.summarizer)
         if not intents:
             from realchat.errors import RecipeError
 
@@ -290,7 +300,7 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
             and cfg.answerer.model == cfg.simulator_backend.model)
     answerer = sim_backend if same else ctx.open_backend(cfg.answerer, "answerer")
     user_prompt, marker = simulator_prompt_and_marker(ctx, cfg)
-    intents, intent_of, template = load_intents(ctx, cfg) if cfg.intent else ([], {}, None)
+    intents, intent_of, template = load_intents(ctx, cfg, out) if cfg.intent else ([], {}, None)
     if intents:
         random.Random(seed + 1).shuffle(intents)  # its own draws: the seeds' order stays as it was
     sid = settings_id(cfg)
@@ -352,6 +362,13 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                  truncated_answers_rule=cfg.truncated_answers, max_failed_share=cfg.max_failed_share,
                  answerer_model=getattr(cfg.answerer, "model", None), user_system_prompt=user_prompt,
                  end_marker=marker, chat_formats=format_notes(sim_backend, answerer, sim.simulator_role))
+    # the models behind the conversations, served ones included (lineage of what wrote the data)
+    stats["models"] = {"simulator": served_identity(cfg.simulator_backend), "answerer": served_identity(cfg.answerer),
+                       **({"intent_summarizer": served_identity(cfg.intent.summarizer.backend)}
+                          if cfg.intent and cfg.intent.summarizer else {})}
+    if seeds:
+        # fewer seeds than sessions: first questions are reused (each about sessions/seeds times)
+        stats["seeds"] = {"available": len(seeds), "sessions_per_seed": round(len(ids) / len(seeds), 2)}
     if cfg.intent:
         stats["intents"] = {"source": cfg.intent.source, "distinct": len(set(intents)), "template": template,
                             "sessions_with_intent": sum(1 for r in kept if r.get("intent"))}

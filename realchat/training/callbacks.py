@@ -91,3 +91,34 @@ class TokensTimed(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
         self.seconds = time.perf_counter() - self._t0
+
+
+def warm_up_from_the_first_step(trainer: Any) -> None:
+    """Make the warm-up's first step train.
+
+    transformers' warm-up schedules give step ``s`` the factor ``s / warmup``: the first optimiser
+    step runs at learning rate 0, and a run shorter than ``1 / warmup_ratio`` steps (``warmup_ratio``
+    rounds up to one warm-up step) trains nothing on its first step, or at all when it has one step.
+    Shifted by one, the warm-up's steps run at ``1/W, 2/W, …, W/W`` of the peak and the schedule after
+    it is unchanged: the warm-up still ends at the peak, and no step is wasted."""
+    create = trainer.create_scheduler
+
+    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
+        made = trainer.lr_scheduler is None
+        scheduler = create(num_training_steps, optimizer)
+        warmup = trainer.args.get_warmup_steps(num_training_steps)
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if not made or not warmup or lambdas is None:
+            return scheduler
+
+        def shifted(f: Any) -> Any:
+            return lambda step: f(step + 1) if step < warmup else f(step)
+
+        scheduler.lr_lambdas = [shifted(f) for f in lambdas]
+        # the scheduler set the lr of step 0 when it was made: set it again with the shifted factors
+        for group, base, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * f(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+        return scheduler
+
+    trainer.create_scheduler = create_scheduler

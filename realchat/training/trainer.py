@@ -383,6 +383,9 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw per-step dicts: the progress line and the card have them
+    from realchat.training.callbacks import warm_up_from_the_first_step
+
+    warm_up_from_the_first_step(trainer)  # the warm-up's first step trains (lr > 0)
     resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")

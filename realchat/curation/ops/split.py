@@ -17,6 +17,14 @@ Every kept row gets ``ends_conversation``: True when the segment ends at the con
 assistant turn (the conversation really ended there), False when ``split`` cut it. A simulator learns
 its end-of-conversation marker only where a conversation really ended, and the evaluation's ending
 measure scores only conversations that were not cut.
+
+The overlap is kept whenever it fits. When the previous segment's last answer is too long to start the
+next segment with (it and the next round together pass the budget), or the round before was rejected,
+the next segment starts with a user turn whose answer-before is not in it: a follow-up ("ok write
+it", "continue") without what it follows. Such rows get ``follows_unseen_answer`` True (counted as
+``segments_without_overlap``): a user simulator must not learn to ask them out of nowhere (sft
+``loss_on: user`` drops them, with a count), and they are never a conversation's first question
+(seeds and evaluate take segment 0). An assistant (``loss_on: assistant``) still learns from them.
 """
 
 from __future__ import annotations
@@ -108,7 +116,7 @@ class Split(Filter):
         # remember=False: no later op counts these turns again (length's user turns are looked up)
         counted = iter(counter.count(texts, remember=False))
         kept, rejected = _Rows(), _Rows()
-        n_split = 0
+        n_split = n_bare = 0
         for r, (rs, bounds, e) in enumerate(zip(roles, sizes, exact)):
             counts = [(next(counted) if e else b) + counter.turn_overhead for b in bounds]
             n_sys = 0
@@ -121,9 +129,11 @@ class Split(Filter):
             users_before = _users_before(body)
             last_answer = max((i for i, role in enumerate(body) if role == "assistant"), default=-1)
             for k, seg in enumerate(segments):
-                kept.add(r, n_sys, n_sys, seg, users_before, k, seg[-1] == last_answer)
+                bare = seg[0] > 0 and body[seg[0]] == "user"
+                n_bare += bare
+                kept.add(r, n_sys, n_sys, seg, users_before, k, seg[-1] == last_answer, bare)
             for piece, why in pieces:
-                rejected.add(r, 0, n_sys, piece, users_before, -1, False)
+                rejected.add(r, 0, n_sys, piece, users_before, -1, False, False)
                 rejected.score.append(float(sum(counts[n_sys + i] for i in piece)))
                 rejected.detail.append(why)
         kept_df = kept.frame(table)
@@ -137,6 +147,8 @@ class Split(Filter):
             counters={
                 "conversations_split": n_split,
                 "segments": kept_df.height,
+                # later segments that start with a bare user turn (the overlap answer did not fit)
+                "segments_without_overlap": n_bare,
                 "pieces_rejected": rej_df.height,
             },
         )
@@ -154,11 +166,12 @@ class _Rows:
     def __init__(self) -> None:
         self.cols: dict[str, list[int]] = {k: [] for k in ("row", "head", "start", "len", "ord", "n_ord", "segment")}
         self.ends: list[bool] = []
+        self.bare: list[bool] = []
         self.score: list[float] = []
         self.detail: list[str] = []
 
     def add(self, row: int, head: int, n_sys: int, piece: Piece, users_before: list[int],
-            segment: int, ends: bool) -> None:
+            segment: int, ends: bool, bare: bool) -> None:
         first, last = piece[0], piece[-1]
         assert last - first + 1 == len(piece), "split's segments and pieces are runs of turns"
         c = self.cols
@@ -170,6 +183,7 @@ class _Rows:
         c["n_ord"].append(users_before[last + 1] - users_before[first])
         c["segment"].append(segment)
         self.ends.append(ends)
+        self.bare.append(bare)
 
     def frame(self, table: pl.DataFrame) -> pl.DataFrame:
         plan = pl.DataFrame(self.cols, schema={k: pl.Int64 for k in self.cols})
@@ -186,7 +200,8 @@ class _Rows:
             out = out.with_columns(
                 pl.col(col).list.slice(pl.lit(plan["ord"]), pl.lit(plan["n_ord"])).fill_null(pl.lit([], dtype=out.schema[col]))
             )
-        return out.with_columns(pl.Series("ends_conversation", self.ends, dtype=pl.Boolean))
+        return out.with_columns(pl.Series("ends_conversation", self.ends, dtype=pl.Boolean),
+                                pl.Series("follows_unseen_answer", self.bare, dtype=pl.Boolean))
 
 
 def _users_before(body: list[str]) -> list[int]:
