@@ -66,8 +66,9 @@ def _install() -> None:
             if dist.is_initialized():
                 dist.all_gather_object(everyone, held)
             if trainer.is_world_process_zero():
-                torch.save({"state_dict": {k: v.detach().clone() for k, v in full.items()}, "ranks": everyone},
-                           gather_to)
+                checkpoints = sorted(str(f.relative_to(kw["scratch"] / "checkpoints")) for f in kw["scratch"].glob("checkpoints/*/*"))
+                torch.save({"state_dict": {k: v.detach().clone() for k, v in full.items()}, "ranks": everyone,
+                            "checkpoint_files": checkpoints}, gather_to)
             return original_save(trainer, out, **kw)
 
         saving.save_trained = save_trained

@@ -38,7 +38,10 @@ def _recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, **s
 
 @pytest.fixture
 def fsdp_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir) -> Path:
-    path = _recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir)
+    """Checkpoints as FSDP's sharded state dict (torch.distributed.checkpoint folders): the final save
+    must still write one loadable model."""
+    path = _recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir,
+                   trl={"fsdp_config": {"state_dict_type": "SHARDED_STATE_DICT"}})
     assert CliRunner().invoke(app, ["build", str(path), "--only", "curate", "--no-progress", "--no-push"]).exit_code == 0
     return path
 
@@ -51,6 +54,29 @@ def _command(path: Path) -> list[str]:
 def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "REALCHAT_PROGRESS_INTERVAL": "3600",
             "REALCHAT_PROBE_CPU_FSDP": "1", **extra}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its ranks in sessions of their own, so a process
+    group kill would miss them)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it, children first found, all at once."""
+    for victim in [pid, *_descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_fsdp_two_ranks_save_the_gathered_trained_model(fsdp_recipe, tiny_model_dir, tmp_path):
@@ -71,6 +97,10 @@ def test_fsdp_two_ranks_save_the_gathered_trained_model(fsdp_recipe, tiny_model_
     # each rank held a shard (DTensors, about half the elements), not a replica
     for held in probe["ranks"]:
         assert held["sharded"] and held["local_elements"] < 0.6 * held["full_elements"], probe["ranks"]
+    # the checkpoints were sharded (one distributed-checkpoint folder each for weights and optimizer)
+    assert {"checkpoint-4/pytorch_model_fsdp_0", "checkpoint-4/optimizer_0", "checkpoint-4/trainer_state.json"} <= set(
+        probe["checkpoint_files"]), probe["checkpoint_files"]
+    assert "checkpoint-4/model.safetensors" not in probe["checkpoint_files"]
     gathered = probe["state_dict"]
     saved = load_file(out / "model.safetensors")
     base = load_file(tiny_model_dir / "model.safetensors")
@@ -113,10 +143,9 @@ def test_fsdp_launch_killed_after_a_checkpoint_resumes_from_it(make_recipe, writ
             assert launch.poll() is None, launch.stderr.read()[-6000:]
             assert time.monotonic() < deadline, "no complete checkpoint-2"
             time.sleep(0.2)
-        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks, as a lost node would
+        _kill_tree(launch.pid)  # the launcher and both ranks, as a lost node would
     finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
+        _kill_tree(launch.pid)
         launch.wait()
     assert not (p.output / "manifest.json").exists()
     # what FSDP wrote: the full optimizer state as accelerate's optimizer.bin, the weights as the trainer's file
@@ -129,9 +158,12 @@ def test_fsdp_launch_killed_after_a_checkpoint_resumes_from_it(make_recipe, writ
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     stats = json.loads((p.output / "stats.json").read_text())
-    assert stats["resumed_from"] is not None and Path(stats["resumed_from"]).name in {"checkpoint-2", "checkpoint-4"}
+    # resumed from the checkpoint written before the kill (steps 3 and 4 took a second each, so no later one
+    # was complete), its FSDP optimizer.bin accepted, and trained on to step 6
+    assert stats["resumed_from"] == str(first), log[-5000:]
     assert stats["steps"] == 6 and stats["world_size"] == 2
-    assert "dropping torn checkpoint" not in log or "checkpoint-2" not in log.split("dropping torn checkpoint")[1][:200]
+    assert f"resuming from {first}" in " ".join(log.split()), log[-5000:]
+    assert "checkpoint-2 (" not in log
 
 
 def test_fsdp_in_a_one_process_build_stops_before_anything_runs(make_recipe, write_json_array, sharegpt_records,

@@ -373,6 +373,9 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw per-step dicts: the progress line and the card have them
+    if cfg.fsdp and not trainer.is_fsdp_enabled:
+        log(f"fsdp: {cfg.fsdp!r}: accelerate shards only over GPUs; this {int(args.world_size)}-process launch on "
+            f"{device_type.upper()}s trains full replicas (DDP)")
     resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")
