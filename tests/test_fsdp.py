@@ -176,3 +176,44 @@ def test_fsdp_in_a_one_process_build_stops_before_anything_runs(make_recipe, wri
     assert "steps.usergpt.fsdp" in out and "torchrun --nproc_per_node N -m realchat.cli build" in out
     assert "Traceback" not in out
     assert not (tmp_path / "runs" / "fs" / "curate").exists()  # curate did not run first
+
+
+def test_lora_in_one_process_saves_the_merged_model(make_recipe, write_json_array, sharegpt_records, tiny_model_dir,
+                                                    tmp_path, monkeypatch):
+    """LoRA's save path (the adapter through the trainer, merged on the main process): a plain model
+    folder, no adapter files, weights moved from the base."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    path = _recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, fsdp=None, method="lora",
+                   lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    result = CliRunner().invoke(app, ["build", str(path), "--no-progress", "--no-push"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "fs" / "usergpt"
+    assert not list(out.glob("adapter_*")) and (out / "model.safetensors").exists()
+    saved, base = load_file(out / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert set(saved) == set(base)
+    assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(saved["model.norm.weight"], base["model.norm.weight"])  # LoRA leaves the norms alone
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_lora_under_fsdp_saves_the_merged_model(make_recipe, write_json_array, sharegpt_records, tiny_model_dir,
+                                                tmp_path):
+    """LoRA with ``fsdp:`` on 2 ranks: the trainer gathers the adapter, the main process merges it into a
+    fresh copy of the base model."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = _recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, method="lora",
+                   lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    assert CliRunner().invoke(app, ["build", str(path), "--only", "curate", "--no-progress", "--no-push"]).exit_code == 0
+    proc = subprocess.run(_command(path), capture_output=True, text=True, cwd=tmp_path, timeout=900, env=_env())
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    out = tmp_path / "runs" / "fs" / "usergpt"
+    saved, base = load_file(out / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert set(saved) == set(base) and not list(out.glob("adapter_*"))
+    assert not torch.equal(saved["model.layers.1.mlp.down_proj.weight"], base["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(saved["model.norm.weight"], base["model.norm.weight"])

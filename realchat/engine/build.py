@@ -212,7 +212,10 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
 
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
-        result = kind.run(ctx, tmp)
+        try:
+            result = kind.run(ctx, tmp)
+        finally:
+            ctx.close()  # the step's engines stop and free the GPU for the next step
         write_json(tmp / STATS, result.stats)
         if result.manifest.get("configs"):  # one record of each config, for the card
             result.manifest.setdefault("samples", sample_records(tmp, result.manifest["configs"]))
@@ -303,7 +306,10 @@ def follow_main(loaded: LoadedRecipe, graph: Graph, *, only: list[str] | None = 
         if run and kind.every_rank:
             ctx = StepContext(loaded, p.node, p.fingerprint, console=quiet, show_progress=False)
             with tempfile.TemporaryDirectory(prefix=f"realchat-rank{ranks.rank()}-") as scratch:
-                kind.run(ctx, Path(scratch))
+                try:
+                    kind.run(ctx, Path(scratch))
+                finally:
+                    ctx.close()
         ranks.barrier()
     return chosen
 

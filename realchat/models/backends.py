@@ -348,16 +348,24 @@ def _run_async(coro: Any) -> Any:
 class VLLMModel(TemplateModel):
     """vLLM's offline engine (``pip install realchat[vllm]``; a GPU)."""
 
-    def __init__(self, cfg: VLLMBackend, path: str) -> None:
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise RealChatError("backend kind: vllm needs the vllm package (pip install 'realchat[vllm]')",
-                                field="kind") from None
-        self.llm = LLM(model=path, tensor_parallel_size=cfg.tensor_parallel_size,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype)
+    def __init__(self, cfg: VLLMBackend, path: str, engines: Any = None, seed: int | None = None) -> None:
+        """The engine comes from the step's :class:`~realchat.models.engines.Engines` (one per model,
+        memory split, shut down with the step); alone (no ``engines``), from a pool of its own."""
+        from realchat.models.engines import Engines, EngineSpec
+
+        self.engines = engines if engines is not None else Engines()
+        self.spec = EngineSpec(path, cfg.tensor_parallel_size, cfg.dtype, cfg.gpu_memory_utilization, seed)
+        #: The recipe's seed: the engine starts with it; requests may carry it too (``SamplingParams(seed=)``).
+        self.seed = seed
+        self.llm = self.engines.acquire(self.spec)
         self.tokenizer = self.llm.get_tokenizer()
         self.name = path
+
+    def close(self) -> None:
+        """This backend is done with its engine (the last user of an engine stops it)."""
+        if self.llm is not None:
+            self.llm = None
+            self.engines.release(self.spec)
 
     def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None) -> list[Generation]:
         from vllm import SamplingParams as VSampling
