@@ -144,3 +144,66 @@ def test_full_disk_while_a_checkpoint_is_written_is_one_line_and_the_rerun_resum
     out_dir = Path(yaml.safe_load(sft_recipe.read_text())["run_root"]) / "ck" / "usergpt"
     stats = json.loads((out_dir / "stats.json").read_text())
     assert stats["resumed_from"].endswith("checkpoint-2") and stats["steps"] == 6
+
+
+def _state(ck: Path, step: int) -> None:
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
+def test_fsdp_sharded_checkpoint_written_by_torch_distributed_checkpoint_counts_once_its_metadata_is_there(tmp_path):
+    """FSDP's sharded state dict: accelerate writes ``pytorch_model_fsdp_0/`` and ``optimizer_0/`` with
+    ``torch.distributed.checkpoint`` (real writes here, one process); ``.metadata`` is written last, so a
+    folder without it is torn."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    ck = tmp_path / "checkpoint-4"
+    ck.mkdir()
+    _state(ck, 4)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    assert why_incomplete(ck) == "no model weights"
+    dcp.save({"model": model.state_dict()}, checkpoint_id=ck / "pytorch_model_fsdp_0")
+    assert why_incomplete(ck) == "no optimizer state"
+    dcp.save({"optimizer": optimizer.state_dict()}, checkpoint_id=ck / "optimizer_0")
+    assert (ck / "optimizer_0" / ".metadata").is_file() and any((ck / "optimizer_0").glob("*.distcp"))
+    assert why_incomplete(ck) is None
+    (ck / "optimizer_0" / ".metadata").unlink()  # killed before the coordinator finished
+    assert why_incomplete(ck) == "no optimizer state"
+    (ck / "pytorch_model_fsdp_0" / ".metadata").unlink()
+    assert why_incomplete(ck) == "no model weights"
+
+
+def test_fsdp_full_and_deepspeed_layouts(tmp_path):
+    """FSDP with a full state dict: accelerate's ``pytorch_model_fsdp.bin`` and ``optimizer.bin``
+    (real torch.save files; the 2-process launch in tests/test_fsdp.py writes and resumes them for real);
+    DeepSpeed's ``global_step<N>/`` folder, names as DeepSpeed's save_checkpoint writes them (DeepSpeed
+    is not installable without CUDA here, so this layout is made by hand)."""
+    import torch
+
+    full = tmp_path / "checkpoint-2"
+    full.mkdir()
+    _state(full, 2)
+    torch.save({"w": torch.ones(2)}, full / "pytorch_model_fsdp.bin")
+    assert why_incomplete(full) == "no optimizer state"
+    torch.save({"state": {}}, full / "optimizer.bin")
+    assert why_incomplete(full) is None
+    (full / "optimizer.bin").write_bytes(b"")  # created, never written
+    assert why_incomplete(full) == "no optimizer state"
+    torch.save({"state": {}}, full / "optimizer.bin")
+
+    ds = tmp_path / "checkpoint-6"
+    (ds / "global_step6").mkdir(parents=True)
+    _state(ds, 6)
+    (ds / "latest").write_text("global_step6")
+    torch.save({"module": {}}, ds / "global_step6" / "mp_rank_00_model_states.pt")
+    assert why_incomplete(ds) == "no optimizer state"
+    torch.save({"optimizer_state_dict": {}}, ds / "global_step6" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    assert why_incomplete(ds) is None
+    assert newest_complete(tmp_path) == ds
+
+    (ds / "global_step6" / "mp_rank_00_model_states.pt").unlink()  # ZeRO-3 with no weights written: torn
+    assert why_incomplete(ds) == "no model weights"
+    assert newest_complete(tmp_path) == full and not ds.exists()

@@ -108,6 +108,19 @@ def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
     return [p for p in plans if p.name in keep]
 
 
+def check_launch(loaded: LoadedRecipe, to_run: list[StepPlan]) -> None:
+    """Every step about to run against how the build was launched (a multi-GPU training key in a
+    one-process run), before the first one starts: no hour of curation or paid summaries before the
+    error."""
+    for p in to_run:
+        try:
+            registry.get(p.kind).check_launch(p.node.config, ranks.world_size(), loaded.path)
+        except RecipeError as e:
+            e.file, e.field = str(loaded.path), f"steps.{p.name}.{e.field}" if e.field else f"steps.{p.name}"
+            ranks.share(None)  # the other ranks of a launch stop too
+            raise
+
+
 def fresh_start(loaded: LoadedRecipe, chosen: list[StepPlan], force: bool) -> None:
     """Before a build: Hub requests get timeouts (a Hub source, model or publish never waits for
     ever), and with ``--force`` the chosen steps' work folders go, so they start clean (no checkpoint
@@ -225,7 +238,10 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
 
     kind = registry.get(p.kind)
     with atomic_output(p.output) as tmp:
-        result = kind.run(ctx, tmp)
+        try:
+            result = kind.run(ctx, tmp)
+        finally:
+            ctx.close()  # the step's engines stop and free the GPU for the next step
         inputs_unchanged(loaded, p, ctx)
         write_json(tmp / STATS, result.stats)
         if result.manifest.get("configs"):  # one record of each config, for the card
@@ -264,6 +280,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
         plans = plan(loaded, graph)
         fps = {p.name: p.fingerprint for p in plans}
         chosen = select(plans, graph, only, start)
+        check_launch(loaded, [c for c in chosen if force or not c.done])
         fresh_start(loaded, chosen, force)
         chosen_names = {c.name for c in chosen}
         for p in chosen:
@@ -316,7 +333,10 @@ def follow_main(loaded: LoadedRecipe, graph: Graph, *, only: list[str] | None = 
         if run and kind.every_rank:
             ctx = StepContext(loaded, p.node, p.fingerprint, console=quiet, show_progress=False)
             with tempfile.TemporaryDirectory(prefix=f"realchat-rank{ranks.rank()}-") as scratch:
-                kind.run(ctx, Path(scratch))
+                try:
+                    kind.run(ctx, Path(scratch))
+                finally:
+                    ctx.close()
         ranks.barrier()
     return chosen
 

@@ -36,6 +36,9 @@ class StepContext:
     #: Seconds between two plain progress lines when the console is not a terminal (None: the default).
     progress_interval_s: float | None = None
     _reporter: Reporter | None = field(default=None, repr=False)
+    #: The step's vLLM engines (:mod:`realchat.models.engines`) and every backend it opened.
+    _engines: Any = field(default=None, repr=False)
+    _opened: list[Any] = field(default_factory=list, repr=False)
 
     # -- who am I ---------------------------------------------------------------------------------
 
@@ -149,8 +152,40 @@ class StepContext:
         path = self.resolve_model(backend.model, f"{key}.model")
         with self.blame(f"{key}.model"):
             if backend.kind == "vllm":
-                return VLLMModel(backend, path, template, log)
-            return LocalModel(path, backend.batch_size, template, log)
+                opened: Any = VLLMModel(backend, path, template, log, engines=self.engines(), seed=self.seed)
+            else:
+                opened = LocalModel(path, backend.batch_size, template, log)
+        self._opened.append(opened)
+        return opened
+
+    def engines(self) -> Any:
+        """The step's vLLM engines; on first use, the vLLM backends among the step's own keys (its
+        roles, up together) are declared, so the first engine already leaves room for the others."""
+        from realchat.models.backends import VLLMBackend
+        from realchat.models.engines import Engines, EngineSpec
+
+        if self._engines is None:
+            self._engines = Engines()
+            roles = [(name, v) for name, v in self.config if isinstance(v, VLLMBackend)]
+            self._engines.expect(EngineSpec(self.resolve_model(v.model, f"{name}.model"), v.tensor_parallel_size,
+                                            v.dtype, v.gpu_memory_utilization, self.seed) for name, v in roles)
+        return self._engines
+
+    def close_backend(self, backend: Any) -> None:
+        """A measure is done with ``backend``: its engine stops when nothing else uses it."""
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
+        if backend in self._opened:
+            self._opened.remove(backend)
+
+    def close(self) -> None:
+        """The step ended (or failed): every backend it opened is closed, its engines stopped and the GPU
+        freed, the newest first."""
+        for backend in reversed(list(self._opened)):
+            self.close_backend(backend)
+        if self._engines is not None:
+            self._engines.close()
 
     # -- progress ---------------------------------------------------------------------------------
 

@@ -468,17 +468,27 @@ class VLLMModel(TemplateModel):
     """vLLM's offline engine (``pip install realchat[vllm]``; a GPU). Prompts go in as token ids
     (``TokensPrompt``), never as text vLLM would tokenize again with a second BOS."""
 
-    def __init__(self, cfg: VLLMBackend, path: str, chat_template: str | None = None, log: Any = None) -> None:
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise RealChatError("backend kind: vllm needs the vllm package (pip install 'realchat[vllm]')",
-                                field="kind") from None
-        self.llm = LLM(model=path, tensor_parallel_size=cfg.tensor_parallel_size,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype)
+    def __init__(self, cfg: VLLMBackend, path: str, chat_template: str | None = None, log: Any = None,
+                 engines: Any = None, seed: int | None = None) -> None:
+        """The engine comes from the step's :class:`~realchat.models.engines.Engines` (one per model,
+        memory split, shut down with the step); alone (no ``engines``), from a pool of its own."""
+        from realchat.models.engines import Engines, EngineSpec
+
+        self.engines = engines if engines is not None else Engines()
+        self.spec = EngineSpec(path, cfg.tensor_parallel_size, cfg.dtype, cfg.gpu_memory_utilization, seed)
+        #: The recipe's seed: the engine starts with it. Not per request: identical prompts (free-mode first
+        #: questions) would then all draw the same sample.
+        self.seed = seed
+        self.llm = self.engines.acquire(self.spec)
         self.tokenizer = self.llm.get_tokenizer()
         self._use_format(chat_template, path, log)
         self.name = path
+
+    def close(self) -> None:
+        """This backend is done with its engine (the last user of an engine stops it)."""
+        if self.llm is not None:
+            self.llm = None
+            self.engines.release(self.spec)
 
     def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None,
                  role: str = "assistant") -> list[Generation]:

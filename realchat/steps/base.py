@@ -84,6 +84,11 @@ class StepKind:
         """Checks of the config against the files it names, before anything runs (raise RecipeError
         with ``field`` relative to the step); the engine adds the file and the step's key path."""
 
+    def check_launch(self, config: StepConfig, world_size: int, recipe: Path) -> None:
+        """Checks of the config against how this build of ``recipe`` was launched (``world_size`` processes), made
+        at build time for the steps that will run, before any of them starts (raise RecipeError with
+        ``field`` relative to the step); default none."""
+
     def section_for_parent(self, stats: dict[str, Any], parent: str, repo: str) -> str:
         """Markdown this step adds to the card of ``parent`` (one of its inputs); default none."""
         return ""

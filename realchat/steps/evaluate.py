@@ -382,7 +382,9 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
                 getattr(backend, "batch_size", None),
                 lambda chat: seeded(seed, bm.generate_answers, chat, m.name, questions, b.max_new_tokens)))
             answers[bench][m.name] = {r["question_id"]: r["choices"][0]["turns"] for r in rows}
-        backend = None  # one model in memory at a time (the judge comes next)
+        if backend is not None:  # one model in memory at a time (the judge comes next): its engine stops
+            ctx.close_backend(backend)
+        backend = None
 
     judge_name = bm.safe_name(b.judge.model if b.judge.kind == "openai" else Path(str(b.judge.model)).name)
     suffix = {"single": "single", "pairwise": "pair"}

@@ -110,6 +110,12 @@ class Sft(StepKind):
                 raise RecipeError(f"report_to {target}: the {module} package is not installed", field="report_to",
                                   hint=f"pip install {module}, or report_to: none")
 
+    def check_launch(self, config: SftConfig, world_size: int, recipe: Path) -> None:  # type: ignore[override]
+        """``fsdp:`` / ``deepspeed:`` need a multi-process launch (:mod:`realchat.training.launch`)."""
+        from realchat.training.launch import check_launch
+
+        check_launch(config.fsdp, config.deepspeed, world_size, str(recipe))
+
     def run(self, ctx: StepContext, out: Path, callbacks: list[Any] | None = None) -> StepResult:
         cfg: SftConfig = ctx.config  # type: ignore[assignment]
         started = time.perf_counter()

@@ -7,9 +7,22 @@ on every rerun ("Can't find a valid checkpoint"). So a checkpoint counts as comp
 
 * ``trainer_state.json`` parses and its ``global_step`` is the folder's N (it is written last, so
   its presence says the files before it were written whole),
-* the weights are there (``model.safetensors`` / ``adapter_model.safetensors`` / a sharded index /
-  ``pytorch_model.bin``), and
-* the optimizer state is there (``optimizer.pt``, or the sharded forms FSDP and DeepSpeed write).
+* the weights are there, in one of the layouts the trainer, accelerate and DeepSpeed write, and
+* the optimizer state is there, likewise.
+
+Per launch, what holds the weights and the optimizer state in a ``checkpoint-N`` folder (file names
+are accelerate 1.16's ``save_fsdp_model`` / ``save_fsdp_optimizer`` and DeepSpeed's
+``save_checkpoint``; ``{i}`` is the model or optimizer index, ``{r}`` the rank)::
+
+    one process, DDP     model.safetensors (or an index, adapter_model.*)   optimizer.pt
+    FSDP, full           pytorch_model_fsdp.bin (+ model.safetensors)        optimizer.bin
+    FSDP, sharded (DCP)  pytorch_model_fsdp_{i}/.metadata                    optimizer_{i}/.metadata
+    FSDP, local (FSDP1)  pytorch_model_fsdp_rank{r}.bin                      optimizer_{i}_rank{r}.bin
+    DeepSpeed            global_step{N}/*model_states.pt                     global_step{N}/*optim_states.pt
+
+The folders of a distributed checkpoint (``torch.distributed.checkpoint``: FSDP's sharded state dict)
+count only with their ``.metadata`` file, which the coordinator writes after every rank wrote its
+shards; a DeepSpeed ``global_step*`` folder only with both its model and optimizer state files.
 
 A torn checkpoint is moved out of the way and removed (the work folder is the step's own, and the
 run lock keeps other builds out), so the Trainer's own rotation never keeps it as the "newest".
@@ -29,9 +42,58 @@ from typing import Any
 from realchat.errors import RealChatError
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+#: Weight files of a one-process or DDP checkpoint (``Trainer.save_model``), and of an FSDP one with a
+#: full state dict (which also gets accelerate's ``pytorch_model_fsdp.bin``).
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
            "adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_FSDP_WEIGHTS = re.compile(r"pytorch_model_fsdp(_\d+)?(_rank\d+)?\.bin")
+_FSDP_WEIGHTS_DCP = re.compile(r"pytorch_model_fsdp_\d+")
+_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?(_rank\d+)?\.(pt|bin)")
+_OPTIMIZER_DCP = re.compile(r"optimizer_\d+")
+_DEEPSPEED = re.compile(r"global_step\d+")
+#: What ``torch.distributed.checkpoint`` writes last, once every rank's shards are written.
+DCP_METADATA = ".metadata"
 TRAINER_STATE = "trainer_state.json"
+
+
+def _non_empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _dcp_complete(folder: Path) -> bool:
+    return folder.is_dir() and _non_empty(folder / DCP_METADATA)
+
+
+def _deepspeed_has(folder: Path, suffix: str) -> bool:
+    return folder.is_dir() and any(_non_empty(f) for f in folder.glob(f"*{suffix}"))
+
+
+def has_weights(folder: Path) -> bool:
+    """The model's weights are in ``folder`` in one of the layouts above."""
+    for p in folder.iterdir():
+        if p.name in WEIGHTS or _FSDP_WEIGHTS.fullmatch(p.name):
+            if _non_empty(p):
+                return True
+        elif _FSDP_WEIGHTS_DCP.fullmatch(p.name):
+            if _dcp_complete(p):
+                return True
+        elif _DEEPSPEED.fullmatch(p.name) and _deepspeed_has(p, "model_states.pt"):
+            return True
+    return False
+
+
+def has_optimizer(folder: Path) -> bool:
+    """The optimizer state is in ``folder`` in one of the layouts above."""
+    for p in folder.iterdir():
+        if _OPTIMIZER_FILE.fullmatch(p.name):
+            if _non_empty(p):
+                return True
+        elif _OPTIMIZER_DCP.fullmatch(p.name):
+            if _dcp_complete(p):
+                return True
+        elif _DEEPSPEED.fullmatch(p.name) and _deepspeed_has(p, "optim_states.pt"):
+            return True
+    return False
 
 
 def why_incomplete(folder: Path) -> str | None:
@@ -47,12 +109,9 @@ def why_incomplete(folder: Path) -> str | None:
         return f"{TRAINER_STATE} unreadable ({type(e).__name__})"
     if not isinstance(state, dict) or state.get("global_step") != int(m[1]):
         return f"{TRAINER_STATE} is not for step {m[1]}"
-    if not any((folder / w).is_file() and (folder / w).stat().st_size > 0 for w in WEIGHTS):
+    if not has_weights(folder):
         return "no model weights"
-    has_optimizer = (folder / "optimizer.pt").is_file() or any(
-        p.is_dir() and (p.name.startswith("optimizer") or p.name.startswith("global_step"))
-        for p in folder.iterdir())
-    if not has_optimizer:
+    if not has_optimizer(folder):
         return "no optimizer state"
     return None
 

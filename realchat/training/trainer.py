@@ -27,6 +27,7 @@ from realchat.errors import RealChatError
 from realchat.recipe.base import Strict
 from realchat.models.chat_formats import ChatFormat, apply_template
 from realchat.training.chat_format import tokenize_with_mask
+from realchat.training.precision import Bf16Setting, PrecisionSetting, choose_precision
 from realchat.training.throughput import throughput
 
 
@@ -60,9 +61,16 @@ class TrainingSettings(Strict):
     packing: bool = True
     #: Recompute activations in the backward pass (less memory, slower).
     gradient_checkpointing: bool = False
-    #: bf16 where the hardware has it (CUDA with bf16 support): ``auto``; ``true`` (an error without
-    #: it) or ``false`` (``yes`` / ``no`` too). The model trains and is saved in that dtype.
-    bf16: bool | Literal["auto", "yes", "no"] = "auto"
+    #: How the numbers are kept. ``auto``: ``bf16-mixed`` on a GPU with bf16, else ``fp32``.
+    #: ``bf16-mixed``: float32 master weights, gradients and Adam states (16 bytes a parameter), bf16
+    #: matmuls under autocast: full-precision updates at bf16 speed. ``bf16-pure``: weights and Adam
+    #: states in bf16 (8 bytes a parameter), but updates below 1/256 of a weight round away (at lr
+    #: 2e-5 most do). ``fp32``: no bf16 at all (CPUs; slow on tensor cores). A run with bf16 compute
+    #: is saved in bf16, an fp32 run in float32 (:mod:`realchat.training.precision`).
+    precision: PrecisionSetting = "auto"
+    #: Older spelling of `precision`: ``true``/``yes`` = ``bf16-mixed`` (an error without a bf16 GPU),
+    #: ``false``/``no`` = ``fp32``, ``auto`` = whatever `precision` says.
+    bf16: Bf16Setting = "auto"
     #: Attention to load the model with (``sdpa``, ``eager``, ``flash_attention_2``, a Hub kernel);
     #: null: flash-attention 2 on CUDA in bf16 when ``flash-attn`` is installed, else the model's default.
     attn_implementation: str | None = None
@@ -91,10 +99,12 @@ class TrainingSettings(Strict):
     eval_steps: int | None = Field(None, ge=1)
     #: Checkpoint every N steps; an interrupted step resumes from the last one.
     save_steps: int = Field(50, ge=1)
-    #: Multi-GPU: an FSDP spec as TrainingArguments takes it (e.g. "full_shard auto_wrap") or a
-    #: DeepSpeed config file; run under ``accelerate launch`` / ``torchrun``.
+    #: Multi-GPU: an FSDP spec as TrainingArguments takes it (e.g. "full_shard auto_wrap"; FSDP2,
+    #: one unit per decoder layer, full state dict saved); needs a launch on N processes
+    #: (``torchrun --nproc_per_node N -m realchat.cli build …``), an error in a one-process build.
     fsdp: str | None = None
-    #: Multi-GPU: a DeepSpeed config file (see `fsdp`).
+    #: Multi-GPU: a DeepSpeed config file (ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``
+    #: for a loadable model); launched as `fsdp` is.
     deepspeed: str | None = None
     #: Any other field of TRL's SFTConfig, passed as written (:mod:`realchat.training.trl_options`).
     trl: dict[str, Any] = Field(default_factory=dict)
@@ -120,18 +130,6 @@ def tokenize_conversations(tokenizer: Any, convs: list[list[dict[str, str]]], lo
             f"starts at token {min(first_loss)}, so every row would be cut before anything to learn",
             field="max_length", hint=f"raise max_length above {min(first_loss) + 16}")
     return with_loss
-
-
-def _bf16(setting: bool | str) -> bool:
-    import torch
-
-    if setting in (False, "no"):
-        return False
-    available = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if setting in (True, "yes") and not available:
-        raise RealChatError("bf16: true, but this machine has no GPU with bf16", field="bf16",
-                            hint="use bf16: auto")
-    return available
 
 
 def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
@@ -295,9 +293,11 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     train_rows = tokenize_conversations(tokenizer, train_convs, loss_role, cfg.max_length, "training data")
     eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs) if any(r["assistant_masks"])]
                  if eval_convs else [])
-    bf16 = _bf16(cfg.bf16)
-    dtype = torch.bfloat16 if bf16 else torch.float32
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = choose_precision(cfg.precision, cfg.bf16, device_type=device_type,
+                                 bf16_available=device_type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16 = precision.bf16_compute
+    dtype = getattr(torch, precision.load_dtype)
     import importlib.util
 
     attn_request = cfg.attn_implementation or pick_attention(device_type, bf16,
@@ -386,6 +386,9 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     from realchat.training.callbacks import warm_up_from_the_first_step
 
     warm_up_from_the_first_step(trainer)  # the warm-up's first step trains (lr > 0)
+    if cfg.fsdp and not trainer.is_fsdp_enabled:
+        log(f"fsdp: {cfg.fsdp!r}: accelerate shards only over GPUs; this {int(args.world_size)}-process launch on "
+            f"{device_type.upper()}s trains full replicas (DDP)")
     resume = last_checkpoint(work)
     if resume:
         log(f"resuming from {resume}")
@@ -399,16 +402,14 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     history = list(trainer.state.log_history)
     losses = _loss_table(history)
 
+    from realchat.training.saving import save_trained
+
+    # every rank: under FSDP / ZeRO-3 the save gathers the sharded weights; the main process writes
+    save_trained(trainer, out, method=cfg.method, base_model=base_model, save_dtype=precision.save_dtype,
+                 tokenizer=tokenizer, scratch=work,
+                 # generation stops at every turn end of the format it trained on (<|im_end|>, <|eot_id|>, …)
+                 eos_token_id=turn_end_ids(chat_format))
     if trainer.is_world_process_zero():  # under torchrun / accelerate launch only the main process writes
-        trained = trainer.model
-        if cfg.method == "lora":
-            trained = trained.merge_and_unload()
-        trained = trained.to(dtype)  # saved in the dtype it trained in (bf16 on a GPU that has it)
-        # generation stops at every turn end of the format it trained on (``<|im_end|>``, ``<|eot_id|>``, …)
-        trained.generation_config.eos_token_id = turn_end_ids(chat_format)
-        trained.generation_config.pad_token_id = tokenizer.pad_token_id
-        trained.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
         _plot(losses, out / "loss.png")
     n_tokens = sum(min(len(r["input_ids"]), cfg.max_length) for r in train_rows)
     n_loss = sum(sum(r["assistant_masks"][: cfg.max_length]) for r in train_rows)
@@ -436,7 +437,8 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         "losses": losses,
         "seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "bf16": bf16,
-        "dtype": str(dtype).removeprefix("torch."),
+        "precision": precision.name,
+        "dtype": precision.save_dtype,  # of the saved model
         "method": cfg.method,
         "batching": batching,
         "attn_implementation": attn,
