@@ -1,7 +1,8 @@
 """``realchat`` command line: build, plan, push, lineage, schema, eval show, stats.
 
-User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C exits
-130 and leaves no half-written output (steps write atomically).
+User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C (SIGINT)
+exits 130 and SIGTERM 143, each after one message, leaving no half-written output (steps write
+atomically) and no worker process behind (:mod:`realchat.interrupts`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from realchat import __version__
 from realchat.errors import RealChatError, boundary_error
+from realchat.interrupts import exit_code, signal_name, terminate_as_interrupt
 
 # soft_wrap: a line is never folded at the console's width (80 columns when not a terminal, as in a
 # job log); a terminal wraps long lines itself
@@ -32,17 +34,27 @@ def _fail(err: RealChatError) -> None:
     raise typer.Exit(err.exit_code)
 
 
+def interrupted(e: KeyboardInterrupt, after: str = "nothing half-written was kept") -> None:
+    """Ctrl-C or SIGTERM: one line, and the shell's exit code for that signal (130, 143)."""
+    console.print(f"[yellow]interrupted[/yellow] ({signal_name(e)}): {after}", highlight=False)
+    raise typer.Exit(exit_code(e))
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The CLI boundary: every command runs inside it, so an error about the user's input (a
     :class:`RealChatError`, an OS error on a path, a decode error) prints one line and exits 2 —
-    one mechanism, not a ``try`` per command. ``REALCHAT_TRACEBACK=1`` shows the traceback instead."""
+    one mechanism, not a ``try`` per command. ``REALCHAT_TRACEBACK=1`` shows the traceback instead.
+    SIGTERM stops a command as Ctrl-C does (one line; exit 143, Ctrl-C 130)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            with terminate_as_interrupt():
+                return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt as e:
+            interrupted(e)
         except Exception as e:
             err = boundary_error(e)
             if err is None or os.environ.get("REALCHAT_TRACEBACK"):
@@ -120,9 +132,8 @@ def build(
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
                   show_progress=progress, progress_interval_s=progress_interval, wait_s=wait,
                   on_built=lambda p, stats: summary(p.name, stats, p.output))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: nothing half-written was kept; rerun to resume")
-        raise typer.Exit(130)
+    except KeyboardInterrupt as e:
+        interrupted(e, "nothing half-written was kept; rerun to resume")
 
 
 def summary(step: str, stats: dict[str, Any], folder: Path) -> None:

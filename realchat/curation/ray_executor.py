@@ -61,6 +61,7 @@ from realchat.curation.pipeline import (BASE_SCHEMA, REJECT_COLUMNS, label_rejec
                                         source_rule, tokenizer_spec)
 from realchat.curation.ops.near_dedup import clusters, shingles
 from realchat.errors import RealChatError, RecipeError
+from realchat.interrupts import keep_terminate_handler
 
 if TYPE_CHECKING:
     from realchat.curation.pipeline import ExecutorRun
@@ -230,7 +231,8 @@ def _ray_runtime(ctx: "StepContext", executor: "ExecutorConfig") -> Iterator[Non
             if executor.num_cpus is not None:
                 kwargs["num_cpus"] = executor.num_cpus
         try:
-            ray.init(address=executor.address, **kwargs)
+            with keep_terminate_handler():  # SIGTERM: our clean stop, which shuts this runtime down
+                ray.init(address=executor.address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RecipeError(f"cannot reach the Ray cluster: {str(e).splitlines()[0] if str(e) else e}",
                               file=str(ctx.loaded.path), field="executor.address",
