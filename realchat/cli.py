@@ -286,7 +286,11 @@ def stats_cmd(
         fmt = format or ("parquet" if file.suffix == ".parquet" or file.is_dir() else "sharegpt")
         if fmt not in ("sharegpt", "openai_messages", "parquet"):
             raise RealChatError(f"unknown format {fmt!r}", field="--format", hint="sharegpt, openai_messages or parquet")
-        convs, read, unusable = read_file_conversations(file, fmt)
+        convs, read, unusable, first_unusable = read_file_conversations(file, fmt)
+        for reason, where in first_unusable.items():  # each bad record's kind, where the first one is
+            n = unusable[reason]
+            console.print(f"[yellow]warning:[/yellow] {escape(str(file))}: {escape(where)} ({reason}; "
+                          f"{n:,} record{'s' if n != 1 else ''} of this kind left out)", highlight=False)
         convs = [c for c in convs if any(m["role"] == "user" for m in c["messages"])]
         if not convs:
             reasons = ", ".join(f"{k} {v}" for k, v in unusable.items()) or "none"
@@ -307,6 +311,7 @@ def stats_cmd(
     except RealChatError as e:
         _fail(e)
     result = {"file": str(file), "format": fmt, "records_read": read, "unusable_records": unusable,
+              "first_unusable": first_unusable,
               "available": available, **figures}
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
