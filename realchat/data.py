@@ -83,7 +83,7 @@ def read_conversations(ref: ResolvedData, base_dir: Path, step_folder: Callable[
     out = []
     unique = UniqueIds()
     for rec in records:
-        row, _rej = normalize(rec, dict(DEFAULT_ROLES), "id", Path(cfg.path).stem or "record")
+        row, _rej = normalize(rec, dict(DEFAULT_ROLES), "id", Path(cfg.path).stem or "record", cfg.max_record_chars)
         if row is not None:
             cid = unique(row["conversation_id"])
             out.append({"id": cid, "base_id": cid,
@@ -125,7 +125,8 @@ def read_file_conversations(path: Path, fmt: str, limit: int | None = None
     n = 0
     for rec in records:
         n += 1
-        row, rej = normalize(rec, dict(DEFAULT_ROLES), "id", path.stem or "record")
+        row, rej = normalize(rec, dict(DEFAULT_ROLES), "id", path.stem or "record",
+                             SourceConfig().max_record_chars)
         if row is None:
             assert rej is not None
             rejected[rej.reason] = rejected.get(rej.reason, 0) + 1

@@ -59,7 +59,8 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     executor = ctx.loaded.recipe.executor
     records, report = open_source(cfg.source, ctx.base_dir)
     chunk_rows = executor.shard_rows
-    reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", chunk_rows)
+    reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", chunk_rows,
+                         cfg.source.max_record_chars)
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use
     ops: list[Filter] = [REGISTRY[p.op](p, tokens, None, {"reference": references[i]} if i in references else None)
                          for i, p in enumerate(cfg.filters)]
