@@ -1,7 +1,8 @@
 """``realchat`` command line: build, plan, push, lineage, schema, eval show, stats.
 
-User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C exits
-130 and leaves no half-written output (steps write atomically).
+User errors (bad recipe, unreadable data, missing model) print one message and exit 2; Ctrl-C (SIGINT)
+exits 130 and SIGTERM 143, each after one message, leaving no half-written output (steps write
+atomically) and no worker process behind (:mod:`realchat.interrupts`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from realchat import __version__
 from realchat.errors import RealChatError, boundary_error
+from realchat.interrupts import exit_code, signal_name, terminate_as_interrupt
 
 # soft_wrap: a line is never folded at the console's width (80 columns when not a terminal, as in a
 # job log); a terminal wraps long lines itself
@@ -35,12 +37,19 @@ def _fail(err: RealChatError) -> None:
     raise typer.Exit(err.exit_code)
 
 
+def interrupted(e: KeyboardInterrupt, after: str = "nothing half-written was kept") -> None:
+    """Ctrl-C or SIGTERM: one line, and the shell's exit code for that signal (130, 143)."""
+    console.print(f"[yellow]interrupted[/yellow] ({signal_name(e)}): {after}", highlight=False)
+    raise typer.Exit(exit_code(e))
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The CLI boundary: every command runs inside it, so an error about the user's input (a
     :class:`RealChatError`, an OS error on a path, a decode error) prints one line and exits 2 —
     one mechanism, not a ``try`` per command. ``REALCHAT_TRACEBACK=1`` shows the traceback instead.
     Everything a command prints goes through :func:`realchat.redact.redacted_streams`: no known
-    secret reaches the terminal or a job log."""
+    secret reaches the terminal or a job log. SIGTERM stops a command as Ctrl-C does (one line; exit
+    143, Ctrl-C 130)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -51,9 +60,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def _guarded(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            with terminate_as_interrupt():
+                return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt as e:
+            interrupted(e)
         except Exception as e:
             err = boundary_error(e)
             if err is None or os.environ.get("REALCHAT_TRACEBACK"):
@@ -135,9 +147,8 @@ def build(
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
                   show_progress=progress, progress_interval_s=progress_interval, wait_s=wait,
                   on_built=lambda p, stats: summary(p.name, stats, p.output))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: nothing half-written was kept; rerun to resume")
-        raise typer.Exit(130)
+    except KeyboardInterrupt as e:
+        interrupted(e, "nothing half-written was kept; rerun to resume")
 
 
 def summary(step: str, stats: dict[str, Any], folder: Path) -> None:
@@ -292,7 +303,11 @@ def stats_cmd(
         fmt = format or ("parquet" if file.suffix == ".parquet" or file.is_dir() else "sharegpt")
         if fmt not in ("sharegpt", "openai_messages", "parquet"):
             raise RealChatError(f"unknown format {fmt!r}", field="--format", hint="sharegpt, openai_messages or parquet")
-        convs, read, unusable = read_file_conversations(file, fmt)
+        convs, read, unusable, first_unusable = read_file_conversations(file, fmt)
+        for reason, where in first_unusable.items():  # each bad record's kind, where the first one is
+            n = unusable[reason]
+            console.print(f"[yellow]warning:[/yellow] {escape(str(file))}: {escape(where)} ({reason}; "
+                          f"{n:,} record{'s' if n != 1 else ''} of this kind left out)", highlight=False)
         convs = [c for c in convs if any(m["role"] == "user" for m in c["messages"])]
         if not convs:
             reasons = ", ".join(f"{k} {v}" for k, v in unusable.items()) or "none"
@@ -313,6 +328,7 @@ def stats_cmd(
     except RealChatError as e:
         _fail(e)
     result = {"file": str(file), "format": fmt, "records_read": read, "unusable_records": unusable,
+              "first_unusable": first_unusable,
               "available": available, **figures}
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -84,7 +84,7 @@ def read_conversations(ref: ResolvedData, base_dir: Path, step_folder: Callable[
     out = []
     unique = UniqueIds()
     for rec in records:
-        row, _rej = normalize(rec, dict(DEFAULT_ROLES), "id", Path(cfg.path).stem or "record")
+        row, _rej = normalize(rec, dict(DEFAULT_ROLES), "id", Path(cfg.path).stem or "record", cfg.max_record_chars)
         if row is not None:
             cid = unique(row["conversation_id"])
             out.append({"id": cid, "base_id": cid,
@@ -133,10 +133,12 @@ def split_held_out(convs: list[Conversation], share: float) -> tuple[list[Conver
     return train, held
 
 
-def read_file_conversations(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Conversation], int, dict[str, int]]:
-    """(usable conversations, records read, unusable records by reason) of one conversation file,
-    through curation's readers and role table: ShareGPT JSON/JSONL, OpenAI ``messages`` JSONL, parquet
-    (a step's ``data/`` folder too). A file that cannot be read at all raises one error naming it."""
+def read_file_conversations(path: Path, fmt: str, limit: int | None = None
+                            ) -> tuple[list[Conversation], int, dict[str, int], dict[str, str]]:
+    """(usable conversations, records read, unusable records by reason, the first unusable record of
+    each reason: its id and place) of one conversation file, through curation's readers and role
+    table: ShareGPT JSON/JSONL, OpenAI ``messages`` JSONL, parquet (a step's ``data/`` folder too). A
+    file that cannot be read at all raises one error naming it; a bad record is counted, not fatal."""
     from realchat.curation.conversations import normalize
     from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, open_source
 
@@ -145,14 +147,18 @@ def read_file_conversations(path: Path, fmt: str, limit: int | None = None) -> t
     records, _ = open_source(SourceConfig(format=fmt, path=str(path.resolve()), limit=limit), Path("."))
     out: list[Conversation] = []
     rejected: dict[str, int] = {}
+    first: dict[str, str] = {}
     n = 0
     for rec in records:
         n += 1
-        row, rej = normalize(rec, dict(DEFAULT_ROLES), "id", path.stem or "record")
+        row, rej = normalize(rec, dict(DEFAULT_ROLES), "id", path.stem or "record",
+                             SourceConfig().max_record_chars)
         if row is None:
             assert rej is not None
             rejected[rej.reason] = rejected.get(rej.reason, 0) + 1
+            first.setdefault(rej.reason, (f"record {rej.conversation_id}: " if rej.conversation_id else "")
+                             + rej.detail)
             continue
         out.append({"id": row["conversation_id"], "base_id": row["conversation_id"],
                     "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
-    return out, n, rejected
+    return out, n, rejected, first

@@ -88,7 +88,7 @@ def test_model_summaries_are_produced_cached_and_reused(tiny_model_dir, sharegpt
 
     src = tmp_path / "c.json"
     src.write_text(json.dumps(sharegpt_records[:5]))
-    convs, _, _ = read_file_conversations(src, "sharegpt")
+    convs, _, _, _ = read_file_conversations(src, "sharegpt")
     cfg = IntentSummarizer(backend={"kind": "local", "model": str(tiny_model_dir)}, max_new_tokens=8, max_chars=300,
                            batch_size=2)
     model = LocalModel(str(tiny_model_dir), batch_size=4)

@@ -41,19 +41,24 @@ def _valid_text(s: str) -> bool:
     return True
 
 
+#: Characters of a too large record's raw text kept in the rejected set (enough to recognise it).
+RAW_KEPT_OF_TOO_LARGE = 2_000
+
+
 def normalize(
-    rec: RawRecord, roles: dict[str, str], id_field: str, id_prefix: str
+    rec: RawRecord, roles: dict[str, str], id_field: str, id_prefix: str, max_chars: int | None = None
 ) -> tuple[dict[str, Any] | None, Rejection | None]:
-    """Return ``(row, None)`` for a usable record or ``(None, Rejection)``."""
+    """Return ``(row, None)`` for a usable record or ``(None, Rejection)``; a record with more than
+    ``max_chars`` characters of text is rejected (``record.too_large``, its raw text cut short)."""
     if rec.error:
         return None, Rejection(rec.error, f"{rec.position}: {rec.detail}", rec.raw)
     data = rec.data
     where = rec.position
 
-    def reject(reason: str, field: str, why: str) -> tuple[None, Rejection]:
+    def reject(reason: str, field: str, why: str, raw: str | None = None) -> tuple[None, Rejection]:
         cid = data.get(id_field) if isinstance(data, dict) else None
         cid = printable(str(cid)) if isinstance(cid, (str, int)) and cid != "" else None
-        return None, Rejection(reason, f"{where}: {field}: {why}", _raw_text(data), cid)
+        return None, Rejection(reason, f"{where}: {field}: {why}", raw or _raw_text(data), cid)
 
     if not isinstance(data, dict):
         return reject("record.wrong_type", "(record)", f"expected an object, got {type(data).__name__}")
@@ -75,6 +80,7 @@ def normalize(
     if not _valid_text(cid):
         return reject("record.invalid_utf8", id_field, "not valid UTF-8")
     messages = []
+    chars = 0
     for i, turn in enumerate(turns):
         field = f"{key}[{i}]"
         if not isinstance(turn, dict):
@@ -101,6 +107,12 @@ def normalize(
             return reject("record.unmapped_role", f"{field}.{role_key}",
                           f"role {role!r} is not in the recipe's roles table")
         messages.append({"role": mapped, "content": text})
+        chars += len(text)
+    if max_chars is not None and chars > max_chars:
+        head = [{"role": m["role"], "content": m["content"][:RAW_KEPT_OF_TOO_LARGE]} for m in messages[:4]]
+        raw = _raw_text({id_field: cid, key: head})[:RAW_KEPT_OF_TOO_LARGE] + f" ... ({chars:,} characters in all)"
+        return reject("record.too_large", key, f"{chars:,} characters of text in {len(messages):,} turns, above "
+                      f"source.max_record_chars ({max_chars:,})", raw)
     return {"conversation_id": cid, "source_index": rec.index, "segment": 0, "messages": messages}, None
 
 

@@ -40,6 +40,7 @@ from realchat.curation.pipeline import (ChunkReader, ExecutorRun, RuleTally, lab
                                         source_rule, tokenizer_spec)
 from realchat.curation.sources import open_source
 from realchat.errors import RealChatError
+from realchat.interrupts import follow_parent, signals_held
 
 if TYPE_CHECKING:
     from realchat.curation.reference import Reference
@@ -58,7 +59,8 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     executor = ctx.loaded.recipe.executor
     records, report = open_source(cfg.source, ctx.base_dir)
     chunk_rows = executor.shard_rows
-    reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", chunk_rows)
+    reader = ChunkReader(cfg.roles, cfg.source.id_field, Path(cfg.source.path).stem or "record", chunk_rows,
+                         cfg.source.max_record_chars)
     tokens = lambda: ctx.token_counter(cfg.tokenizer, "tokenizer")  # noqa: E731 - loaded on first use
     ops: list[Filter] = [REGISTRY[p.op](p, tokens, None, {"reference": references[i]} if i in references else None)
                          for i, p in enumerate(cfg.filters)]
@@ -92,6 +94,7 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
             yield rows
 
     chunks: Iterator[pl.DataFrame] = source_chunks()
+    stopped = True  # until the passes finish: an error or a signal stops the workers, not waits for them
     try:
         for number, (start, stop) in enumerate(bounds):
             barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
@@ -126,8 +129,9 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
             if spill is not None:
                 spill.close()
                 chunks = _read_back(spill.files, entering)
+        stopped = False
     finally:
-        workers.close()
+        workers.close(stop=stopped)
     for i, op in enumerate(ops):
         tallies[i].counters.update(op.totals())
     shutil.rmtree(spill_root, ignore_errors=True)
@@ -219,7 +223,7 @@ class _Workers:
             if k == _START_AFTER and self.processes > 1:
                 self._start()  # enough chunks to pay for the processes (no-op when already started)
             self.rows_in_flight += chunk.height
-            pending.append((self.pool.submit(*task(chunk)) if self.pool is not None and chunk.height else None, chunk))
+            pending.append((self._submit(task(chunk)) if self.pool is not None and chunk.height else None, chunk))
             while len(pending) > self.processes or (pending and pending[0][0] is None):
                 yield take()
         while pending:
@@ -230,12 +234,26 @@ class _Workers:
             self.spec = self.tokenizer()
             # spawn, not fork: the parent may hold tokenizer and torch threads that fork would copy half-way
             self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_one_thread_each)
+                                            initializer=_worker_start, initargs=(os.getpid(),))
             self.started = self.processes
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def _submit(self, task: tuple[Any, ...]) -> Any:
+        # a submit may start a worker process: it starts with SIGINT and SIGTERM blocked until its
+        # initializer leaves them to this process (realchat.interrupts)
+        with signals_held():
+            return self.pool.submit(*task)  # type: ignore[union-attr]
+
+    def close(self, stop: bool = False) -> None:
+        """Wait for the workers to finish and leave; ``stop`` (an error, Ctrl-C, SIGTERM): kill them now,
+        their chunks are of no use any more and a worker busy with a large chunk may take a while."""
+        if self.pool is None:
+            return
+        if stop and hasattr(self.pool, "kill_workers"):  # Python 3.14
+            self.pool.kill_workers()
+        elif stop:
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.kill()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: CurateSink) -> pl.DataFrame:
@@ -248,6 +266,13 @@ def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: 
     if result.rejected is not None and result.rejected.height:
         sink.rejected(label_rejected(result.rejected, index, op.params.op))
     return result.kept
+
+
+def _worker_start(parent_pid: int) -> None:
+    """In a worker, first: leave SIGINT and SIGTERM to the parent and die with it (so Ctrl-C to the
+    process group prints one message, and no worker outlives a killed build), then one thread each."""
+    follow_parent(parent_pid)
+    _one_thread_each()
 
 
 def _one_thread_each() -> None:

@@ -96,8 +96,10 @@ class ChunkReader:
     tally (records read, rejections by reason, ids renamed) is complete once the iterator is exhausted.
     """
 
-    def __init__(self, roles: dict[str, str], id_field: str, id_prefix: str, chunk_rows: int) -> None:
+    def __init__(self, roles: dict[str, str], id_field: str, id_prefix: str, chunk_rows: int,
+                 max_chars: int | None = None) -> None:
         self.roles, self.id_field, self.id_prefix, self.chunk_rows = roles, id_field, id_prefix, chunk_rows
+        self.max_chars = max_chars
         self.read = 0
         self.rejected_by_reason: dict[str, int] = {}
         self.unique = UniqueIds()
@@ -107,7 +109,7 @@ class ChunkReader:
         rejects: list[dict[str, Any]] = []
         for rec in records:
             self.read += 1
-            row, reject = normalised(rec, self.roles, self.id_field, self.id_prefix)
+            row, reject = normalised(rec, self.roles, self.id_field, self.id_prefix, self.max_chars)
             if row is not None:
                 row["conversation_id"] = self.unique(row["conversation_id"])
                 rows.append(row)
@@ -127,10 +129,10 @@ class ChunkReader:
                 pl.DataFrame(rejects, schema=BASE_SCHEMA | REJECT_COLUMNS))
 
 
-def normalised(rec: RawRecord, roles: dict[str, str], id_field: str, id_prefix: str
+def normalised(rec: RawRecord, roles: dict[str, str], id_field: str, id_prefix: str, max_chars: int | None = None
                ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One record as a conversation row, or as a rejected row (rule ``source``, its raw text kept)."""
-    row, rej = normalize(rec, roles, id_field, id_prefix)
+    row, rej = normalize(rec, roles, id_field, id_prefix, max_chars)
     if row is not None:
         return row, None
     assert rej is not None

@@ -61,6 +61,7 @@ from realchat.curation.pipeline import (BASE_SCHEMA, REJECT_COLUMNS, label_rejec
                                         source_rule, tokenizer_spec)
 from realchat.curation.ops.near_dedup import clusters, shingles
 from realchat.errors import RealChatError, RecipeError
+from realchat.interrupts import keep_terminate_handler
 
 if TYPE_CHECKING:
     from realchat.curation.pipeline import ExecutorRun
@@ -168,7 +169,8 @@ READ_REJECT_SCHEMA = BASE_SCHEMA | REJECT_COLUMNS
 
 
 def _read_and_normalise(source: "ShardSpec | list[RawRecord]", roles: dict[str, str], id_field: str,
-                        id_prefix: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+                        id_prefix: str, max_chars: int | None = None
+                        ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """One shard read (a :class:`ShardSpec` read here, or records the driver read) and normalised: its
     rows (ids not yet unique across shards), its read rejections, its ``(source_index, id)`` pairs for
     the driver, and the facts of the read (records, warnings, rejections by reason in reading order)."""
@@ -183,7 +185,7 @@ def _read_and_normalise(source: "ShardSpec | list[RawRecord]", roles: dict[str, 
     n = 0
     for rec in records:
         n += 1
-        row, reject = normalised(rec, roles, id_field, id_prefix)
+        row, reject = normalised(rec, roles, id_field, id_prefix, max_chars)
         if row is not None:
             rows.append(row)
         else:
@@ -230,7 +232,8 @@ def _ray_runtime(ctx: "StepContext", executor: "ExecutorConfig") -> Iterator[Non
             if executor.num_cpus is not None:
                 kwargs["num_cpus"] = executor.num_cpus
         try:
-            ray.init(address=executor.address, **kwargs)
+            with keep_terminate_handler():  # SIGTERM: our clean stop, which shuts this runtime down
+                ray.init(address=executor.address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RecipeError(f"cannot reach the Ray cluster: {str(e).splitlines()[0] if str(e) else e}",
                               file=str(ctx.loaded.path), field="executor.address",
@@ -286,7 +289,7 @@ def _run_streaming(ctx: "StepContext", cfg: Any, sink: Any, executor: "ExecutorC
                         format=src.format, revision=src.revision if src.format == "hub" else None)
     id_prefix = Path(src.path).stem or "record"
     read_task = ray.remote(num_returns=4)(_read_and_normalise)
-    args = (dict(cfg.roles), src.id_field, id_prefix)
+    args = (dict(cfg.roles), src.id_field, id_prefix, src.max_record_chars)
     outs = []
     with ctx.console.status(f"reading {len(specs)} shard{'s' if len(specs) != 1 else ''} on Ray"):
         for spec in specs:

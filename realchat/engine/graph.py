@@ -195,6 +195,12 @@ def _check_model(loaded: LoadedRecipe, ref: str, where: str) -> None:
                           "model id)", file=str(loaded.path), field=where, hint=PACKAGE_PREFIX_HINT)
     if problem not in (None, "not found"):
         raise RecipeError(f"{p}: {problem}", file=str(loaded.path), field=where)
+    if problem is None and (p / "config.json").is_file():  # a model folder: what loading it needs is there
+        from realchat.models.folder_check import model_folder_problem
+
+        broken = model_folder_problem(p)
+        if broken:
+            raise RecipeError(f"{p}: {broken}", file=str(loaded.path), field=where)
 
 
 def _must_exist(loaded: LoadedRecipe, ref: str, where: str, what: str, fmt: str | None = None) -> None:

@@ -74,7 +74,9 @@ class OpenAIBackend(Strict):
     prompt_token_ids: bool = False
     #: Requests in flight at once.
     max_concurrency: int = Field(8, ge=1)
-    #: Read timeout of one request, seconds.
+    #: The most one attempt of a request may take, seconds: connecting to the answer's last byte (a
+    #: server that sends a byte now and then is cut there, not only one that goes silent); each retry
+    #: has a deadline of its own.
     timeout_s: float = Field(60, gt=0)
     #: Connect timeout, seconds.
     connect_timeout_s: float = Field(10, gt=0)
@@ -337,9 +339,13 @@ class OpenAIChat(TemplateModel):
     def _client(self) -> Any:
         from openai import AsyncOpenAI, Timeout
 
+        from realchat.models.deadline import deadline_client
+
+        timeout = Timeout(self.cfg.timeout_s, connect=self.cfg.connect_timeout_s)
+        # timeout_s is each attempt's total: httpx's read timeout alone bounds each chunk, not the answer
         return AsyncOpenAI(base_url=self.cfg.base_url, api_key=self.key or "none",
-                           max_retries=self.cfg.max_retries,
-                           timeout=Timeout(self.cfg.timeout_s, connect=self.cfg.connect_timeout_s))
+                           max_retries=self.cfg.max_retries, timeout=timeout,
+                           http_client=deadline_client(self.cfg.timeout_s, timeout=timeout))
 
     def _error(self, e: BaseException) -> str:
         import openai

@@ -39,6 +39,11 @@ class SourceConfig(Strict):
     limit: int | None = Field(None, ge=1)
     #: Field holding the conversation id; records without one get ``<file-stem>-<index>``.
     id_field: str = "id"
+    #: A record whose text (all its turns together) is longer, in characters, is rejected as
+    #: ``record.too_large`` (counted in the stats and the card) before any op sees it: the ops' memory
+    #: grows with a record's size (tokenizer offsets, shingles, split's search), so one 50 MB turn
+    #: would take gigabytes. The shipped ShareGPT's longest conversation has 394,565. ``null``: no bound.
+    max_record_chars: int | None = Field(1_000_000, ge=1)
 
 
 #: Source role name → canonical role (a recipe's ``roles`` table extends or replaces it).

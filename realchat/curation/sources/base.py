@@ -7,6 +7,7 @@ reaches the rejected set instead of vanishing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,14 @@ class ReadReport:
     truncated_at_byte: int | None = None
 
 
+#: A lone surrogate that is not an undecodable byte (those are U+DC80-U+DCFF, ``surrogateescape``'s):
+#: JSON's ``"\ud800"`` escape decodes to one, and no UTF-8 encoder takes it.
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
 def printable(text: str) -> str:
-    """Text safe to store (parquet needs valid UTF-8): undecodable bytes become ``\\xNN``."""
+    """Text safe to store (parquet needs valid UTF-8): undecodable bytes become ``\\xNN``, lone
+    surrogates (JSON ``"\\ud800"``) ``\\ud800``, so a record that carries them can be rejected with
+    its raw text instead of stopping the read."""
+    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -1,0 +1,131 @@
+"""How a RealChat process stops when it is told to: SIGINT (Ctrl-C), SIGTERM (a job scheduler), kill -9.
+
+One stop for both signals. SIGINT raises :class:`KeyboardInterrupt` in the main thread (Python's
+own handler); :func:`terminate_as_interrupt` makes SIGTERM raise :class:`Terminated`, a
+``KeyboardInterrupt``, so a scheduler's stop unwinds through exactly the code that already makes
+Ctrl-C safe (atomic outputs removed, part files and checkpoints kept for a resume, worker processes
+stopped) instead of Python's default for SIGTERM: dying on the spot with no message. The CLI then
+prints one line and exits with the shell's convention for a death by that signal, 128 + its number:
+130 for SIGINT, 143 for SIGTERM (:func:`exit_code`).
+
+Worker processes follow their parent (:func:`follow_parent`, their initializer): they ignore SIGINT
+and SIGTERM, because Ctrl-C in a terminal and many schedulers signal the whole process group and the
+parent alone decides (one message, not a traceback per worker); and the kernel kills them when the
+parent dies, however it dies, kill -9 included (Linux ``PR_SET_PDEATHSIG``; elsewhere a thread that
+watches the parent's pid). :func:`signals_held` closes the window between a worker's start and its
+initializer: a worker is started with both signals blocked, the way :mod:`multiprocessing`'s own
+resource tracker is started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+#: The signals a worker leaves to its parent.
+PARENT_HANDLES = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so both unwind alike."""
+
+    signal_number = signal.SIGTERM
+
+
+def exit_code(interrupt: BaseException) -> int:
+    """128 + the signal's number, the shell's code for a death by it: 143 for SIGTERM, 130 for SIGINT."""
+    return 128 + int(getattr(interrupt, "signal_number", signal.SIGINT))
+
+
+def signal_name(interrupt: BaseException) -> str:
+    return signal.Signals(getattr(interrupt, "signal_number", signal.SIGINT)).name
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While inside: SIGTERM raises :class:`Terminated` in the main thread. The previous handler comes
+    back after (a test runner or an embedding program keeps its own). Outside the main thread Python
+    cannot install handlers, and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def keep_terminate_handler() -> Iterator[None]:
+    """Around a library call that installs its own SIGTERM handler (``ray.init``: ``sys.exit(15)``, or
+    exit 1 after killing a local Ray node's processes, no message): this process's handler comes back,
+    so SIGTERM still stops the step as Ctrl-C does and the library is shut down on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, ours)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while inside: a process started here inherits the mask,
+    so it cannot die of either before :func:`follow_parent` ignores them. A signal that arrives in the
+    meantime waits and is handled on the way out."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_HANDLES)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def follow_parent(parent_pid: int) -> None:
+    """In a worker process, first thing: leave SIGINT and SIGTERM to the parent, and die with it."""
+    for sig in PARENT_HANDLES:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PARENT_HANDLES)  # blocked by signals_held at the start
+    if not _kill_on_parent_death():
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="realchat-parent-watch").start()
+    if os.getppid() != parent_pid:  # the parent died before the kernel was told: nobody left to work for
+        os._exit(1)
+
+
+def _kill_on_parent_death() -> bool:
+    """Ask the kernel (Linux) to SIGKILL this process when the thread that started it exits: the main
+    thread of the parent, which runs the whole build. False where that cannot be asked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """Elsewhere: once a second, is the parent still ours? (an orphan is adopted by another pid)."""
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(1)
