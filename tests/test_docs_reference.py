@@ -99,3 +99,30 @@ def test_mkdocs_runs_the_generator_and_lists_the_pages():
         assert page in nav, page
     for page in re.findall(r"[\w/-]+\.md", nav):
         assert page.startswith("reference/") or (ROOT / "docs" / page).is_file(), page
+
+
+def test_readme_is_a_front_door_whose_links_and_figures_lead_into_the_docs():
+    """Under 250 lines; every relative link names a file of the repo (and an anchor a heading there);
+    every figure of the headline table is on the benchmarks page, beside its command."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 250
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert len(links) > 20
+    for link in links:
+        if "://" in link:
+            continue
+        path, _, anchor = link.partition("#")
+        target = ROOT / path
+        assert target.exists(), link
+        if anchor:
+            headings = [re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                        for h in re.findall(r"^#+ (.*)$", target.read_text(), flags=re.M)]
+            assert anchor in headings, link
+    table = readme[readme.index("## Headline figures"):readme.index("## Documentation")]
+    benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "benchmarks.md#" in line]
+    assert len(rows) >= 5
+    for row in rows:
+        value = row.split(" | ")[1]
+        for figure in re.findall(r"\d[\d,.]*\d|\d", value):
+            assert figure in benchmarks, (figure, row)
