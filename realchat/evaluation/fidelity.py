@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from realchat.recipe.base import DEFAULT_MODEL, Strict
-from realchat.recipe.refs import ModelRef
+from realchat.recipe.refs import ChatTemplateRef, ModelRef
 from realchat.training.chat_format import as_user_simulator, tokenize_with_mask
 
 Messages = list[dict[str, str]]
@@ -39,6 +39,9 @@ class FidelityConfig(Strict):
     simulator_model: ModelRef
     #: The base model prompted as the user, for the perplexity baseline; null = no baseline.
     baseline_model: ModelRef | None = DEFAULT_MODEL
+    #: ``baseline_model``'s chat format (a built-in name or a Jinja file); null = its tokenizer's own
+    #: (required when it has none).
+    baseline_chat_template: ChatTemplateRef | None = None
     #: The ``name`` of the held-out real conversations among the evaluate step's ``datasets``.
     real: str = "sharegpt"
     #: The names of the simulated datasets compared with them (each gets its own row).
@@ -118,10 +121,10 @@ def perplexity_with_ci(per_conversation: Sequence[tuple[float, int]], bootstrap:
 
 
 def model_user_perplexity(model_path: str, conversations: Sequence[Messages], system_prompt: str | None,
-                          max_length: int, bootstrap: int, seed: int) -> dict[str, Any]:
+                          max_length: int, bootstrap: int, seed: int, chat_template: str | None = None) -> dict[str, Any]:
     from realchat.models.backends import LocalModel
 
-    local = LocalModel(model_path)  # the device, dtype and load errors of every local model
+    local = LocalModel(model_path, chat_template=chat_template)  # the device, dtype and load errors of every local model
     return perplexity_with_ci(user_turn_nll(local.model, local.tokenizer, conversations, system_prompt, max_length),
                               bootstrap, seed)
 

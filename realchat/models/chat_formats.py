@@ -214,6 +214,11 @@ def apply_template(tokenizer: Any, template: str | None, what: str) -> Any:
     return tokenizer
 
 
+#: Recipe keys that declare a chat format, and the keys of the model each one is for (a served
+#: backend's ``model`` is a name the server knows, not a reference: its ``tokenizer`` renders).
+TEMPLATE_KEYS = {"chat_template": ("base_model", "tokenizer", "model"), "baseline_chat_template": ("baseline_model",)}
+
+
 def check_chat_templates(config: Any, base_dir: Path, steps: set[str], prefix: str = "") -> None:
     """Plan-time check of every model a step config names with a ``chat_template`` beside it (an sft
     step's ``base_model``, a backend's ``model``, a served backend's ``tokenizer``): a named template
@@ -231,21 +236,24 @@ def check_chat_templates(config: Any, base_dir: Path, steps: set[str], prefix: s
     if not isinstance(config, BaseModel):
         return
     dot = f"{prefix}." if prefix else ""
-    if "chat_template" in type(config).model_fields:
-        template = getattr(config, "chat_template")
-        model = next((getattr(config, k) for k in ("base_model", "tokenizer", "model")
-                      if isinstance(getattr(config, k, None), str) and k in type(config).model_fields
+    fields = type(config).model_fields
+    for key, models in TEMPLATE_KEYS.items():
+        if key not in fields:
+            continue
+        template = getattr(config, key)
+        model = next((getattr(config, k) for k in models
+                      if k in fields and isinstance(getattr(config, k), str)
                       and not (k == "model" and getattr(config, "kind", None) == "openai")), None)
         if template:
             try:
                 template_text(template, base_dir)
             except ChatTemplateError as e:
-                raise RecipeError(e.message, field=f"{dot}chat_template", hint=e.hint) from None
+                raise RecipeError(e.message, field=f"{dot}{key}", hint=e.hint) from None
         elif model and model not in steps and local_template_state(resolve_local(model, base_dir)) is False:
             raise RecipeError(
-                f"{model} has no chat template (a base model): set chat_template: to one of "
+                f"{model} has no chat template (a base model): set {key}: to one of "
                 f"{', '.join(BUILTIN_TEMPLATES)} (vicuna is the paper's format) or a Jinja file",
-                field=f"{dot}chat_template")
+                field=f"{dot}{key}")
     for name in type(config).model_fields:
         value = getattr(config, name)
         if isinstance(value, (BaseModel, list)):

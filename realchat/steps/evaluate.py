@@ -251,8 +251,10 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
                 out["ending"] = {"model": ref, "marker": marker, "selected": len(ending),
                                  **bh.ending_scores(end_rows, fid.bootstrap, seed)}
             else:
+                template = (ctx.chat_template(fid.baseline_chat_template, "fidelity.baseline_chat_template")
+                            if label == "baseline" else None)  # the simulator speaks what its sft step saved
                 ppl[label] = {"model": ref, **fm.model_user_perplexity(path, [c["messages"] for c in real], prompt,
-                                                                        fid.max_length, fid.bootstrap, seed)}
+                                                                        fid.max_length, fid.bootstrap, seed, template)}
     if "ending" not in out:
         out["ending"] = {"model": fid.simulator_model, "marker": marker, "conversations": 0,
                          "note": "the simulator was trained without an end marker" if not marker
