@@ -70,8 +70,9 @@ def test_figures_format():
 def test_build_in_a_job_log_prints_training_progress_lines(make_recipe, write_json_array, sharegpt_records,
                                                            tiny_model_dir, tmp_path):
     """A real ``realchat build`` with stdout and stderr as pipes (a job log): the sft step's training
-    prints plain progress lines with its step count, loss and tokens/s; nothing uses ``\\r``; the
-    summary table is not folded at 80 columns."""
+    prints plain progress lines with its step count, loss and tokens/s, a simulation the tokens it is
+    generating before any session ends; nothing uses ``\\r``; the summary table is not folded at 80
+    columns."""
     src = write_json_array(sharegpt_records[:40])
     path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="pg")
     doc = yaml.safe_load(path.read_text())
@@ -80,6 +81,10 @@ def test_build_in_a_job_log_prints_training_progress_lines(make_recipe, write_js
         "max_length": 256, "max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 5e-3,
         "warmup_ratio": 0.0, "save_steps": 10,
     }
+    tiny = {"kind": "local", "model": str(tiny_model_dir), "batch_size": 2}
+    doc["steps"]["sim"] = {"kind": "simulate", "simulator": "magpie", "simulator_backend": tiny, "answerer": tiny,
+                           "conversations": 2, "max_rounds": 1, "user_sampling": {"max_new_tokens": 6},
+                           "assistant_sampling": {"max_new_tokens": 6}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {**os.environ, "REALCHAT_PROGRESS_INTERVAL": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -98,6 +103,9 @@ def test_build_in_a_job_log_prints_training_progress_lines(make_recipe, write_js
     assert read and read[-1].startswith("[curate] read: 40 items") and "done" in read[-1]
     ops = [x for x in proc.stderr.splitlines() if x.startswith("[curate] filters[1] split: ")]
     assert ops[0].endswith("| started") and "| done | kept " in ops[-1]  # each op: a line in, a line out
+    # generation is heard from while it runs, before any session has finished (not silence until a wave ends)
+    sim = [x for x in proc.stderr.splitlines() if x.startswith("[sim] simulate: 0/2 sessions")]
+    assert any("tokens generated " in x for x in sim), "\n".join(sim)
     stats = json.loads((tmp_path / "runs" / "pg" / "usergpt" / "stats.json").read_text())
     # the summary table keeps each row on one line, however long (the base model's path)
     row = next(x for x in proc.stdout.splitlines() if "base model ref" in x)

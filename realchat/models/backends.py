@@ -16,6 +16,7 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field
@@ -144,6 +145,9 @@ class TemplateModel:
     format: ChatFormat
     #: Whether ``generate`` enforces ``bad_words`` while decoding (else callers resample).
     bans_words = True
+    #: Called with the number of tokens generated as they are (a decode step of a local batch, a
+    #: finished request of a served one): the step's progress while a long generation runs.
+    on_tokens: Callable[[int], None] | None = None
 
     def _use_format(self, template: str | None, what: str, log: Any = None) -> None:
         apply_template(self.tokenizer, template, what)
@@ -266,6 +270,8 @@ class LocalModel(TemplateModel):
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
             kwargs.update(do_sample=False)
+        if self.on_tokens is not None:
+            kwargs["streamer"] = _DecodeTicker(self.on_tokens)
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
         out = []
@@ -280,6 +286,24 @@ class LocalModel(TemplateModel):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             out.append(self.finish(text, role, reason, len(ids), stopped_by))
         return out
+
+
+class _DecodeTicker:
+    """A ``generate`` streamer that only counts: each decode step hands it one new token per row (the
+    first call is the prompt). Rows that already stopped count too: a heartbeat, not a tally."""
+
+    def __init__(self, on_tokens: Callable[[int], None]) -> None:
+        self.on_tokens = on_tokens
+        self.prompt = True
+
+    def put(self, value: Any) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        self.on_tokens(int(value.numel()))
+
+    def end(self) -> None:
+        pass
 
 
 class OpenAIChat(TemplateModel):
@@ -376,9 +400,12 @@ class OpenAIChat(TemplateModel):
         async def one(item: Any) -> Generation:
             async with sem:
                 try:
-                    return await make(client, item)
+                    g = await make(client, item)
                 except Exception as e:  # noqa: BLE001 -- one failed request fails one conversation
                     return Generation("", error=self._error(e))
+                if self.on_tokens is not None:
+                    self.on_tokens(g.tokens)
+                return g
 
         try:
             return list(await asyncio.gather(*(one(it) for it in items)))

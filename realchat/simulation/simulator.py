@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -185,6 +186,7 @@ class Simulation:
         #: assistant model, which answers as "assistant" in the swapped conversation.
         self.simulator_role = "assistant" if cfg.simulator == "roleplay" else "user"
         self.generated_tokens = 0
+        self._tokens_lock = threading.Lock()
 
     # -- prompts ----------------------------------------------------------------------------------
 
@@ -221,6 +223,28 @@ class Simulation:
     def too_long(self, s: Session, prompt: str | None = None) -> bool:
         prompt = prompt if prompt is not None else self.simulator_prompt(s)
         return self.sim.prompt_tokens(prompt) + self.cfg.user_sampling.max_new_tokens > self.cfg.context_budget
+
+    def run_pipelined(self, sessions: Iterable[Session], workers: int) -> None:
+        """Every session on its own, ``workers`` at a time: a session asks as soon as its own answer is
+        in and is answered as soon as its own question is, so neither side waits for the slowest
+        conversation of a batch (lock-step :meth:`run` makes the simulator idle while every answer of
+        the step is generated, and the answerer while every question is). For served roles (requests
+        are independent; the server batches what arrives); local models keep :meth:`run`'s batches."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        finish, lock = self.on_finish, threading.Lock()
+
+        def finished(s: Session) -> None:
+            with lock:  # the part file and the progress display are written by one thread at a time
+                finish(s)
+
+        self.on_finish = finished
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for done in [pool.submit(self.run, [s]) for s in sessions]:
+                    done.result()
+        finally:
+            self.on_finish = finish
 
     def run(self, sessions: Iterable[Session], capacity: int | None = None) -> None:
         """Simulate every session; at most ``capacity`` in flight, refilled as sessions finish."""
@@ -270,7 +294,7 @@ class Simulation:
             return
         gens = self.ans.chat([self.answerer_messages(s) for s in answering], cfg.assistant_sampling)
         for s, g in zip(answering, gens):
-            self.generated_tokens += g.tokens
+            self.count_tokens(g.tokens)
             if g.error is not None:
                 s.drop_question()  # the question stays unanswered: drop it, keep what is complete
                 live.remove(s)
@@ -293,6 +317,10 @@ class Simulation:
             if cfg.max_rounds is not None and s.rounds >= cfg.max_rounds:
                 live.remove(s)
                 self.finish(s, "max_rounds")
+
+    def count_tokens(self, n: int) -> None:
+        with self._tokens_lock:  # pipelined sessions count from several threads
+            self.generated_tokens += n
 
     # -- questions --------------------------------------------------------------------------------
 
@@ -323,7 +351,7 @@ class Simulation:
                                       role=self.simulator_role) if todo else [])
             again = []
             for i, g in zip(todo, gens):
-                self.generated_tokens += g.tokens
+                self.count_tokens(g.tokens)
                 results[i] = g
                 s = asking[i]
                 if g.error is not None or attempt == tries:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -239,9 +240,10 @@ def load_intents(ctx: StepContext, cfg: SimulateConfig, out: Path | None = None)
     return intents, by_id, it.template or trained or DEFAULT_INTENT_TEMPLATE
 
 
-def simulation_batching(model: Any) -> tuple[str, int]:
-    """How sessions are fed to the loop: ``refill`` (a finished session's place goes to the next one
-    at once: ``batch_size`` in flight locally, every request slot busy on a server, a large pool for
+def simulation_batching(model: Any, answerer: Any = None) -> tuple[str, int]:
+    """How sessions are fed to the loop: ``pipelined`` (both roles served: each session moves on as
+    soon as its own turn is done, as many at once as the servers take), ``refill`` (a finished
+    session's place goes to the next one at once: ``batch_size`` in flight locally, a large pool for
     vLLM's scheduler) or ``waves`` of ``4 × batch_size`` run to their end.
 
     Waves on a local CPU model: there a decode step costs in proportion to its rows, so a draining
@@ -250,6 +252,9 @@ def simulation_batching(model: Any) -> tuple[str, int]:
     decode step costs the same for 1 or 128 rows (launch-bound), so keeping the batch full is what
     counts.
     """
+    served = [getattr(b, "cfg", None) for b in (model, answerer) if b is not None]
+    if answerer is not None and all(getattr(c, "kind", None) == "openai" for c in served):
+        return "pipelined", min(c.max_concurrency for c in served)
     device = getattr(model, "device", None)
     if device == "cpu":
         return "waves", 4 * int(getattr(model, "batch_size", 16))
@@ -328,7 +333,7 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                      marker if cfg.simulator == "usergpt" else None, on_finish, intent_template=template)
     gen_started = time.perf_counter()
     try:
-        batching, capacity = simulation_batching(sim_backend)
+        batching, capacity = simulation_batching(sim_backend, answerer)
         # a bar on a terminal, a timed plain line in a job log (realchat.progress)
         with ctx.progress_counter("simulate", total=bar_total, unit="sessions", completed=len(done)) as counter:
             def progress(s: Session) -> None:
@@ -336,8 +341,21 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                 elapsed = time.perf_counter() - gen_started
                 counter.advance(1, tokens_per_s=round(sim.generated_tokens / max(elapsed, 1e-9), 1))
 
+            def heartbeat(tokens: int) -> None:
+                # a job log hears from a long generation at the progress interval, whatever finished
+                with beat_lock:  # pipelined sessions report from several threads
+                    live_tokens[0] += tokens
+                    elapsed = time.perf_counter() - gen_started
+                    counter.update(tokens_generated=live_tokens[0],
+                                   tokens_per_s=round(live_tokens[0] / max(elapsed, 1e-9), 1))
+
+            live_tokens, beat_lock = [0], threading.Lock()
+            for backend in {id(sim_backend): sim_backend, id(answerer): answerer}.values():
+                backend.on_tokens = heartbeat
             sim.on_finish = progress
-            if batching == "refill":
+            if batching == "pipelined":
+                sim.run_pipelined(sessions(), capacity)
+            elif batching == "refill":
                 sim.run(sessions(), capacity=capacity)
             else:
                 pending = list(sessions())
