@@ -11,18 +11,13 @@ locally and through a real ``transformers serve``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 from families import DECLARED, FAMILIES, TEMPLATE_TEXT
-from hub_server import free_port
+from serving import transformers_serve
 from typer.testing import CliRunner
 
 from realchat.cli import app
@@ -274,28 +269,8 @@ def test_a_trained_simulator_stops_at_its_turn_end(family, stop, family_models, 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory):
     """An unpinned ``transformers serve`` on 127.0.0.1: it loads the folder each request names."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve-families") / "serve.log"
-    exe = Path(sys.executable).parent / "transformers"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()[-2000:]
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not come up: " + log.read_text()[-2000:])
-    yield base + "/v1"
-    proc.kill()
-    proc.wait()
+    with transformers_serve(tmp_path_factory.mktemp("serve-families") / "serve.log") as base:
+        yield base
 
 
 @pytest.mark.parametrize("family", ["llama-2", "chatml"])

@@ -13,14 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from hub_server import free_port
+from serving import transformers_serve
 from typer.testing import CliRunner
 
 from realchat.cli import app
@@ -33,29 +32,9 @@ SECRET = "sk-test-Zq8xY3vR9kLmN2pQ"
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):
     """``transformers serve`` pinned to the tiny model; yields (base_url, log file)."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    exe = Path(sys.executable).parent / "transformers"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(exe), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
-                                 "--device", "cpu", "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()[-2000:]
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not come up: " + log.read_text()[-2000:])
-    yield base + "/v1", log
-    proc.kill()
-    proc.wait()
+    with transformers_serve(log, str(tiny_model_dir)) as base:
+        yield base, log
 
 
 @pytest.fixture
