@@ -133,14 +133,14 @@ def test_split_slices_system_turns_and_short_or_null_user_columns(counter):
     cols = ["messages", "detail", "score", "user_chars", "user_lang"]
     assert res.rejected.select(cols).to_dicts() == [{k: r[k] for k in cols} for r in rejected]
     assert res.rejected["segment"].to_list() == [-1] * len(rejected)
-    assert res.kept.columns == t.columns + ["ends_conversation"]
-    assert res.rejected.columns == t.columns + ["ends_conversation", "score", "detail"]
+    assert res.kept.columns == t.columns + ["ends_conversation", "follows_unseen_answer"]
+    assert res.rejected.columns == t.columns + ["ends_conversation", "follows_unseen_answer", "score", "detail"]
 
 
 def test_split_of_an_empty_table_keeps_its_columns(counter):
     t = table().with_columns(pl.Series("user_chars", [], dtype=pl.List(pl.Int64)))
     res = op("split", counter).apply(t)
     assert res.kept.height == 0 and res.rejected.height == 0
-    assert res.kept.schema == t.schema | {"ends_conversation": pl.Boolean}
-    assert res.rejected.schema == t.schema | {"ends_conversation": pl.Boolean, "score": pl.Float64,
-                                              "detail": pl.String}
+    flags = {"ends_conversation": pl.Boolean, "follows_unseen_answer": pl.Boolean}
+    assert res.kept.schema == t.schema | flags
+    assert res.rejected.schema == t.schema | flags | {"score": pl.Float64, "detail": pl.String}

@@ -282,6 +282,9 @@ class TurnEnd:
     stop: str
     by_next_header: bool
     token_id: int | None
+    #: The other speaker's header that follows this turn (``[INST]`` after a Llama-2 answer,
+    #: ``<|im_start|>user``), BOS left out; empty where none (Llama-2's answer follows ``[/INST]`` directly).
+    next_header: str = ""
 
 
 @dataclass
@@ -435,22 +438,35 @@ class ChatFormat:
             stop, by_header = between.strip(), True
         if not stop:
             raise ChatTemplateError(f"the chat template marks no end of a {role} turn; generation could not stop there")
-        ids = self.tokenizer(stop, add_special_tokens=False)["input_ids"]
-        return TurnEnd(role, rendered, stop, by_header, ids[0] if len(ids) == 1 else None)
+        header = between[len(rendered):].strip()
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if bos and header.startswith(bos):  # Llama-2 opens each exchange with <s>: not what a model writes
+            header = header[len(bos):].strip()
+        return TurnEnd(role, rendered, stop, by_header, self._single_token(stop), header if not by_header else "")
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
 
     def stop_strings(self, role: str) -> list[str]:
-        """Texts at which a generated ``role`` turn is over (the turn end, and EOS as text)."""
-        out = [self.turn_ends[role].stop]
-        eos = getattr(self.tokenizer, "eos_token", None)
-        if eos and eos not in out:
-            out.append(eos)
-        return out
+        """Texts at which a generated ``role`` turn is over, its own turn end first: then the other
+        speaker's header and turn end (a model that writes ``[INST]`` or ``[/INST]`` into an answer has
+        left its turn; nothing of the template belongs in a stored turn), and EOS as text. At most four
+        (OpenAI's API takes four)."""
+        other = self.turn_ends["assistant" if role == "user" else "user"]
+        out: list[str] = []
+        for text in (self.turn_ends[role].stop, self.turn_ends[role].next_header, other.stop,
+                     getattr(self.tokenizer, "eos_token", None)):
+            if text and text not in out:
+                out.append(text)
+        return out[:4]
 
     def stop_token_ids(self, role: str) -> list[int]:
-        """Token ids that end a generated ``role`` turn: EOS and the turn end where it is one token."""
+        """Token ids that end a generated ``role`` turn: EOS and every stop that is one token."""
         out: list[int] = []
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        for tid in ([eos] if isinstance(eos, int) else list(eos or [])) + [self.turn_ends[role].token_id]:
+        for tid in ([eos] if isinstance(eos, int) else list(eos or [])) + [
+                self._single_token(t) for t in self.stop_strings(role)]:
             if tid is not None and tid not in out:
                 out.append(tid)
         return out
