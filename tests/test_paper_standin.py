@@ -102,6 +102,8 @@ def test_paper_recipe_builds_end_to_end_on_stand_ins(clone, served, monkeypatch)
     for step in ("sim_free", "sim_seeded", "sim_roleplay", "sim_magpie"):
         assert stats[step]["models"]["answerer"]["base_url"] == base_url
         assert stats[step]["failed"] == 0 and stats[step]["mode"] == recipe["steps"][step]["mode"]
+        # the served answerer honours temperature (the stand-in's generation config samples): no warning
+        assert not any("warning" in v for v in stats[step]["repeated_contexts"].values()), step
 
     # seeded mode is seeded: every session opens with a held-out real conversation's first question
     held = [c for c in read_step_conversations(run / "curate", "held_out") if opens_conversation(c)]
