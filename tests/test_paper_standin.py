@@ -105,6 +105,15 @@ def test_paper_recipe_builds_end_to_end_on_stand_ins(clone, served, monkeypatch)
         # the served answerer honours temperature (the stand-in's generation config samples): no warning
         assert not any("warning" in v for v in stats[step]["repeated_contexts"].values()), step
 
+    # the served roles are parents of what they wrote (manifest and card lineage), by key and address
+    for step, keys in (("usergpt", ["intent.summarizer.backend"]), ("sim_free", ["answerer", "intent.summarizer.backend"]),
+                       ("sim_roleplay", ["answerer"]), ("evaluate", ["benchmark.judge"])):
+        manifest = json.loads((run / step / "manifest.json").read_text())
+        served_parents = [p for p in manifest["parents"] if p.get("role") == "endpoint"]
+        assert [p["key"] for p in served_parents] == keys, step
+        assert all(p["endpoint"] == base_url and p["source"] == "stand-ins/served" for p in served_parents)
+        assert f"served at `{base_url}`" in (run / step / "README.md").read_text(), step
+
     # seeded mode is seeded: every session opens with a held-out real conversation's first question
     held = [c for c in read_step_conversations(run / "curate", "held_out") if opens_conversation(c)]
     firsts = {c["id"]: next(m["content"] for m in c["messages"] if m["role"] == "user") for c in held}
