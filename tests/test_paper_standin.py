@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,11 +22,9 @@ from typer.testing import CliRunner
 from hub_server import free_port
 from realchat.cli import app
 from realchat.data import opens_conversation, read_step_conversations
-from realchat.standins import make_standins
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "recipes" / "paper"
-SHARED = REPO.parent / "shared"
 STEPS = ["curate", "usergpt", "sim_free", "sim_seeded", "sim_roleplay", "sim_magpie", "realm_free", "realm_seeded",
          "realm_roleplay", "realm_magpie", "realm_sharegpt", "evaluate"]
 DATASETS = ["sharegpt", "usergpt-free", "usergpt-seeded", "roleplay", "magpie"]
@@ -40,17 +37,9 @@ SERVED_KEYS = ["steps.usergpt.intent.summarizer.backend", "steps.sim_free.answer
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """recipes/paper/ of a clean clone, ``../shared`` beside the clone (as CI has it), stand-ins made."""
-    assert (SHARED / "eval" / "judge_prompts.jsonl").is_file(), "../shared/eval is beside the clone in CI"
-    root = tmp_path_factory.mktemp("paper")
-    paper = root / "clone" / "recipes" / "paper"
-    paper.mkdir(parents=True)
-    for name in ("platolm-7b.yaml", "cpu-standin.yaml"):
-        shutil.copy(PAPER / name, paper / name)
-    (root / "shared").symlink_to(SHARED.resolve())
-    make_standins(paper / "stand-ins")
-    return paper
+def clone(paper_clone) -> Path:
+    """recipes/paper/ of a clean clone (``paper_clone`` in conftest: ../shared beside it, stand-ins made)."""
+    return paper_clone / "recipes" / "paper"
 
 
 @pytest.fixture(scope="module")
