@@ -13,6 +13,7 @@ another step's config.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,21 @@ def split_of(conversation_id: str, share: float) -> str:
     return HELD_OUT if is_held_out(conversation_id, share) else TRAIN
 
 
+#: curate's column naming the conversation a row belongs to when it differs from ``conversation_id``:
+#: a source whose records are already segments (FastChat's ``<id>_<k>``, curate's ``fastchat_segment_ids``)
+BASE_COLUMN = "base_conversation_id"
+
+_FASTCHAT_SEGMENT = re.compile(r"(.+)_(\d+)")
+
+
+def fastchat_conversation(record_id: str) -> str:
+    """The conversation a FastChat ``split_long_conversation`` segment belongs to, named by its first
+    segment's id: ``hRPPgZT_11`` → ``hRPPgZT_0`` (so the first segment is its own conversation's id,
+    and a later one is not); an id without a ``_<k>`` suffix is a conversation of its own."""
+    m = _FASTCHAT_SEGMENT.fullmatch(record_id)
+    return f"{m.group(1)}_0" if m else record_id
+
+
 def read_step_conversations(folder: Path, split: str = "all", what: str = "") -> list[Conversation]:
     """Rows of a step's ``data/`` (``split``: train, held_out, or all rows)."""
     files = sorted((folder / "data").glob("*.parquet"))
@@ -61,8 +77,9 @@ def read_step_conversations(folder: Path, split: str = "all", what: str = "") ->
     # and the later segments that start with a follow-up whose answer-before is not in them
     extra = [c for c in ("ends_conversation", "follows_unseen_answer", "intent") if c in df.columns]
     extras = df.select(extra).to_dicts() if extra else [{}] * df.height
-    for cid, s, msgs, more in zip(df[id_col].to_list(), seg, df["messages"].to_list(), extras):
-        out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(cid),
+    bases = df[BASE_COLUMN].to_list() if BASE_COLUMN in df.columns else df[id_col].to_list()
+    for cid, base, s, msgs, more in zip(df[id_col].to_list(), bases, seg, df["messages"].to_list(), extras):
+        out.append({"id": f"{cid}" if not s else f"{cid}#{s}", "base_id": str(base),
                     "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **more})
     return out
 

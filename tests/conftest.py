@@ -160,3 +160,26 @@ def family_models(tmp_path_factory, sharegpt_records):
         return made[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def paper_clone(tmp_path_factory) -> Path:
+    """A clean clone's layout for the paper recipe: ``<root>/clone/recipes/paper/`` holding the recipe,
+    the CPU stand-in overlay and the stand-in models (``realchat.standins``, as the overlay's header
+    says), with ``<root>/shared`` beside the clone as CI has it (the recipe's benchmark path is
+    ``../../../shared/eval``). Returns ``<root>/clone``. The repo's own tree is never written to."""
+    import shutil
+
+    from realchat.standins import make_standins
+
+    repo = Path(__file__).resolve().parents[1]
+    shared = repo.parent / "shared"
+    assert (shared / "eval" / "judge_prompts.jsonl").is_file(), "../shared/eval is beside the clone in CI"
+    root = tmp_path_factory.mktemp("paper")
+    paper = root / "clone" / "recipes" / "paper"
+    paper.mkdir(parents=True)
+    for name in ("platolm-7b.yaml", "cpu-standin.yaml"):
+        shutil.copy(repo / "recipes" / "paper" / name, paper / name)
+    (root / "shared").symlink_to(shared.resolve())
+    make_standins(paper / "stand-ins")
+    return root / "clone"

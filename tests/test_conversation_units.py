@@ -8,7 +8,8 @@ from __future__ import annotations
 import polars as pl
 
 from realchat.curation.ops import REGISTRY
-from realchat.data import conversation_order, opens_conversation, read_step_conversations, sample_conversations
+from realchat.data import (conversation_order, fastchat_conversation, opens_conversation, read_step_conversations,
+                           sample_conversations)
 from realchat.models import token_counter
 from realchat.steps.curate import BASE_SCHEMA
 from realchat.steps.evaluate import EvaluateConfig, sample_sizes
@@ -91,3 +92,43 @@ def test_a_card_lists_a_dataset_two_inputs_read_once():
                {"key": "dataset", "repo": "org/curate", "repo_type": "dataset", "split": "train"},
                {"key": "eval_dataset", "repo": "org/curate", "repo_type": "dataset", "split": "held_out"}]
     assert _dataset_repos(parents) == ["org/curate"]
+
+
+def test_fastchat_segment_ids_make_one_conversation_of_a_split_sources_records(make_recipe, write_json_array,
+                                                                              sharegpt_records, tmp_path):
+    """The shipped ShareGPT (as the paper's Hub source) is FastChat's split: records ``<id>_<k>`` are
+    segments of one conversation. With ``fastchat_segment_ids`` they are one conversation: one split
+    side, the first segment opens it, a later one opens with a follow-up whose answer is elsewhere."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from realchat.cli import app
+
+    records = sharegpt_records[:200]
+    later = [r["id"] for r in records if not r["id"].endswith("_0")]
+    assert len(later) > 20  # the file really is split (hRPPgZT_11, …)
+    recipe = make_recipe(write_json_array(records), filters=[{"op": "shape"}], held_out_share=0.4,
+                         fastchat_segment_ids=True)
+    r = CliRunner().invoke(app, ["build", str(recipe), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "runs" / "t" / "curate"
+    df = pl.read_parquet(out / "data")
+    ids = df["conversation_id"].to_list()
+    assert fastchat_conversation("hRPPgZT_11") == "hRPPgZT_0" == fastchat_conversation("hRPPgZT_0")
+    assert fastchat_conversation("c7") == "c7" and fastchat_conversation("a_1~2") == "a_1~2"  # a renamed duplicate
+    assert json.loads((out / "stats.json").read_text())["fastchat_later_segments"] == \
+        sum(fastchat_conversation(i) != i for i in ids) > 0
+    # one conversation, one side of the held-out split
+    sides = df.group_by("base_conversation_id").agg(pl.col("split").n_unique().alias("n"))
+    assert sides["n"].max() == 1 and df["split"].n_unique() == 2
+    convs = read_step_conversations(out)
+    by_id = {c["id"]: c for c in convs}
+    for c in convs:
+        first = fastchat_conversation(c["id"]) == c["id"]
+        assert opens_conversation(c) == first and c["base_id"] == fastchat_conversation(c["id"])
+        assert bool(c.get("follows_unseen_answer")) != first
+    # the conversation sample keeps every segment of the conversations it draws
+    drawn = sample_conversations(convs, 5, 0)
+    assert len({c["base_id"] for c in drawn}) == 5
+    assert {c["id"] for c in drawn} == {i for i, c in by_id.items() if c["base_id"] in {d["base_id"] for d in drawn}}

@@ -198,7 +198,8 @@ def test_judge_client_over_http_writes_fastchat_files_that_eval_show_reads(judge
 
 @pytest.fixture
 def eval_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, tmp_path, judge_url):
-    """The paper's comparison on tiny models: curate (a quarter held out) → usergpt (sft, loss on user)
+    """The paper's comparison on tiny models: curate (half held out: split keeps only a fifth of the 120
+    records, and the fidelity measures need a few real conversations) → usergpt (sft, loss on user)
     → two simulations of the same size (UserGPT, and the tiny model role-playing the user) → one ReaLM
     each (sft, loss on assistant) → evaluate: both simulations against the held-out real conversations,
     both ReaLMs pairwise."""
@@ -206,7 +207,7 @@ def eval_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir,
     def make(**evaluate) -> Path:
         src = write_json_array(sharegpt_records[:120])
         path = make_recipe(src, filters=[{"op": "shape"}, {"op": "split", "max_tokens": 256}], name="ev",
-                           held_out_share=0.25)
+                           held_out_share=0.5)
         doc = yaml.safe_load(path.read_text())
         tiny = str(tiny_model_dir)
         local = {"kind": "local", "model": tiny, "batch_size": 8}
@@ -282,6 +283,10 @@ def test_evaluate_step_end_to_end(eval_recipe, tmp_path):
     assert end["positions"] >= end["conversations"] and 0 <= end["f1"] <= 1 and len(end["f1_ci95"]) == 2
     assert end["true_positive"] + end["false_negative"] == end["conversations"]
     assert fid["role_classifier"]["accuracy"] is not None
+    # turn-level measures read the user turns of every segment of the sampled conversations (the
+    # statistics count each conversation once): the real reference has more turns than its statistics
+    assert fid["turn_unit"]["user_turns"]["sharegpt"] > real["user_turns"]
+    assert fid["turn_unit"]["user_turns"]["usergpt"] == sims["usergpt"]["user_turns"]  # a session is never cut
     for name, row in fid["simulated"].items():
         assert set(row) >= {"frechet", "classifier", "rounds", "stop_reasons", "ended_by", "role"}, name
         assert 0 <= row["role"]["role_adherence"] <= 1 and row["rounds"]["total_variation_ci95"] is not None

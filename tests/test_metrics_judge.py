@@ -120,6 +120,9 @@ def test_judge_quality_position_bias_and_unparsable_pairs_apart():
     s = summarize(rows)
     assert s["pairwise"]["m"] == {"win": 1, "tie": 2, "loss": 0, "unparsable": 1, "win_rate": round(1 / 3, 4),
                                   "win_rate_adjusted": round(2 / 3, 4)}  # the error pair is not a tie
+    # a model whose every grade is unparsable keeps its row: 0 valid, 1 unparsable, no mean
+    assert s["single"]["m"] == {"turn_1": None, "turn_2": None, "overall": None, "n": 0, "invalid": 1,
+                                "overall_ci95": None}
     j = s["judges"]["j"]
     # verdicts: 4 pairs × 2 orders + 1 single = 9; unparsable: 1 order + 1 score = 2
     assert (j["questions"], j["verdicts"], j["unparsable"], j["pairs_both_parsed"]) == (4, 9, 2, 3)

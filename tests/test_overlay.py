@@ -20,6 +20,13 @@ PAPER = Path("recipes/paper/platolm-7b.yaml")
 STANDIN = Path("recipes/paper/cpu-standin.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _in_a_clone(paper_clone, monkeypatch):
+    """Run from a clean clone's layout with the stand-ins made: the overlay names ``./stand-ins/…``,
+    which are not in the repo (``python -m realchat.standins`` writes them), and planning checks them."""
+    monkeypatch.chdir(paper_clone)
+
+
 def test_paper_recipe_with_the_cpu_standin_overlay_plans_the_same_graph():
     from realchat.engine.build import plan
 

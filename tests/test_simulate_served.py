@@ -39,14 +39,15 @@ def served(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def served_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, tmp_path, served):
-    def make(answerer_model: str | None = None, **simulate) -> Path:
+    def make(answerer_model: str | None = None, sample: bool = True, **simulate) -> Path:
         src = write_json_array(sharegpt_records[:40])
         path = make_recipe(src, filters=[{"op": "shape"}], name="sim")
         doc = yaml.safe_load(path.read_text())
         # transformers serve samples only when the request's generation config says so
-        sample = {"generation_config": json.dumps({"do_sample": True, "eos_token_id": 2, "pad_token_id": 0})}
+        sample = sample and {"generation_config": json.dumps({"do_sample": True, "eos_token_id": 2, "pad_token_id": 0})}
         server = {"kind": "openai", "base_url": served[0], "model": str(tiny_model_dir), "max_concurrency": 4,
-                  "timeout_s": 60, "max_retries": 1, "extra_body": sample, "api_key_env": "SERVED_KEY"}
+                  "timeout_s": 60, "max_retries": 1, "api_key_env": "SERVED_KEY",
+                  **({"extra_body": sample} if sample else {})}
         doc["steps"]["simulate"] = {
             "kind": "simulate", "simulator": "usergpt", "end_marker": "<|endconversation|>",
             "simulator_backend": {**server, "tokenizer": str(tiny_model_dir)},
@@ -102,6 +103,26 @@ def test_both_roles_served_complete_and_resume_after_kill(served_recipe, served,
     assert len(reasons) == sum(kept["rounds"].to_list()) and set(reasons) <= {"stop", "length"}
     assert stats["truncated_answers"] == reasons.count("length") + stats["dropped_truncated_rounds"]
     assert "answers cut at the token limit" in (tmp_path / "runs" / "sim" / "simulate" / "README.md").read_text()
+    # free mode without intents: every session's first user turn had the same context, and it sampled
+    rep = stats["repeated_contexts"]["simulator"]
+    assert rep["contexts_repeated"] >= 1 and rep["all_identical"] < rep["contexts_repeated"] and "warning" not in rep
+
+
+def test_a_served_model_that_ignores_temperature_is_reported(served_recipe, tmp_path, monkeypatch):
+    """The same server, without asking it to sample: transformers serve decodes greedily whatever the
+    request's temperature says, so every session is the same one. The step says so, once per role."""
+    monkeypatch.setenv("SERVED_KEY", SECRET)
+    r = runner.invoke(app, ["build", str(served_recipe(sample=False, conversations=4, max_rounds=1)), "--no-progress",
+                            "--no-push"])
+    assert r.exit_code == 0, r.output
+    kept = _out(tmp_path)
+    assert len({json.dumps(m) for m in kept["messages"].to_list()}) == 1  # four identical sessions
+    stats = json.loads((tmp_path / "runs" / "sim" / "simulate" / "stats.json").read_text())
+    rep = stats["repeated_contexts"]
+    assert rep["simulator"]["all_identical"] == rep["simulator"]["contexts_repeated"] == 1
+    assert rep["simulator"]["draws"] == 4 and "decodes greedily" in rep["simulator"]["warning"]
+    text = " ".join(r.output.split())
+    assert text.count("wrote the same text every time") == 2  # simulator and answerer, once each
 
 
 def test_served_failures_are_recorded_and_fail_the_step(served_recipe, tmp_path, monkeypatch):

@@ -115,10 +115,18 @@ def _score_figures(df: pl.DataFrame) -> pl.DataFrame:
 class CurateSink:
     """Kept and rejected rows of one curate run, written as they come (see the module docstring)."""
 
-    def __init__(self, out: Path, shard_rows: int, split_of: Callable[[str], str]) -> None:
-        """``split_of`` gives a conversation id's split (``train`` / ``held_out``): the step's rule."""
+    def __init__(self, out: Path, shard_rows: int, split_of: Callable[[str], str],
+                 conversation_of: Callable[[str], str] | None = None) -> None:
+        """``split_of`` gives a conversation id's split (``train`` / ``held_out``): the step's rule.
+        ``conversation_of``, for a source whose records are already segments of longer conversations
+        (FastChat's ``<id>_<k>``), names the conversation a record belongs to: the split is decided by
+        it (no conversation on both sides), it is written as ``base_conversation_id``, and a record
+        that is not its conversation's first segment is marked ``follows_unseen_answer`` (it opens with
+        a follow-up whose answer is in another record)."""
         self.out = out
         self.split_of = split_of
+        self.conversation_of = conversation_of
+        self.continuation_rows = 0
         scratch = out / _SCRATCH
         shutil.rmtree(scratch, ignore_errors=True)
         self.kept_writer = ShardWriter(scratch / "kept", shard_rows)
@@ -135,8 +143,20 @@ class CurateSink:
     def kept(self, df: pl.DataFrame) -> None:
         if not df.height:
             return
-        df = df.with_columns(pl.col("conversation_id").map_elements(self.split_of, return_dtype=pl.String)
-                             .alias("split"))
+        if self.conversation_of is not None:
+            from realchat.data import BASE_COLUMN
+
+            df = df.with_columns(pl.col("conversation_id").map_elements(self.conversation_of, return_dtype=pl.String)
+                                 .alias(BASE_COLUMN))
+            continues = (pl.col(BASE_COLUMN) != pl.col("conversation_id")) & (pl.col("segment") == 0)
+            follows = pl.col("follows_unseen_answer") if "follows_unseen_answer" in df.columns else pl.lit(False)
+            self.continuation_rows += int(df.select(continues.sum()).item())
+            df = df.with_columns((follows | continues).alias("follows_unseen_answer"))
+            df = df.with_columns(pl.col(BASE_COLUMN).map_elements(self.split_of, return_dtype=pl.String)
+                                 .alias("split"))
+        else:
+            df = df.with_columns(pl.col("conversation_id").map_elements(self.split_of, return_dtype=pl.String)
+                                 .alias("split"))
         self.kept_figures.append(_row_figures(df))
         self.kept_scores.append(_score_figures(df))
         self.kept_writer.write(df)

@@ -160,7 +160,34 @@ def lineage(p: StepPlan) -> list[dict[str, Any]]:
                         "revision": ident.get("revision") or ident.get("sha256"),
                         "repo": upstream_repo(source) if e.role == "model" else upstream_dataset(
                             source, "hub" if isinstance(e.data, HubData) else None)})
-    return parents
+    return parents + endpoint_parents(p.node.config)
+
+
+def endpoint_parents(config: Any) -> list[dict[str, Any]]:
+    """The served models a step asked (answerer, intent summariser, judge, a served simulator or
+    benchmark model): parents of what it wrote, as its inputs are, named by key path, model and the
+    endpoint's address without credentials. Lineage only, not the fingerprint: a served model has no
+    content identity RealChat could read (its name is what the server says it is)."""
+    from pydantic import BaseModel
+
+    from realchat.models import served_identity
+
+    found: list[dict[str, Any]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, BaseModel):
+            if getattr(value, "kind", None) == "openai" and getattr(value, "base_url", None):
+                ident = served_identity(value)
+                found.append({"key": key, "role": "endpoint", "source": ident["model"], "endpoint": ident["base_url"]})
+                return
+            for name in type(value).model_fields:
+                walk(getattr(value, name), f"{key}.{name}" if key else name)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{key}[{i}]")
+
+    walk(config, "")
+    return found
 
 
 def manifest_for(loaded: LoadedRecipe, p: StepPlan, parents: list[dict[str, Any]],

@@ -117,6 +117,7 @@ def summarize(rows: list[dict[str, Any]], path: str = "judgments") -> dict[str, 
         if "score" in r and "model" in r:
             if float(r["score"]) < 0:
                 invalid[r["model"]] += 1
+                single[r["model"]]  # a model whose grades are all unparsable still has its row (0 valid)
             else:
                 single[r["model"]][int(r.get("turn", 1))].append(float(r["score"]))
         elif "model_1" in r and "g1_winner" in r:

@@ -83,7 +83,7 @@ def parents_table(parents: list[dict[str, Any]]) -> str:
             ident = f"revision `{str(p['revision'])[:12]}`" if p.get("revision") else f"fingerprint `{str(p.get('fingerprint'))[:12]}`"
         else:
             what = f"{p.get('role')} `{p.get('source')}`"
-            where = f"`{p['repo']}`" if p.get("repo") else "–"
+            where = f"`{p['repo']}`" if p.get("repo") else f"served at `{p['endpoint']}`" if p.get("endpoint") else "–"
             ident = f"`{str(p.get('revision'))[:24]}`" if p.get("revision") else "–"
         rows.append(f"| `{p.get('key')}` | {what} | {where} | {ident} |")
     return "\n".join(rows)
@@ -167,7 +167,7 @@ def _dataset_repos(parents: list[dict[str, Any]]) -> list[str]:
 def realchat_block(ci: CardInput) -> dict[str, Any]:
     """The machine-readable lineage in every card's YAML header (``realchat lineage`` follows it)."""
     keep = ("key", "role", "step", "split", "fingerprint", "repo", "repo_type", "revision", "target", "repo_path",
-            "url", "source", "format")
+            "url", "source", "format", "endpoint")
     return {
         "step": ci.step,
         "kind": ci.kind,

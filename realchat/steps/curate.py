@@ -30,7 +30,7 @@ from realchat.curation.pipeline import BASE_SCHEMA, ExecutorRun, renamed_warning
 from realchat.curation.reference import read_reference
 from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, source_revision
-from realchat.data import split_of
+from realchat.data import fastchat_conversation, split_of
 from realchat.engine.context import StepContext
 from realchat.errors import RecipeError
 from realchat.recipe.base import DEFAULT_MODEL, PACKAGE_PREFIX_HINT, StepConfig
@@ -56,6 +56,12 @@ class CurateConfig(StepConfig):
     #: Share of conversations (by the hash of their id; every segment of one goes the same way) marked
     #: ``held_out`` in the ``split`` column: what no model trains on, for held-out loss and fidelity.
     held_out_share: float = Field(0.02, ge=0, lt=1)
+    #: The source's records are already segments: ids ``<conversation>_<k>`` from FastChat's
+    #: ``split_long_conversation`` (ShareGPT_V3_unfiltered_cleaned_split.json: 8,088 of its 17,672
+    #: shipped records are later segments). On: the segments of one conversation are one conversation
+    #: (``base_conversation_id``; held-out split, sampling, seeds, evaluation), and a later segment is
+    #: marked as opening with a follow-up whose answer is elsewhere. Off: every record is a conversation.
+    fastchat_segment_ids: bool = False
     #: Rows per parquet shard of the output.
     shard_rows: int = Field(50_000, ge=1)
     #: Also draw the score distributions (``scores.png``, linked from the card); the figures are always
@@ -104,7 +110,8 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     references = {i: read_reference(ctx, f"filters[{i}].reference")  # earlier releases to dedup against
                   for i, params in enumerate(cfg.filters) if getattr(params, "reference", None) is not None}
     share = cfg.held_out_share
-    sink = CurateSink(out, cfg.shard_rows, lambda cid: split_of(cid, share))
+    sink = CurateSink(out, cfg.shard_rows, lambda cid: split_of(cid, share),
+                      fastchat_conversation if cfg.fastchat_segment_ids else None)
     if ctx.loaded.recipe.executor.kind == "ray":
         from realchat.curation.ray_executor import run_on_ray
 
@@ -119,6 +126,8 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     figures = sink.finish()
     stats = _stats(figures, run, time.perf_counter() - started)
     stats["held_out_share"] = cfg.held_out_share
+    if cfg.fastchat_segment_ids:
+        stats["fastchat_later_segments"] = sink.continuation_rows
     stats["executor"] = {"kind": ctx.loaded.recipe.executor.kind} | run.figures
     stats["scores"] = score_report(figures.kept_scores, figures.rejected_scores, list(cfg.filters))
     if cfg.score_plot and stats["scores"]:

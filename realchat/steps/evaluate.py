@@ -204,12 +204,44 @@ def is_whole(conv: Conversation) -> bool:
             and bool(body) and body[-1]["role"] == "assistant")
 
 
+def later_segments(sampled: list[Conversation], rest: list[Conversation]) -> list[Conversation]:
+    """The rows of ``rest`` that continue one of the ``sampled`` conversations (the same ``base_id``):
+    the segments after the first of a real conversation ``split`` cut. A simulation has none."""
+    keys = {str(c.get("base_id", c["id"])) for c in sampled}
+    return [c for c in rest if str(c.get("base_id", c["id"])) in keys]
+
+
+def turn_series(series: dict[str, Any], later: list[Conversation], encoder: Any) -> dict[str, Any]:
+    """``series`` of one dataset with the user turns (and their embeddings) of its sampled
+    conversations' later segments added: the turn-level fidelity measures' input."""
+    import numpy as np
+
+    from realchat.evaluation.embeddings import encode
+    from realchat.evaluation.statistics import user_turns
+
+    extra = user_turns([c["messages"] for c in later])
+    if not extra:
+        return series
+    return {**series, "user_turns": series["user_turns"] + extra,
+            "user_embeddings": np.concatenate([series["user_embeddings"], encode(encoder, extra)])}
+
+
 def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Conversation]],
                  series: dict[str, dict[str, Any]], seed: int,
-                 full: dict[str, list[Conversation]] | None = None) -> dict[str, Any]:
+                 full: dict[str, list[Conversation]] | None = None,
+                 later: dict[str, list[Conversation]] | None = None) -> dict[str, Any]:
     """Perplexity of the simulator and the baseline on held-out real user turns (the simulator's
     ending decisions in the same pass), then every simulated dataset against the real one: Fréchet
-    distance, classifier, role adherence, rounds, how conversations ended, intent decomposition."""
+    distance, classifier, role adherence, rounds, how conversations ended, intent decomposition.
+
+    Two units, on the same sampled conversations: what describes a *conversation* (rounds, how it
+    ended, perplexity in its context window, intent decomposition) reads each conversation once, by
+    its first segment, like the statistics; what describes a *user turn* (Fréchet distance, the
+    real-vs-simulated classifier, the role classifier and role adherence) reads the user turns of
+    every segment of those conversations (``later``): a later segment's turns are real user turns
+    too, and a held-out split of a few hundred conversations, most of them cut, would otherwise
+    leave these measures too few turns to fit (or none). Simulated sessions are never cut, so only
+    the real reference gains turns; its statistics and rounds are unchanged."""
     import numpy as np
 
     from realchat.evaluation import behaviour as bh
@@ -261,13 +293,24 @@ def run_fidelity(ctx: StepContext, cfg: EvaluateConfig, convs: dict[str, list[Co
                          else "off (fidelity.ending_conversations: 0)"}
     out["user_turn_perplexity"] = ppl
     rng = np.random.default_rng(seed)
+    later = later or {}
+    if any(later.values()):
+        from realchat.evaluation.embeddings import load_encoder
+
+        with ctx.blame("embedding_model"):
+            encoder = load_encoder(cfg.embedding_model, str(ctx.base_dir))
+        series = {k: turn_series(v, later.get(k, []), encoder) for k, v in series.items()}
+    out["turn_unit"] = {"unit": "user turns of every segment of the sampled conversations",
+                        "user_turns": {k: len(v["user_turns"]) for k, v in series.items()}}
 
     def turns(name: str) -> np.ndarray:
         emb = series[name]["user_embeddings"]
         return emb[rng.choice(len(emb), fid.max_turns, replace=False)] if len(emb) > fid.max_turns else emb
 
     clf = None
-    answers = [m["content"] for c in convs[fid.real] for m in c["messages"] if m["role"] == "assistant"]
+    # every segment's answers, each once (a later segment opens with the previous one's last answer)
+    answers = list(dict.fromkeys(m["content"] for c in convs[fid.real] + later.get(fid.real, [])
+                                 for m in c["messages"] if m["role"] == "assistant"))
     if fid.role_turns and answers:
         from realchat.evaluation.embeddings import encode, load_encoder
 
@@ -544,7 +587,8 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
         # the ending measure may use any row whose real end is known (is_whole), also one whose start
         # split had to reject: it is about ending, not about the first question
         pool = {k: v + [c for c in loaded[k][1] if is_whole(c)] for k, v in full.items()}
-        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed, pool)
+        later = {k: later_segments(convs[k], loaded[k][1]) for k in convs}
+        results["fidelity"] = run_fidelity(ctx, cfg, convs, series, seed, pool, later)
         results["timings_s"]["fidelity"] = round(time.perf_counter() - t0, 1)
     if cfg.benchmark is not None:
         t0 = time.perf_counter()

@@ -150,7 +150,10 @@ class Sft(StepKind):
         counts["conversations"] = len({c.get("base_id", c["id"]) for c in train})
         counts["rows"] = len(train)
         intent_stats = attach_intents(ctx, cfg, train + held) if cfg.intent and role == "user" else None
-        ctx.console.print(f"{ctx.name}: {len(train):,} conversations to train on, {len(held):,} held out; "
+        # conversations (base_id), not rows: a cut conversation is several segments (rows)
+        held_convs = len({c.get("base_id", c["id"]) for c in held})
+        ctx.console.print(f"{ctx.name}: {counts['conversations']:,} conversations ({len(train):,} rows) to train on, "
+                          f"{held_convs:,} ({len(held):,} rows) held out; "
                           f"base {cfg.base_model}; loss on {role} turns")
         with checkpoint_faults(ctx.work_dir(), log=ctx.console.print), ctx.blame("dataset"):
             stats = train_sft(cfg, base_model=base, train_convs=prepare(cfg, train), eval_convs=prepare(cfg, held),

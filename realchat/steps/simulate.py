@@ -384,6 +384,11 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
     stats["models"] = {"simulator": served_identity(cfg.simulator_backend), "answerer": served_identity(cfg.answerer),
                        **({"intent_summarizer": served_identity(cfg.intent.summarizer.backend)}
                           if cfg.intent and cfg.intent.summarizer else {})}
+    stats["repeated_contexts"] = repeated_contexts(records, cfg.mode == "seeded", cfg.user_sampling.temperature,
+                                                   cfg.assistant_sampling.temperature)
+    for role, figures in stats["repeated_contexts"].items():
+        if figures.get("warning"):
+            ctx.console.print(f"[yellow]warning:[/yellow] {ctx.name}: {figures['warning']}")
     if seeds:
         # fewer seeds than sessions: first questions are reused (each about sessions/seeds times)
         stats["seeds"] = {"available": len(seeds), "sessions_per_seed": round(len(ids) / len(seeds), 2)}
@@ -496,6 +501,45 @@ def describe(kept: list[dict[str, Any]], rejected: list[dict[str, Any]], model: 
         "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
         "token_counter": "simulator tokenizer" if count else "whitespace words",
     }
+
+
+def repeated_contexts(records: list[dict[str, Any]], seeded: bool, user_temperature: float,
+                      assistant_temperature: float) -> dict[str, dict[str, Any]]:
+    """Per role, whether sampling happened: the contexts that more than one session gave the model
+    (the same intent and conversation so far; in free mode every session's first user turn, when the
+    intents repeat or there are none), and how many of them got the very same text every time.
+
+    With a temperature above 0, identical draws everywhere mean the model decoded greedily: a served
+    model that ignores the request's ``temperature`` (``transformers serve`` with continuous batching
+    does unless the model's generation config samples) makes every session with the same start the
+    same session. Said once per role, with a ``warning``, where that is what the data shows."""
+    import json as _json
+
+    outs: dict[str, dict[str, list[str]]] = {"simulator": {}, "answerer": {}}
+    for r in records:
+        msgs = r["messages"]
+        for i, m in enumerate(msgs):
+            if seeded and i == 0:
+                continue  # the seed is given, not sampled
+            role = "simulator" if m["role"] == "user" else "answerer"
+            # the simulator sees the session's goal; the answerer only the conversation
+            context = _json.dumps([r.get("intent") if role == "simulator" else None, msgs[:i]], ensure_ascii=False)
+            outs[role].setdefault(context, []).append(m["content"])
+    report: dict[str, dict[str, Any]] = {}
+    for role, temperature in (("simulator", user_temperature), ("answerer", assistant_temperature)):
+        repeated = [texts for texts in outs[role].values() if len(texts) > 1]
+        same = sum(1 for texts in repeated if len(set(texts)) == 1)
+        draws = sum(len(texts) for texts in repeated)
+        figures: dict[str, Any] = {"contexts_repeated": len(repeated), "draws": draws, "all_identical": same,
+                                   "temperature": temperature}
+        if temperature > 0 and repeated and same == len(repeated) and draws >= 3:
+            figures["warning"] = (f"the {role} wrote the same text every time it was given the same context "
+                                  f"({len(repeated)} contexts, {draws} draws) although temperature is {temperature}: "
+                                  "it decodes greedily and sessions with the same start are the same session (a "
+                                  "served model may ignore the request's temperature: transformers serve with "
+                                  "continuous batching does unless the model's generation config samples)")
+        report[role] = figures
+    return report
 
 
 def format_notes(simulator: Any, answerer: Any, simulator_role: str) -> dict[str, Any]:
