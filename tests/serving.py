@@ -16,16 +16,17 @@ from hub_server import free_port
 
 
 @contextmanager
-def transformers_serve(log: Path, model: str | None = None, timeout_s: float = 240) -> Iterator[str]:
-    """``transformers serve`` pinned to ``model`` (None: it loads the folder each request names);
-    yields its base URL (``…/v1``), kills it on the way out."""
+def transformers_serve(log: Path, model: str | None = None, timeout_s: float = 240,
+                       cwd: Path | None = None) -> Iterator[str]:
+    """``transformers serve`` pinned to ``model`` (None: it loads the folder each request names; a
+    relative one is found from ``cwd``); yields its base URL (``…/v1``), kills it on the way out."""
     port = free_port()
     exe = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [str(exe), "serve", *([model] if model else []), "--host", "127.0.0.1", "--port", str(port),
            "--device", "cpu", "--log-level", "info"]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s

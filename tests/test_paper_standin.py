@@ -7,11 +7,6 @@ set by one more overlay), and the report holding the paper's table."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hub_server import free_port
+from serving import transformers_serve
 from realchat.cli import app
 from realchat.data import opens_conversation, read_step_conversations
 
@@ -45,30 +40,9 @@ def clone(paper_clone) -> Path:
 @pytest.fixture(scope="module")
 def served(clone, tmp_path_factory):
     """``transformers serve`` of the ``served`` stand-in, started as the overlay's header says."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    exe = Path(sys.executable).parent / "transformers"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(exe), "serve", "stand-ins/served", "--host", "127.0.0.1", "--port", str(port),
-                                 "--device", "cpu", "--log-level", "info"], cwd=clone, stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()[-2000:]
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not come up: " + log.read_text()[-2000:])
-    yield base + "/v1", log
-    proc.kill()
-    proc.wait()
+    with transformers_serve(log, "stand-ins/served", cwd=clone) as base:
+        yield base, log
 
 
 def test_paper_recipe_builds_end_to_end_on_stand_ins(clone, served, monkeypatch):
