@@ -36,7 +36,7 @@ def messy_source(write_json_array, sharegpt_records):
         {"id": "empty", "conversations": []},
         {"id": "typed", "conversations": [{"from": "human", "value": 42}]},
         {"id": "role", "conversations": [{"from": "narrator", "value": "Once upon a time"}]},
-        {"id": "huge", "conversations": [{"from": "human", "value": "word " * 1_000_000},
+        {"id": "huge", "conversations": [{"from": "human", "value": "word " * 100_000},  # under max_record_chars
                                           {"from": "gpt", "value": "ok"}]},
         records[0],  # an exact duplicate of a real record
     ]
