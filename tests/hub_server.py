@@ -9,7 +9,10 @@ blob ids for regular files, sha256 for LFS objects), so revisions behave like th
 
 Tokens: ``hf_write`` (user ``tester``, member of org ``realchat-org``) can write to ``tester/*`` and
 ``realchat-org/*``; ``hf_read`` can only read. Faults for tests: ``fail_next_commit`` makes the next
-commit answer 500 after the LFS uploads went through (an interrupted publish).
+commit answer 500 after the LFS uploads went through (an interrupted publish); ``fail_lfs_upload``
+(``(n, "500")`` or ``(n, "reset")``) makes the n-th LFS upload from now on (1-based) answer 500, or drop
+the connection without an answer, and every upload after it too while ``fail_lfs_upload_sticky`` is
+set (a storage backend that stays down for the rest of the commit); uploads before it go through.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class HubState:
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.fail_next_commit = False
+        self.fail_lfs_upload: tuple[int, str] | None = None
+        self.fail_lfs_upload_sticky = True
+        self.lfs_uploads_seen = 0
         self.requests: list[tuple[str, str]] = []
 
     def new_repo(self, repo_type: str, repo_id: str, private: bool) -> Repo:
@@ -346,6 +352,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def h_lfs_put(self, oid: str) -> None:
         data = self._body()
+        fault = self.state.fail_lfs_upload
+        if fault is not None:
+            self.state.lfs_uploads_seen += 1
+            n, how = fault
+            if self.state.lfs_uploads_seen >= n:
+                if not self.state.fail_lfs_upload_sticky:
+                    self.state.fail_lfs_upload = None
+                if how == "reset":  # the storage backend drops the connection mid-upload
+                    self.close_connection = True
+                    import socket
+                    import struct
+
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    return
+                return self._error(500, "Internal Error - We're working hard to fix this as soon as possible!")
         if hashlib.sha256(data).hexdigest() != oid:
             return self._error(400, "sha256 of the uploaded content does not match the oid")
         self.state.lfs[oid] = data

@@ -239,11 +239,68 @@ def _ray_runtime(ctx: "StepContext", executor: "ExecutorConfig") -> Iterator[Non
                               file=str(ctx.loaded.path), field="executor.address",
                               hint="null starts Ray here; 'auto' needs `ray start --head` on this machine; "
                                    "ray://host:10001 a running Ray Client server") from None
+        except Exception as e:  # Ray's own start-up failing (its raylet dying as it starts: a bare Exception)
+            if executor.address is not None:
+                raise
+            ray.shutdown()  # whatever of the runtime did start
+            raise RayRuntimeError(f"curate on Ray: could not start a Ray runtime here ({_first_line(e)}); "
+                                  "nothing of the step was written",
+                                  hint="rerun `realchat build`; Ray's logs (/tmp/ray/session_latest/logs) say "
+                                       "what failed") from None
     try:
         yield
+    except ray.exceptions.RayError as e:
+        failure = ray_failure(e, started_here)
+        if failure is None:  # a task's own exception (a bug of ours): with its traceback
+            raise
+        raise failure from None
     finally:
         if started_here:
             ray.shutdown()
+
+
+class RayRuntimeError(RealChatError):
+    """Ray itself failed under a step (a raylet, a node or a worker process died, an object was lost):
+    not the data's fault nor the recipe's, and nothing of the step was kept; a rerun redoes it."""
+
+
+#: What died, in words, for Ray's system errors (by class name: the classes move between Ray versions).
+_WHAT_DIED = {
+    "LocalRayletDiedError": "Ray's raylet on this machine died",
+    "NodeDiedError": "a Ray node died",
+    "WorkerCrashedError": "a Ray worker process died while running a task (after Ray's retries)",
+    "ActorDiedError": "a Ray actor died",
+    "OwnerDiedError": "the Ray process that owned part of the step's data died",
+    "ObjectLostError": "part of the step's data held by Ray was lost (its node died)",
+    "ObjectReconstructionFailedError": "part of the step's data held by Ray was lost and could not be rebuilt",
+    "ObjectFetchTimedOutError": "part of the step's data held by Ray could not be fetched (its node died?)",
+    "OutOfMemoryError": "Ray killed a worker for lack of memory",
+    "ObjectStoreFullError": "Ray's object store is full",
+    "OutOfDiskError": "Ray's spill folder is out of disk",
+    "RaySystemError": "Ray failed",
+}
+
+
+def _first_line(e: BaseException) -> str:
+    detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")[:200]
+    return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+
+
+def ray_failure(e: BaseException, started_here: bool) -> RayRuntimeError | None:
+    """Ray's system error ``e`` as one line: what died, that the step kept nothing, that a rerun redoes
+    it; None for a task's own exception (``RayTaskError``: raised by our code, a bug)."""
+    import ray
+
+    if isinstance(e, ray.exceptions.RayTaskError):
+        return None
+    what = next((_WHAT_DIED[c.__name__] for c in type(e).__mro__ if c.__name__ in _WHAT_DIED),
+                "Ray failed")
+    stopped = "the Ray runtime started for it was shut down" if started_here else "the cluster was left as it is"
+    return RayRuntimeError(
+        f"curate on Ray: {what} ({_first_line(e)}); the step stopped, nothing half-written was "
+        f"kept, and {stopped}",
+        hint="rerun `realchat build`: it redoes this step (finished steps are kept); Ray's logs "
+             "(/tmp/ray/session_latest/logs/raylet.out) say why it died, most often memory")
 
 
 def _get(ref: Any) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -316,6 +317,21 @@ def _publish_local(dest: Path, folder: Path, card: str, fingerprint: str,
     return fingerprint, True
 
 
+#: ``huggingface_hub``'s words for an LFS upload that failed after its retries (``_commit_api``).
+_UPLOAD_FAILED = re.compile(r"^Error while uploading '(?P<path>.+)' to the Hub\.?$")
+
+
+def _failed_upload(e: BaseException) -> tuple[str, BaseException | None] | None:
+    """``(path in repo, cause)`` when ``e`` is huggingface_hub's wrapper of a failed LFS upload."""
+    m = _UPLOAD_FAILED.match(str(e)) if type(e) is RuntimeError else None
+    return (m["path"], e.__cause__) if m else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 class HubPublisher:
     """One commit per changed step through ``huggingface_hub``'s HfApi, with errors a user can act on."""
 
@@ -342,10 +358,6 @@ class HubPublisher:
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import threading
 
-        from huggingface_hub.errors import HfHubHTTPError
-
-        from realchat.hub.http import is_timeout
-
         t = self.timeouts
         waiting = threading.Timer(self.SAY_WAITING_AFTER_S, self.log, args=(
             f"waiting for {self.endpoint} to answer: {what} (gives up after {t.read:g} s without an answer; "
@@ -354,41 +366,68 @@ class HubPublisher:
         waiting.start()
         try:
             return fn(*args, **kwargs)
-        except HfHubHTTPError as e:
+        except RealChatError:
+            raise
+        except Exception as e:
+            err = self._explain(what, e)
+            if err is None:  # not the Hub's answer nor the network: a bug, with its traceback
+                raise
+            raise err from None
+        finally:
+            waiting.cancel()
+
+    def _explain(self, what: str, e: BaseException) -> PublishError | None:
+        """A Hub call's failure as one line naming what was being done; None for a bug of our own.
+
+        ``huggingface_hub`` wraps a failed LFS upload (after its own retries) in a bare
+        ``RuntimeError("Error while uploading '<path>' to the Hub.")`` whose cause is the HTTP or
+        transport error: the file is named from it and the cause explained as any other."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from realchat.hub.http import is_timeout
+
+        t = self.timeouts
+        upload = _failed_upload(e)
+        if upload is not None:
+            path, cause = upload
+            doing = f"{what}: uploading {path} failed"
+            inner = self._explain(doing, cause) if cause is not None else None
+            return inner or PublishError(f"{doing} ({_first_line(cause) if cause is not None else 'no detail'})")
+        if isinstance(e, HfHubHTTPError):
             status = e.response.status_code if e.response is not None else None
             server = (e.server_message or str(e)).strip().splitlines()[0][:300]
             if status == 401:
-                raise PublishError(f"{what}: the token was rejected by {self.endpoint} (401)",
-                                   hint="check HF_TOKEN / `hf auth login`") from None
+                return PublishError(f"{what}: the token was rejected by {self.endpoint} (401)",
+                                    hint="check HF_TOKEN / `hf auth login`")
             if status == 403:
-                raise PublishError(f"{what}: no rights ({server})",
-                                   hint="use a token with write access to publish.namespace, or change it") from None
+                return PublishError(f"{what}: no rights ({server})",
+                                    hint="use a token with write access to publish.namespace, or change it")
             if status == 400 and "metadata" in server.lower():
-                raise PublishError(f"{what}: the Hub rejected the card metadata: {server}") from None
-            raise PublishError(f"{what}: {self.endpoint} answered {status}: {server}") from None
-        except RealChatError:
-            raise
-        except Exception as e:  # connection refused, DNS, TLS, timeouts: the transport's own types
-            timeout = is_timeout(e)
-            if timeout == "read":
-                raise PublishError(f"{what}: {self.endpoint} accepted the connection but sent no answer within "
-                                   f"{t.read:g} s", hint="check publish.endpoint / HF_ENDPOINT; "
-                                   "REALCHAT_HUB_TIMEOUT sets how long to wait") from None
-            if timeout == "connect":
-                raise PublishError(f"{what}: could not connect to {self.endpoint} within {t.connect:g} s",
-                                   hint="check the network, publish.endpoint or HF_ENDPOINT; "
-                                   "REALCHAT_HUB_CONNECT_TIMEOUT sets how long to wait") from None
-            if isinstance(e, (OSError,)) or "connect" in type(e).__name__.lower() or "network" in type(e).__name__.lower():
-                raise PublishError(f"{what}: cannot reach {self.endpoint} ({type(e).__name__}: {e})",
-                                   hint="check the network, publish.endpoint or HF_ENDPOINT") from None
-            if isinstance(e, json.JSONDecodeError) or "protocol" in type(e).__name__.lower() or "decod" in type(e).__name__.lower():
-                raise PublishError(f"{what}: {self.endpoint} did not answer like a Hugging Face Hub "
-                                   f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})",
-                                   hint="check publish.endpoint / HF_ENDPOINT: it must be a Hub's address, "
-                                   "not a web page or a proxy's login page") from None
-            raise
-        finally:
-            waiting.cancel()
+                return PublishError(f"{what}: the Hub rejected the card metadata: {server}")
+            return PublishError(f"{what}: {self.endpoint} answered {status}: {server}")
+        # connection refused or reset, DNS, TLS, timeouts: the transport's own types
+        timeout = is_timeout(e)
+        if timeout == "read":
+            return PublishError(f"{what}: {self.endpoint} accepted the connection but sent no answer within "
+                                f"{t.read:g} s", hint="check publish.endpoint / HF_ENDPOINT; "
+                                "REALCHAT_HUB_TIMEOUT sets how long to wait")
+        if timeout == "connect":
+            return PublishError(f"{what}: could not connect to {self.endpoint} within {t.connect:g} s",
+                                hint="check the network, publish.endpoint or HF_ENDPOINT; "
+                                "REALCHAT_HUB_CONNECT_TIMEOUT sets how long to wait")
+        name = type(e).__name__.lower()
+        if name in ("readerror", "writeerror") or "connection reset" in str(e).lower():
+            return PublishError(f"{what}: {self.endpoint} dropped the connection ({_first_line(e)})",
+                                hint="check the network, publish.endpoint or HF_ENDPOINT, then publish again")
+        if isinstance(e, OSError) or "connect" in name or "network" in name:
+            return PublishError(f"{what}: cannot reach {self.endpoint} ({type(e).__name__}: {e})",
+                                hint="check the network, publish.endpoint or HF_ENDPOINT")
+        if isinstance(e, json.JSONDecodeError) or "protocol" in name or "decod" in name:
+            return PublishError(f"{what}: {self.endpoint} did not answer like a Hugging Face Hub "
+                                f"({_first_line(e)[:160]})",
+                                hint="check publish.endpoint / HF_ENDPOINT: it must be a Hub's address, "
+                                "not a web page or a proxy's login page")
+        return None
 
     def publish(self, repo: str, kind: str, folder: Path, card: str, step: str,
                 fingerprint: str, recipe: str | None = None) -> tuple[str, bool]:
@@ -435,12 +474,21 @@ class HubPublisher:
                 for p in local_files if p.name != "README.md" or p.parent != folder]
         owned = self._remote_owned(repo, kind, info.sha, remote_files, rel)
         ops += [CommitOperationDelete(path_in_repo=f) for f in sorted((remote_files & owned) - rel - {".gitattributes"})]
-        commit = self._call(
-            f"commit to {repo}", api.create_commit, repo, ops, repo_type=kind, revision=rev,
-            commit_message=f"realchat {step}: fingerprint {fingerprint}",
-            commit_description=f"Published by RealChat; step `{step}`, fingerprint `{fingerprint}`.",
-            parent_commit=info.sha,
-        )
+        try:
+            commit = self._call(
+                f"step {step}: commit to {kind} repo {repo}", api.create_commit, repo, ops, repo_type=kind,
+                revision=rev, commit_message=f"realchat {step}: fingerprint {fingerprint}",
+                commit_description=f"Published by RealChat; step `{step}`, fingerprint `{fingerprint}`.",
+                parent_commit=info.sha,
+            )
+        except PublishError as e:
+            # LFS files uploaded before the failure are only stored objects: no commit names them, so
+            # the repo's branch still points at the revision it had (a commit lands whole or not at all)
+            raise PublishError(
+                f"{e.message}; nothing was published: {repo}@{rev} is still at {info.sha[:12]}",
+                hint=(f"{e.hint}; " if e.hint else "") + f"the built step is kept: `realchat push` on the recipe "
+                     f"(or `realchat build`) publishes step {step}",
+            ) from None
         return commit.oid, True
 
     def _remote_owned(self, repo: str, kind: str, sha: str, remote_files: set[str], rel: set[str]) -> set[str]:
