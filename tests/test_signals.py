@@ -20,12 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def long_curate(sharegpt_records, tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    """A curate recipe over 6,000 shipped conversations in chunks of 40, two worker processes: the
-    workers start after four chunks and are busy for longer than the tests wait."""
+    """A curate recipe over 18,000 shipped conversations in chunks of 40, two worker processes: the
+    workers start after four chunks and are busy for longer than the tests wait, on a quiet machine too
+    (6,000 could finish right as SIGTERM arrived, after the handler was gone: exit -15)."""
     folder = tmp_path_factory.mktemp("signals")
     data = folder / "many.jsonl"
     with data.open("w") as f:
-        for k in range(10):
+        for k in range(30):
             for rec in sharegpt_records:
                 f.write(json.dumps({**rec, "id": f"{rec.get('id')}-{k}"}, ensure_ascii=False) + "\n")
     doc = {"name": "sig", "executor": {"workers": 2, "shard_rows": 40},
