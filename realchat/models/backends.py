@@ -257,8 +257,7 @@ class LocalModel(TemplateModel):
 
         enc = self.encode_batch(chunk).to(self.device)
         stop_ids = self.format.stop_token_ids(role)
-        stop_texts = [t for t in self.format.stop_strings(role)
-                      if len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) > 1]
+        stop_texts = self.format.multi_token_stops(role)
         kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, use_cache=True,
                                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stop_ids,
                                       repetition_penalty=sampling.repetition_penalty)

@@ -124,16 +124,6 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     ),
 }
 
-#: The special tokens each built-in format writes, beyond BOS/EOS: a tokenizer that lacks them would
-#: split them into ordinary pieces (and a model would never see one token for a turn end).
-FORMAT_TOKENS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_start|>", "<|im_end|>"),
-    "llama-3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    "gemma": ("<start_of_turn>", "<end_of_turn>"),
-    "phi-3": ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>"),
-}
-
-
 class ChatTemplateError(RealChatError):
     """A chat template that cannot be found, read or used."""
 
@@ -460,6 +450,11 @@ class ChatFormat:
             if text and text not in out:
                 out.append(text)
         return out[:4]
+
+    def multi_token_stops(self, role: str) -> list[str]:
+        """The stops that are several tokens (Llama-2's ``[/INST]`` on LLaMA's vocabulary): matched as
+        strings while decoding, where the others are stop token ids."""
+        return [t for t in self.stop_strings(role) if self._single_token(t) is None]
 
     def stop_token_ids(self, role: str) -> list[int]:
         """Token ids that end a generated ``role`` turn: EOS and every stop that is one token."""

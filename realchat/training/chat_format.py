@@ -30,10 +30,6 @@ from realchat.models.chat_formats import loss_spans as _format_loss_spans
 #: (UserLM-style end of conversation); plain text, so any tokenizer can learn it.
 DEFAULT_END_MARKER = "<|endconversation|>"
 
-def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    return ChatFormat.of(tokenizer).render(messages, add_generation_prompt=False)
-
-
 def loss_spans(tokenizer: Any, messages: list[dict[str, str]], loss_role: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans ``[start, end)`` that carry loss."""
     return _format_loss_spans(ChatFormat.of(tokenizer), messages, loss_role)
