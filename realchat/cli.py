@@ -33,7 +33,8 @@ def _fail(err: RealChatError) -> None:
     from realchat.redact import redact
 
     # a Hub's or proxy's error body may echo the request's Authorization header
-    console.print(f"[bold red]error:[/bold red] {escape(redact(err.render()) or '')}", highlight=False)
+    label = getattr(err, "label", "error")  # a spent budget is a stop, not an error (exit 3)
+    console.print(f"[bold red]{label}:[/bold red] {escape(redact(err.render()) or '')}", highlight=False)
     raise typer.Exit(err.exit_code)
 
 

@@ -177,11 +177,14 @@ def request_key(cfg: IntentSummarizer, request: str) -> str:
 
 
 def summarize(convs: list[dict[str, Any]], cfg: IntentSummarizer, open_model: Callable[[], Any],
-              cache: Path | None = None, log: Callable[[str], None] = lambda s: None) -> tuple[list[str], int]:
+              cache: Path | None = None, log: Callable[[str], None] = lambda s: None,
+              meter: Any = None) -> tuple[list[str], int]:
     """(one intent per conversation, summaries written this run). Each request is keyed by
     :func:`request_key`; keys already in ``cache`` (default :func:`cache_path`) are not asked again;
     the model is opened only when some are missing. A request that failed gives an empty intent
-    (that conversation goes without). Each conversation gets its ``intent_key``."""
+    (that conversation goes without). Each conversation gets its ``intent_key``. ``meter``
+    (:class:`~realchat.models.usage.Meter`) counts the tokens as ``intent_summarizer`` and may stop
+    the summaries between batches on a spent budget (those written stay cached)."""
     cache = cache or cache_path()
     requests = [cfg.prompt.replace("{conversation}", conversation_text(c["messages"], cfg.max_chars)) for c in convs]
     keys = [request_key(cfg, r) for r in requests]
@@ -200,7 +203,11 @@ def summarize(convs: list[dict[str, Any]], cfg: IntentSummarizer, open_model: Ca
         with cache.open("a", encoding="utf-8") as f:
             for k in range(0, len(todo), cfg.batch_size):
                 chunk = todo[k : k + cfg.batch_size]
+                if meter is not None:
+                    meter.check()
                 gens = model.chat([[{"role": "user", "content": requests[i]}] for i in chunk], sampling)
+                if meter is not None:
+                    meter.record("intent_summarizer", gens)
                 for i, g in zip(chunk, gens):
                     if g.error is not None:
                         continue  # not cached: a rerun asks again

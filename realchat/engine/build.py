@@ -85,7 +85,10 @@ def plan(loaded: LoadedRecipe, graph: Graph | None = None) -> list[StepPlan]:
         node = graph.nodes[name]
         external = registry.get(node.kind).external_inputs(node.config, loaded.base_dir)
         identities = input_identities(node, fps, loaded.base_dir)
-        fp = fingerprint(node.kind, node.config.model_dump(mode="json"), input_parts(identities, external))
+        # budgets (max_cost, …) bound the work without changing it: raising one resumes the same work folder
+        unhashed = set(getattr(node.config, "not_fingerprinted", ()))
+        fp = fingerprint(node.kind, node.config.model_dump(mode="json", exclude=unhashed),
+                         input_parts(identities, external))
         fps[name] = fp
         out = step_dir(loaded.run_root, loaded.name, name)
         plans.append(StepPlan(name, node.kind, node.parents, out, fp, is_done(out, fp), node, identities, external))

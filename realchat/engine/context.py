@@ -39,6 +39,7 @@ class StepContext:
     #: The step's vLLM engines (:mod:`realchat.models.engines`) and every backend it opened.
     _engines: Any = field(default=None, repr=False)
     _opened: list[Any] = field(default_factory=list, repr=False)
+    _meter: Any = field(default=None, repr=False)
 
     # -- who am I ---------------------------------------------------------------------------------
 
@@ -148,7 +149,8 @@ class StepContext:
         if backend.kind == "openai":
             tok = self.resolve_model(backend.tokenizer, f"{key}.tokenizer") if backend.tokenizer else None
             with self.blame(f"{key}.tokenizer"):
-                return OpenAIChat(backend, tok, template, log)
+                # batch: true keeps its batches' ids in the work folder, so a rerun re-attaches to them
+                return OpenAIChat(backend, tok, template, log, batch_dir=self.work_dir() / "batches")
         path = self.resolve_model(backend.model, f"{key}.model")
         with self.blame(f"{key}.model"):
             if backend.kind == "vllm":
@@ -186,6 +188,18 @@ class StepContext:
             self.close_backend(backend)
         if self._engines is not None:
             self._engines.close()
+
+    def meter(self) -> Any:
+        """The step's token and cost tally (:class:`~realchat.models.usage.Meter`): the recipe's
+        ``prices``, the step's ``max_cost`` / ``max_tokens_total``, and what earlier runs of this step
+        spent (``usage.json`` in its work folder), so budgets count across resumes."""
+        from realchat.models.usage import Meter
+
+        if self._meter is None:
+            cfg = self.config
+            self._meter = Meter(self.loaded.recipe.prices, getattr(cfg, "max_cost", None),
+                                getattr(cfg, "max_tokens_total", None), self.work_dir() / "usage.json")
+        return self._meter
 
     # -- progress ---------------------------------------------------------------------------------
 

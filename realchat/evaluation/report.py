@@ -322,6 +322,11 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             h[f"{bench}_{model}_score"] = v.get("overall")
         if s.get("ranking"):
             h[f"{bench}_can_rank_models"] = s["ranking"]["can_rank"]
+    usage = results.get("usage") or {}
+    if usage:  # the judge's and the benchmark models' tokens (cost with a price table), all runs
+        h["served_tokens"] = usage.get("total_tokens")
+        if usage.get("cost") is not None:
+            h["served_cost"] = f"{usage['cost']:.4f} {usage['currency']}"
     h["seconds"] = results.get("seconds")
     return h
 

@@ -5,7 +5,7 @@ All three take a *batch* of requests and return one result per request, so the s
 many conversations together: local models run one left-padded ``generate`` per batch (KV cache on),
 endpoints get concurrent requests (bounded), vLLM schedules the whole batch itself.
 
-A result is ``Generation(text, tokens, error, finish_reason)``: a request that failed after its retries
+A result is ``Generation(text, tokens, error, finish_reason, stop, prompt_tokens)``: a request that failed after its retries
 carries the (redacted) error instead of raising, so one bad endpoint answer fails one conversation,
 not the step; ``finish_reason`` says whether the model ended its turn or was cut at the token limit.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -87,6 +88,16 @@ class OpenAIBackend(Strict):
     #: Extra request fields the server understands (e.g. vLLM's ``top_k``, ``transformers serve``'s
     #: ``generation_config``), sent as they are.
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: Send chat completions (answerer, intent summariser, judge) through OpenAI's Batch API: each
+    #: batch of requests uploaded as one file, polled until done, at the Batch API's price (see
+    #: `prices.batch_share`). The batch's id is kept in the step's work folder, so a rerun after a
+    #: crash re-attaches to it instead of paying again. Text completions (a served simulator) are sent
+    #: as usual.
+    batch: bool = False
+    #: With `batch`: seconds between two looks at a submitted batch.
+    batch_poll_s: float = Field(30, gt=0)
+    #: With `batch`: the Batch API's completion window.
+    batch_window: Literal["24h"] = "24h"
 
 
 class VLLMBackend(Strict):
@@ -122,6 +133,10 @@ class Generation:
     finish_reason: str | None = None
     #: What ended the turn, where known: the turn end (``[/INST]``, ``<|im_end|>``, ``</s>``, …).
     stop: str | None = None
+    #: Tokens of the prompt the model read: the server's ``usage.prompt_tokens``, or the ids fed to a
+    #: local or vLLM model (``tokens`` is the completion's). Counted per role by
+    #: :class:`~realchat.models.usage.Meter`.
+    prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         # every model's words enter RealChat here: a server echoing its API key (or any known secret)
@@ -185,13 +200,13 @@ class TemplateModel:
         return gens
 
     def finish(self, text: str, role: str, finish_reason: str | None, tokens: int,
-               stopped_by: str | None = None) -> Generation:
+               stopped_by: str | None = None, prompt_tokens: int = 0) -> Generation:
         """A generated turn cut at its turn end (only the stop and what follows it go)."""
         text, found = self.format.end_of_turn(text, role)
         stop = found or stopped_by
         if stop is not None:
             finish_reason = "stop"
-        return Generation(text, tokens, finish_reason=finish_reason, stop=stop)
+        return Generation(text, tokens, finish_reason=finish_reason, stop=stop, prompt_tokens=prompt_tokens)
 
 
 def _groups(n: int, bad_words: BadWords) -> dict[tuple[str, ...], list[int]]:
@@ -274,7 +289,8 @@ class LocalModel(TemplateModel):
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
         out = []
-        for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+        prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()  # the prompt's ids, padding left out
+        for row, read in zip(gen[:, enc["input_ids"].shape[1]:].tolist(), prompt_lengths):
             end = next((j for j, t in enumerate(row) if t in stop_ids), None)
             if end is not None:  # the model ended its turn; what follows is padding
                 ids, reason = row[:end], "stop"
@@ -283,7 +299,7 @@ class LocalModel(TemplateModel):
                 ids = [t for t in row if t != self.tokenizer.pad_token_id]
                 reason, stopped_by = ("length" if len(row) >= sampling.max_new_tokens else "stop"), None
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            out.append(self.finish(text, role, reason, len(ids), stopped_by))
+            out.append(self.finish(text, role, reason, len(ids), stopped_by, prompt_tokens=int(read)))
         return out
 
 
@@ -319,8 +335,11 @@ class OpenAIChat(TemplateModel):
     bans_words = False  # no portable way to ban a multi-token string on a server: callers resample
 
     def __init__(self, cfg: OpenAIBackend, tokenizer_path: str | None = None, chat_template: str | None = None,
-                 log: Any = None) -> None:
+                 log: Any = None, batch_dir: Path | None = None) -> None:
+        """``batch_dir``: where ``batch: true`` keeps the ids of its batches (the step's work folder)."""
         self.cfg = cfg
+        self.log = log or (lambda s: None)
+        self.batch_dir = batch_dir
         register_secret_env(cfg.api_key_env)
         self.key = os.environ.get(cfg.api_key_env, "")
         self.name = f"{cfg.model} @ {cfg.base_url}"
@@ -422,15 +441,53 @@ class OpenAIChat(TemplateModel):
         conversation plus the prefix; without, the prefix is not used (the model writes it)."""
         if answer_prefix and self.tokenizer is not None:
             return super().chat(conversations, sampling, answer_prefix)
+        if self.cfg.batch:
+            return self._batch_chat(conversations, sampling)
 
         async def make(client: Any, messages: list[dict[str, str]]) -> Generation:
             r = await client.chat.completions.create(messages=messages, **self._body(sampling))
             choice = r.choices[0]
             if not isinstance(choice.message.content, str):
                 raise TypeError("the answer has no text content")
-            return Generation(choice.message.content, _completion_tokens(r), finish_reason=choice.finish_reason)
+            return Generation(choice.message.content, _usage(r)[1], finish_reason=choice.finish_reason,
+                              prompt_tokens=_usage(r)[0])
 
         return _run_async(self._run(make, conversations))
+
+    def _batch_chat(self, conversations: list[list[dict[str, str]]], sampling: SamplingParams) -> list[Generation]:
+        """Chat completions through the Batch API (:mod:`realchat.models.batch_api`), one batch for the list."""
+        from openai import OpenAI, Timeout
+
+        from realchat.models import cache_dir
+        from realchat.models.batch_api import run_batch
+
+        if not conversations:
+            return []
+        body = {k: v for k, v in self._body(sampling).items() if k != "extra_body"}
+        bodies = [{**body, **(self.cfg.extra_body or {}), "messages": c} for c in conversations]
+        client = OpenAI(base_url=self.cfg.base_url, api_key=self.key or "none", max_retries=self.cfg.max_retries,
+                        timeout=Timeout(self.cfg.timeout_s, connect=self.cfg.connect_timeout_s))
+        try:
+            outcomes = run_batch(client, bodies, self.batch_dir or cache_dir() / "batches", self.cfg.base_url,
+                                 self.cfg.batch_window, self.cfg.batch_poll_s, self.log)
+        except Exception as e:  # noqa: BLE001 -- the batch could not be submitted or read: every request failed
+            return [Generation("", error=self._error(e)) for _ in conversations]
+        finally:
+            client.close()
+        out = []
+        for o in outcomes:
+            if "error" in o:
+                out.append(Generation("", error=redact(o["error"], [self.key]) or ""))
+                continue
+            choice = (o["body"].get("choices") or [{}])[0]
+            text = (choice.get("message") or {}).get("content")
+            usage = o["body"].get("usage") or {}
+            out.append(Generation(text, int(usage.get("completion_tokens") or 0), finish_reason=choice.get("finish_reason"),
+                                  prompt_tokens=int(usage.get("prompt_tokens") or 0)) if isinstance(text, str)
+                       else Generation("", error="unusable answer (the answer has no text content)"))
+        if self.on_tokens is not None:
+            self.on_tokens(sum(g.tokens for g in out))
+        return out
 
     def generate(self, prompts: list[str], sampling: SamplingParams, bad_words: BadWords = None,
                  role: str = "assistant") -> list[Generation]:
@@ -447,7 +504,8 @@ class OpenAIChat(TemplateModel):
             choice = r.choices[0]
             if not isinstance(choice.text, str):
                 raise TypeError("the completion has no text")
-            return self.finish(choice.text, role, choice.finish_reason, _completion_tokens(r))
+            read, wrote = _usage(r)
+            return self.finish(choice.text, role, choice.finish_reason, wrote, prompt_tokens=read)
 
         return _run_async(self._run(make, payloads))
 
@@ -480,9 +538,10 @@ def _retried(e: BaseException) -> bool:
     return e.status_code >= 500 or e.status_code in (408, 409, 429)
 
 
-def _completion_tokens(response: Any) -> int:
+def _usage(response: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens as the server reports them in ``usage`` (0 where it does not)."""
     usage = getattr(response, "usage", None)
-    return int(getattr(usage, "completion_tokens", 0) or 0)
+    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
 
 
 def _run_async(coro: Any) -> Any:
@@ -538,5 +597,6 @@ class VLLMModel(TemplateModel):
                 reason = c.stop_reason  # the stop string, the stop token id, or None (EOS / length)
                 stopped_by = (reason if isinstance(reason, str) else
                               self.tokenizer.convert_ids_to_tokens(reason) if isinstance(reason, int) else None)
-                out[i] = self.finish(c.text, role, c.finish_reason, len(c.token_ids), stopped_by)
+                out[i] = self.finish(c.text, role, c.finish_reason, len(c.token_ids), stopped_by,
+                                     prompt_tokens=len(o.prompt_token_ids or []))
         return out  # type: ignore[return-value]

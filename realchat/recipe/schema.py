@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
@@ -21,6 +21,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_validator
 from realchat.errors import RecipeError
 from realchat.recipe.base import SLUG, Slug, StepConfig, Strict
 from realchat.recipe.executor import ExecutorConfig
+from realchat.models.usage import PriceTable
 
 #: The folder of publish records in a recipe's run folder (``<run_root>/<recipe>/published/``): no
 #: step may take this name, or its output and the records would be one folder (``--force`` would
@@ -98,6 +99,10 @@ class Recipe(Strict):
     publish: PublishConfig = PublishConfig()
     #: Where curation runs: ``{kind: local}`` or ``{kind: ray, address: null | auto | ray://…}``.
     executor: ExecutorConfig = ExecutorConfig()
+    #: What served models cost per 1M tokens, by model name: turns each role's tokens into money in
+    #: stats, cards and `realchat plan`, and lets a step's `max_cost` stop it; null = tokens only.
+    #: Not part of any fingerprint.
+    prices: PriceTable | None = None
 
     @model_validator(mode="after")
     def _repos_name_steps(self) -> "Recipe":
@@ -105,6 +110,21 @@ class Recipe(Strict):
         if unknown:
             raise ValueError(f"publish.repos names no step of the recipe: {', '.join(unknown)} "
                              f"(steps: {', '.join(self.steps)})")
+        return self
+
+    @model_validator(mode="after")
+    def _costs_priced(self) -> "Recipe":
+        """A ``max_cost`` can stop a step only when every endpoint it calls has a price."""
+        from realchat.models.usage import unpriced_served_models
+
+        for step, cfg in self.steps.items():
+            if getattr(cfg, "max_cost", None) is None:
+                continue
+            missing = unpriced_served_models(backends_of(cfg), self.prices)
+            if missing:
+                raise ValueError(f"steps.{step}.max_cost: prices.models names no price for {', '.join(missing)} "
+                                 "(served by this step): its spending could not be counted; add "
+                                 f"prices: {{models: {{{missing[0]}: {{input: …, output: …}}}}}}")
         return self
 
     @model_validator(mode="after")
@@ -140,6 +160,32 @@ class Recipe(Strict):
                     raise ValueError(f"publish: step {step} would publish to {folder}, which overlaps this "
                                      f"recipe's run folder {mine}; change publish.local_root or publish.namespace")
         return self
+
+
+def backends_of(config: Any) -> list[Any]:
+    """Every model backend (a config with ``kind`` and ``model`` among local/openai/vllm) a step config
+    holds, at any depth (its roles, an intent summariser, a judge, benchmark models)."""
+    from pydantic import BaseModel
+
+    from realchat.models.backends import LocalBackend, OpenAIBackend, VLLMBackend
+
+    found: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, (LocalBackend, OpenAIBackend, VLLMBackend)):
+            found.append(v)
+        elif isinstance(v, BaseModel):
+            for name in type(v).model_fields:
+                walk(getattr(v, name))
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+
+    walk(config)
+    return found
 
 
 class LoadedRecipe:

@@ -173,8 +173,10 @@ class Simulation:
 
     def __init__(self, cfg: SimulationSettings, simulator: Any, answerer: Any, user_system_prompt: str | None,
                  end_marker: str | None, on_finish: Callable[[Session], None],
-                 intent_template: str | None = None) -> None:
+                 intent_template: str | None = None, meter: Any = None) -> None:
         self.cfg = cfg
+        #: Tokens per role and the step's budget (:class:`~realchat.models.usage.Meter`); None = not counted.
+        self.meter = meter
         self.sim = simulator
         self.ans = answerer
         self.user_system_prompt = user_system_prompt
@@ -267,6 +269,8 @@ class Simulation:
     def step(self, live: list[Session]) -> None:
         """One question for every live session that needs one, then one answer for each."""
         cfg = self.cfg
+        if self.meter is not None:
+            self.meter.check()  # a spent budget stops here, between rounds: finished sessions are kept
         prompts, asking = [], []
         for s in [s for s in live if not s.messages or s.messages[-1]["role"] == "assistant"]:
             prompt = self.simulator_prompt(s)
@@ -293,6 +297,8 @@ class Simulation:
         if not answering:
             return
         gens = self.ans.chat([self.answerer_messages(s) for s in answering], cfg.assistant_sampling)
+        if self.meter is not None:
+            self.meter.record("answerer", gens)
         for s, g in zip(answering, gens):
             self.count_tokens(g.tokens)
             if g.error is not None:
@@ -349,6 +355,8 @@ class Simulation:
             bad = [self.banned(asking[i]) for i in todo] if getattr(self.sim, "bans_words", False) else None
             gens = (self.sim.generate([prompts[i] for i in todo], cfg.user_sampling, bad_words=bad,
                                       role=self.simulator_role) if todo else [])
+            if self.meter is not None:
+                self.meter.record("simulator", gens)
             again = []
             for i, g in zip(todo, gens):
                 self.count_tokens(g.tokens)

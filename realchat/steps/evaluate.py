@@ -33,6 +33,7 @@ from realchat.data import Conversation
 from realchat.engine.context import StepContext
 from realchat.evaluation.benchmarks import BenchmarkConfig
 from realchat.evaluation.fidelity import FidelityConfig
+from realchat.models.usage import BudgetReached, ServedBudget
 from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, Produces, Slug, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef, ModelRef, resolve_local
 from realchat.steps.base import StepKind, StepResult
@@ -47,7 +48,7 @@ class EvalDataset(Strict):
     dataset: DatasetRef
 
 
-class EvaluateConfig(StepConfig):
+class EvaluateConfig(StepConfig, ServedBudget):
     """Dataset statistics, simulator fidelity and assistant benchmarks → one comparison report."""
 
     kind: Literal["evaluate"] = "evaluate"
@@ -368,18 +369,23 @@ def _cached(path: Path, make: Any) -> list[dict[str, Any]]:
 
 
 def counted(ctx: StepContext, description: str, total: int | None, unit: str, chat: Any, chunk: int | None,
-            make: Any) -> Any:
-    """``make(chat)`` with the calls to ``chat`` counted on the step's progress display: a list of
-    conversations is sent in pieces of ``chunk`` (a local model's own batch size, so the batches and
-    the generations are the ones it would make anyway; None: the whole list at once, as a server
-    backend wants it)."""
+            make: Any, role: str) -> Any:
+    """``make(chat)`` with the calls to ``chat`` counted on the step's progress display and their
+    tokens in the step's meter as ``role`` (which may stop the step on a spent budget, between calls):
+    a list of conversations is sent in pieces of ``chunk`` (a local model's own batch size, so the
+    batches and the generations are the ones it would make anyway; None: the whole list at once, as a
+    server backend wants it, and the Batch API as one batch)."""
+    meter = ctx.meter()
 
     with ctx.progress_counter(description, total, unit) as c:
         def call(convs: list[Any], sampling: Any, **kw: Any) -> list[Any]:
             size = chunk or max(len(convs), 1)
             got: list[Any] = []
             for i in range(0, len(convs), size):
-                got += chat(convs[i : i + size], sampling, **kw)
+                meter.check()
+                gens = chat(convs[i : i + size], sampling, **kw)
+                meter.record(role, gens)
+                got += gens
                 c.advance(len(convs[i : i + size]))
             return got
 
@@ -420,12 +426,14 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
         backend = None
         if not all(p.exists() for p in paths.values()):
             backend = ctx.open_backend(m.backend, f"benchmark.models[{i}].backend")
+        ctx.meter().role(f"answers:{m.name}", m.backend)
         for bench, (questions, _refs) in selected.items():
             ctx.console.print(f"{ctx.name}: {m.name} answers {len(questions)} {bench} questions")
             rows = _cached(paths[bench], lambda: counted(
                 ctx, f"{m.name} answers {bench}", sum(len(q["turns"]) for q in questions), "turns", backend.chat,
                 getattr(backend, "batch_size", None),
-                lambda chat: seeded(seed, bm.generate_answers, chat, m.name, questions, b.max_new_tokens)))
+                lambda chat: seeded(seed, bm.generate_answers, chat, m.name, questions, b.max_new_tokens),
+                f"answers:{m.name}"))
             answers[bench][m.name] = {r["question_id"]: r["choices"][0]["turns"] for r in rows}
         if backend is not None:  # one model in memory at a time (the judge comes next): its engine stops
             ctx.close_backend(backend)
@@ -438,6 +446,7 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
     judge = None
     if not all(p.exists() for p in paths.values()):
         judge = ctx.open_backend(b.judge, "benchmark.judge")
+    ctx.meter().role("judge", b.judge)
     first = b.judge_mode == "verdict_only"
     from realchat.models import served_identity
 
@@ -452,12 +461,13 @@ def run_benchmarks(ctx: StepContext, cfg: EvaluateConfig, out: Path, work: Path)
                 rows += _cached(paths[bench, mode], lambda: counted(
                     ctx, f"judge {bench} ({mode})", None, "prompts", judge.chat, getattr(judge, "batch_size", None),
                     lambda chat: bm.judge_single(chat, judge_name, prompts, questions, refs, answers[bench],
-                                                 b.judge_max_new_tokens, first)))
+                                                 b.judge_max_new_tokens, first), "judge"))
             else:
                 rows += _cached(paths[bench, mode], lambda: counted(
                     ctx, f"judge {bench} ({mode})", None, "prompts", judge.chat, getattr(judge, "batch_size", None),
                     lambda chat: bm.judge_pairwise(chat, judge_name, prompts, questions, refs, answers[bench],
-                                                   str(b.pairwise_baseline), b.judge_max_new_tokens, first)))
+                                                   str(b.pairwise_baseline), b.judge_max_new_tokens, first),
+                    "judge"))
         summary = summarize(rows, path=bench)
         summary["questions"] = len(questions)
         summary["per_category"] = bm.per_category(rows, {q["question_id"]: q["category"] for q in questions})
@@ -592,8 +602,16 @@ def evaluate(ctx: StepContext, cfg: EvaluateConfig, out: Path) -> dict[str, Any]
         results["timings_s"]["fidelity"] = round(time.perf_counter() - t0, 1)
     if cfg.benchmark is not None:
         t0 = time.perf_counter()
-        results["benchmarks"] = run_benchmarks(ctx, cfg, out, work / "benchmarks")
+        try:
+            results["benchmarks"] = run_benchmarks(ctx, cfg, out, work / "benchmarks")
+        except BudgetReached as e:  # the answers and verdict files finished so far stay in the work folder
+            e.file, e.field = str(ctx.loaded.path), ctx.key(e.field or "max_cost")
+            raise
+        finally:
+            ctx.meter().save()  # what this run spent counts towards the budget of the next
         results["timings_s"]["benchmarks"] = round(time.perf_counter() - t0, 1)
+        # tokens (and cost, with prices) of the judge and of each benchmark model, all runs together
+        results["usage"] = ctx.meter().report()
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["plots"] = write_report(out, results, series, f"{ctx.loaded.name}: {ctx.name}")
     # JSON lines like the FastChat files beside it: a Hub repo's configs are read by one builder

@@ -197,9 +197,11 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
         summarizer = it.summarizer
         with ranks.main_first():  # under torchrun the main process summarises; the others read its cache
             # keyed by request in RealChat's cache: a rerun, another step or another key asks none again
+            meter = ctx.meter()
+            meter.role("intent_summarizer", summarizer.backend)
             intents, asked = summarize(convs, summarizer,
                                        lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                                       log=ctx.console.print)
+                                       log=ctx.console.print, meter=meter)
         for c, intent in zip(convs, intents):
             c["intent"] = intent
     have = sum(1 for c in convs if c.get("intent"))
@@ -213,6 +215,7 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
                                "key, or source: model with a summarizer")
     ctx.console.print(f"{ctx.name}: intents for {have:,} of {len(convs):,} conversations ({it.source})")
     return {"source": it.source, "with_intent": have, "without_intent": len(convs) - have,
+            **({"usage": ctx.meter().report()} if it.source == "model" else {}),
             "summarized_this_run": asked,
             "summarizer": getattr(it.summarizer.backend, "model", None) if it.summarizer else None,
             "summarizer_model": served_identity(it.summarizer.backend) if it.summarizer else None,

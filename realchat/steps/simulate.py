@@ -35,6 +35,7 @@ from realchat.files import atomic_write_text
 from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_intent_file, summarize, write_intents
 from realchat.models import served_identity
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
+from realchat.models.usage import BudgetReached, ServedBudget
 from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
 from realchat.redact import redact
@@ -53,7 +54,7 @@ class SeedConfig(Strict):
     with_answer: bool = False
 
 
-class SimulateConfig(StepConfig, SimulationSettings):
+class SimulateConfig(StepConfig, SimulationSettings, ServedBudget):
     """A simulator (UserGPT or a baseline) asks, an assistant answers, for many multi-turn conversations."""
 
     kind: Literal["simulate"] = "simulate"
@@ -88,6 +89,10 @@ class SimulateConfig(StepConfig, SimulationSettings):
             raise ValueError("mode seeded needs seeds: {dataset: …} (e.g. {step: curate, split: held_out})")
         if self.intent is not None and self.simulator != "usergpt":
             raise ValueError("intent conditions the trained simulator: it needs simulator: usergpt")
+        if self.simulator_backend.kind == "openai" and self.simulator_backend.batch:
+            raise ValueError("simulator_backend: batch: true sends chat completions through the Batch API; the "
+                             "simulator writes user turns as text completions, one turn at a time: leave it "
+                             "out here (the answerer and the intent summariser can batch)")
         if self.simulator_backend.kind == "openai" and self.simulator_backend.tokenizer is None:
             raise ValueError("simulator_backend kind openai needs tokenizer: the served model's folder, Hub id "
                              "or sft step (its chat template renders the simulator's prompt)")
@@ -219,9 +224,11 @@ def load_intents(ctx: StepContext, cfg: SimulateConfig, out: Path | None = None)
         missing = [c for c in convs if not c.get("intent")]
         if missing and it.summarizer is not None:
             summarizer = it.summarizer
+            meter = ctx.meter()
+            meter.role("intent_summarizer", summarizer.backend)
             got, _ = summarize(missing, summarizer,
                                lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                               log=ctx.console.print)
+                               log=ctx.console.print, meter=meter)
             for c, intent in zip(missing, got):
                 c["intent"] = intent
         intents = [c["intent"] for c in convs if c.get("intent")]
@@ -244,7 +251,8 @@ def simulation_batching(model: Any, answerer: Any = None) -> tuple[str, int]:
     """How sessions are fed to the loop: ``pipelined`` (both roles served: each session moves on as
     soon as its own turn is done, as many at once as the servers take), ``refill`` (a finished
     session's place goes to the next one at once: ``batch_size`` in flight locally, a large pool for
-    vLLM's scheduler) or ``waves`` of ``4 × batch_size`` run to their end.
+    vLLM's scheduler), ``waves`` of ``4 × batch_size`` run to their end, or ``rounds`` (an answerer
+    with ``batch: true``: every session in lock-step, each round's answers one Batch API batch).
 
     Waves on a local CPU model: there a decode step costs in proportion to its rows, so a draining
     wave wastes little, while a refilled batch mixes short and long conversations and pays for their
@@ -253,6 +261,9 @@ def simulation_batching(model: Any, answerer: Any = None) -> tuple[str, int]:
     counts.
     """
     served = [getattr(b, "cfg", None) for b in (model, answerer) if b is not None]
+    if getattr(getattr(answerer, "cfg", None), "batch", False):
+        # the Batch API answers a whole file at once: every live session's turn k in one batch (lock-step rounds)
+        return "rounds", 0
     if answerer is not None and all(getattr(c, "kind", None) == "openai" for c in served):
         return "pipelined", min(c.max_concurrency for c in served)
     device = getattr(model, "device", None)
@@ -329,8 +340,12 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                           intent=(intent_of.get(seed_conv["id"]) if seed_conv else None)
                           or (intents[i % len(intents)] if intents else None))
 
+    meter = ctx.meter()
+    meter.role("simulator", cfg.simulator_backend)
+    meter.role("answerer", cfg.answerer)
     sim = Simulation(cfg, sim_backend, answerer, user_prompt if cfg.simulator == "usergpt" else None,
-                     marker if cfg.simulator == "usergpt" else None, on_finish, intent_template=template)
+                     marker if cfg.simulator == "usergpt" else None, on_finish, intent_template=template,
+                     meter=meter)
     gen_started = time.perf_counter()
     try:
         batching, capacity = simulation_batching(sim_backend, answerer)
@@ -357,12 +372,19 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
                 sim.run_pipelined(sessions(), capacity)
             elif batching == "refill":
                 sim.run(sessions(), capacity=capacity)
+            elif batching == "rounds":
+                sim.run(sessions())
             else:
                 pending = list(sessions())
                 for k in range(0, len(pending), capacity):
                     sim.run(pending[k : k + capacity])
+    except BudgetReached as e:
+        e.file, e.field = str(ctx.loaded.path), ctx.key(e.field or "max_cost")
+        e.message += f" ({len(finished):,} of {len(ids):,} conversations in the part file)"
+        raise
     finally:
         writer.close()
+        meter.save()  # what this run spent counts towards the budget of the next
     gen_seconds = time.perf_counter() - gen_started
 
     records = sorted(finished, key=lambda r: r["session_id"])
@@ -384,6 +406,8 @@ def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]
     stats["models"] = {"simulator": served_identity(cfg.simulator_backend), "answerer": served_identity(cfg.answerer),
                        **({"intent_summarizer": served_identity(cfg.intent.summarizer.backend)}
                           if cfg.intent and cfg.intent.summarizer else {})}
+    # tokens (and cost, with prices) of every role, all runs of the step together
+    stats["usage"] = meter.report()
     stats["repeated_contexts"] = repeated_contexts(records, cfg.mode == "seeded", cfg.user_sampling.temperature,
                                                    cfg.assistant_sampling.temperature)
     for role, figures in stats["repeated_contexts"].items():
