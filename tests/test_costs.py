@@ -1,0 +1,210 @@
+"""Tokens, cost, budgets and the Batch API against a real HTTP server on 127.0.0.1 (tests/fake_openai.py):
+each served role's tokens are the server's own usage figures, priced by the recipe's table; a spent
+budget stops the step (exit 3) with its part file kept, and reruns resume to the very output an
+uninterrupted run gives; ``batch: true`` answers through uploaded files and batches, and a kill -9
+while a batch is pending re-attaches to it instead of paying again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from fake_openai import FakeOpenAI
+from typer.testing import CliRunner
+
+from realchat.cli import app
+
+runner = CliRunner()
+PRICES = {"currency": "EUR", "models": {"fake-sim": {"input": 2.0, "output": 8.0},
+                                        "fake-chat": {"input": 1.5, "output": 6.0}}}
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(polls_to_finish=3) as f:
+        yield f
+
+
+@pytest.fixture
+def recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir):
+    def make(base_url: str, prices: dict | None = PRICES, answerer: dict | None = None, **simulate) -> Path:
+        path = make_recipe(write_json_array(sharegpt_records[:20]), filters=[{"op": "shape"}], name="cost")
+        doc = yaml.safe_load(path.read_text())
+        server = {"kind": "openai", "base_url": base_url, "max_concurrency": 3, "timeout_s": 30, "max_retries": 0}
+        doc["steps"]["simulate"] = {
+            "kind": "simulate", "simulator": "usergpt", "end_marker": "<|endconversation|>",
+            "simulator_backend": {**server, "model": "fake-sim", "tokenizer": str(tiny_model_dir)},
+            "answerer": {**server, "model": "fake-chat", **(answerer or {})},
+            "conversations": 8, "max_rounds": 3, "context_budget": 1024,
+            "user_sampling": {"max_new_tokens": 6}, "assistant_sampling": {"max_new_tokens": 5}, **simulate}
+        if prices is not None:
+            doc["prices"] = prices
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return make
+
+
+def _build(recipe: Path, *args: str):
+    return runner.invoke(app, ["build", str(recipe), "--no-progress", "--no-push", *args])
+
+
+def _stats(tmp_path: Path, runs: str = "runs") -> dict:
+    return json.loads((tmp_path / runs / "cost" / "simulate" / "stats.json").read_text())
+
+
+def _conversations(tmp_path: Path, runs: str = "runs") -> dict[str, str]:
+    folder = tmp_path / runs / "cost" / "simulate"
+    frames = [pl.read_parquet(p) for sub in ("data", "rejected") for p in sorted((folder / sub).glob("*.parquet"))]
+    rows = pl.concat(frames).to_dicts()
+    assert len(rows) == len({r["session_id"] for r in rows}), "a session id twice"
+    return {r["session_id"]: json.dumps(r["messages"]) for r in rows}
+
+
+def test_served_roles_report_the_servers_usage_and_its_cost(recipe, fake, tmp_path):
+    r = _build(recipe(fake.base_url))
+    assert r.exit_code == 0, r.output
+    usage = _stats(tmp_path)["usage"]
+    sim, ans = usage["roles"]["simulator"], usage["roles"]["answerer"]
+    # RealChat's counts are the usage the server reported, request by request
+    assert sim["calls"] == fake.usage["/v1/completions:calls"] > 0
+    assert sim["prompt_tokens"] == fake.usage["/v1/completions:prompt"] > 0
+    assert sim["completion_tokens"] == fake.usage["/v1/completions:completion"] > 0
+    assert ans["calls"] == fake.usage["/v1/chat/completions:calls"] > 0
+    assert ans["prompt_tokens"] == fake.usage["/v1/chat/completions:prompt"] > 0
+    assert ans["completion_tokens"] == fake.usage["/v1/chat/completions:completion"] > 0
+    # cost = tokens × price per 1M, per role and in total
+    assert sim["cost"] == pytest.approx((sim["prompt_tokens"] * 2.0 + sim["completion_tokens"] * 8.0) / 1e6)
+    assert ans["cost"] == pytest.approx((ans["prompt_tokens"] * 1.5 + ans["completion_tokens"] * 6.0) / 1e6)
+    assert usage["cost"] == pytest.approx(sim["cost"] + ans["cost"], abs=1e-6) and usage["currency"] == "EUR"
+    assert usage["total_tokens"] == sim["tokens"] + ans["tokens"] == usage["tokens_this_run"]
+    card = (tmp_path / "runs" / "cost" / "simulate" / "README.md").read_text()
+    assert "## Tokens and cost" in card and f"{ans['prompt_tokens']:,}" in card and "`fake-chat`" in card
+
+
+def test_local_roles_count_their_token_ids(make_recipe, write_json_array, sharegpt_records, tiny_model_dir, tmp_path):
+    path = make_recipe(write_json_array(sharegpt_records[:20]), filters=[{"op": "shape"}], name="cost")
+    doc = yaml.safe_load(path.read_text())
+    local = {"kind": "local", "model": str(tiny_model_dir), "batch_size": 4}
+    doc["steps"]["simulate"] = {"kind": "simulate", "simulator_backend": local, "answerer": local,
+                                "end_marker": "<|endconversation|>", "conversations": 3, "max_rounds": 1,
+                                "context_budget": 512, "user_sampling": {"max_new_tokens": 4},
+                                "assistant_sampling": {"max_new_tokens": 4}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = _build(path)
+    assert r.exit_code == 0, r.output
+    stats = _stats(tmp_path)
+    roles = stats["usage"]["roles"]
+    # completion tokens are the generated ids the step already counts; prompts are the ids fed in
+    assert roles["simulator"]["completion_tokens"] + roles["answerer"]["completion_tokens"] == stats[
+        "generated_tokens_this_run"]
+    assert roles["simulator"]["prompt_tokens"] > 0 and roles["answerer"]["prompt_tokens"] > 0
+    assert "cost" not in roles["answerer"] and "cost" not in stats["usage"]  # no price table: tokens only
+
+
+def test_max_cost_stops_cleanly_and_reruns_resume_to_the_uninterrupted_output(recipe, fake, tmp_path):
+    path = recipe(fake.base_url)
+    assert _build(path, "--set", f"run_root={tmp_path / 'whole'}").exit_code == 0  # the uninterrupted run
+    whole, whole_usage = _conversations(tmp_path, "whole"), _stats(tmp_path, "whole")["usage"]
+    assert len(whole) == 8
+    work = tmp_path / "runs" / "cost" / ".work"
+
+    # a third of what the whole run cost: the step stops, exit 3, one clear line, nothing written
+    limit = whole_usage["cost"] / 3
+    r = _build(path, "--set", f"steps.simulate.max_cost={limit}")
+    assert r.exit_code == 3, r.output
+    text = " ".join(r.output.split())
+    assert "stopped:" in text and "budget reached" in text and "steps.simulate.max_cost" in text
+    assert "raise max_cost" in text and "Traceback" not in r.output
+    assert not (tmp_path / "runs" / "cost" / "simulate").exists()
+    parts = list(work.glob("simulate-*/parts.jsonl"))
+    spent = json.loads(next(work.glob("simulate-*/usage.json")).read_text())
+    first = len(parts[0].read_text().splitlines())
+    assert 0 < first < 8
+
+    # the same limit again: what the stopped run spent counts, so it stops at once, asking nothing
+    calls = fake.usage["/v1/chat/completions:calls"] + fake.usage["/v1/completions:calls"]
+    r = _build(path, "--set", f"steps.simulate.max_cost={limit}")
+    assert r.exit_code == 3, r.output
+    assert fake.usage["/v1/chat/completions:calls"] + fake.usage["/v1/completions:calls"] == calls
+    assert json.loads(next(work.glob("simulate-*/usage.json")).read_text()) == spent
+
+    # a higher limit resumes the same work folder (budgets are not in the fingerprint) and finishes
+    r = _build(path, "--set", f"steps.simulate.max_cost={whole_usage['cost'] * 10}")
+    assert r.exit_code == 0, r.output
+    assert _conversations(tmp_path) == whole  # no duplicates, no gaps, the same conversations
+    usage = _stats(tmp_path)["usage"]
+    assert _stats(tmp_path)["resumed_with"] == first
+    # the total counts every run of the step (sessions cut off by the stop were paid for too)
+    assert usage["total_tokens"] >= whole_usage["total_tokens"] > usage["tokens_this_run"]
+    assert usage["budget"]["max_cost"] == whole_usage["cost"] * 10
+
+
+def test_max_tokens_total_stops_too(recipe, fake, tmp_path):
+    r = _build(recipe(fake.base_url, prices=None, max_tokens_total=50))
+    assert r.exit_code == 3, r.output
+    assert "max_tokens_total" in " ".join(r.output.split())
+
+
+def test_max_cost_needs_a_price_for_every_endpoint(recipe, fake):
+    r = _build(recipe(fake.base_url, prices={"models": {"fake-sim": {"input": 1, "output": 1}}}, max_cost=1.0))
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert "steps.simulate.max_cost" in text and "fake-chat" in text and "prices" in text
+
+
+def test_batch_answerer_completes_and_reattaches_after_kill_9(recipe, tmp_path):
+    with FakeOpenAI(polls_to_finish=25) as fake:
+        path = recipe(fake.base_url, answerer={"batch": True, "batch_poll_s": 0.1})
+        assert _build(path, "--only", "curate").exit_code == 0
+        proc = subprocess.Popen([sys.executable, "-m", "realchat.cli", "build", str(path), "--no-progress",
+                                 "--no-push"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        work, state = tmp_path / "runs" / "cost" / ".work", {}
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not state.get("batch_id"):
+            for f in work.glob("simulate-*/batches/*.json"):
+                state = json.loads(f.read_text() or "{}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert state.get("batch_id") == "batch-0000", state  # the first round's batch, submitted then killed
+        assert fake.batches["batch-0000"]["status"] == "in_progress"
+        polled = fake.retrieved["batch-0000"]
+
+        r = _build(path)
+        assert r.exit_code == 0, r.output
+        assert "re-attached" in r.output
+        # one batch per round (all sessions' turn k together), each created exactly once
+        rounds = 3
+        assert fake.created == [f"batch-{i:04d}" for i in range(rounds)]
+        assert fake.retrieved["batch-0000"] > polled  # the rerun polled the killed run's batch
+        uploads = [k for k in fake.files if not k.startswith("file-out")]
+        assert len(uploads) == rounds
+        assert len(_conversations(tmp_path)) == 8
+        stats = _stats(tmp_path)
+        ans = stats["usage"]["roles"]["answerer"]
+        assert ans["batch"] is True and ans["calls"] == fake.usage["batch:calls"]
+        assert ans["prompt_tokens"] == fake.usage["batch:prompt"] and ans["completion_tokens"] == fake.usage[
+            "batch:completion"]
+        assert fake.usage["/v1/chat/completions:calls"] == 0  # every answer went through the Batch API
+        # a Batch API request costs prices.batch_share (half) of the listed price
+        assert ans["cost"] == pytest.approx((ans["prompt_tokens"] * 1.5 + ans["completion_tokens"] * 6.0) / 2e6)
+        assert stats["batching"] == "rounds"
+
+
+def test_a_served_simulator_cannot_batch(recipe, fake):
+    path = recipe(fake.base_url)
+    doc = yaml.safe_load(path.read_text())
+    doc["steps"]["simulate"]["simulator_backend"]["batch"] = True
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = _build(path)
+    assert r.exit_code == 2 and "text completions" in " ".join(r.output.split())
