@@ -367,11 +367,14 @@ def plan_cmd(
     """Show the steps in build order: kind, parents, output, fingerprint, and which are done already."""
     from realchat.engine.build import plan
     from realchat.recipe.load import load_recipe
+    from realchat.steps import registry
 
     loaded = load_recipe(recipe, set_, overlay)
     plans = plan(loaded)
+    prices = loaded.recipe.prices
+    estimates = {p.name: [e.as_json(prices) for e in registry.get(p.kind).estimate(p.node.config)] for p in plans}
     if as_json:
-        sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2) + "\n")
+        sys.stdout.write(json.dumps([{**p.as_json(), "estimate": estimates[p.name]} for p in plans], indent=2) + "\n")
         return
     t = Table(title=f"recipe {loaded.name} ({loaded.path}, sha256 {loaded.sha256[:12]})")
     for col in ("step", "kind", "parents", "output", "fingerprint", "status"):
@@ -380,6 +383,28 @@ def plan_cmd(
         t.add_row(p.name, p.kind, ", ".join(p.parents) or "-", str(p.output), p.fingerprint[:12],
                   "[green]done[/green]" if p.done else "[yellow]to build[/yellow]")
     show(t)
+    rows = [(p, e) for p in plans if not p.done for e in estimates[p.name]]
+    if rows:
+        show(estimate_table(rows, prices))
+
+
+def estimate_table(rows: list[tuple[Any, dict[str, Any]]], prices: Any) -> Table:
+    """``realchat plan``'s estimate of what each model role of the steps to build will ask for."""
+    t = Table(title="estimated model calls and tokens (an estimate from the recipe's sizes, every turn at its "
+                    "token limit; not a measurement)")
+    for col in ("step", "role", "model", "calls", "prompt tokens", "completion tokens",
+                *(["cost"] if prices else []), "note"):
+        t.add_column(col, overflow="fold", justify="right" if "tokens" in col or col in ("calls", "cost") else "left")
+
+    def n(v: Any) -> str:
+        return "?" if v is None else f"~{v:,}"
+
+    for p, e in rows:
+        model = f"{e['model']} ({e['kind']}{', batch' if e['batch'] else ''})"
+        cost = [f"~{e['cost']:.2f} {e['currency']}" if "cost" in e else "-"] if prices else []
+        t.add_row(p.name, e["role"], model, n(e["calls"]), n(e["prompt_tokens"]), n(e["completion_tokens"]), *cost,
+                  e["note"])
+    return t
 
 
 @app.command()

@@ -208,3 +208,20 @@ def test_a_served_simulator_cannot_batch(recipe, fake):
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     r = _build(path)
     assert r.exit_code == 2 and "text completions" in " ".join(r.output.split())
+
+
+def test_plan_estimates_calls_tokens_and_cost_of_served_steps(recipe, fake):
+    path = recipe(fake.base_url)
+    r = runner.invoke(app, ["plan", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    steps = {p["name"]: p for p in json.loads(r.output)}
+    sim = {e["role"]: e for e in steps["simulate"]["estimate"]}
+    # 8 sessions × 3 rounds, every turn at its limit (6 user tokens, 5 answer tokens)
+    assert sim["simulator"]["calls"] == sim["answerer"]["calls"] == 24
+    assert sim["simulator"]["completion_tokens"] == 24 * 6 and sim["answerer"]["completion_tokens"] == 24 * 5
+    assert sim["answerer"]["prompt_tokens"] > sim["answerer"]["calls"] * 5
+    a = sim["answerer"]
+    assert a["cost"] == pytest.approx((a["prompt_tokens"] * 1.5 + a["completion_tokens"] * 6.0) / 1e6, abs=1e-4)
+    assert steps["curate"]["estimate"] == []
+    r = runner.invoke(app, ["plan", str(path)])
+    assert r.exit_code == 0 and "estimated model calls and tokens" in r.output and "an estimate" in r.output

@@ -214,3 +214,38 @@ class Meter:
             self._saved_at = time.monotonic()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json(self.path, data)
+
+
+# -- plan estimates -------------------------------------------------------------------------------
+
+
+#: Characters per token for estimates made before any tokenizer is loaded (English prose, BPE).
+CHARS_PER_TOKEN = 4
+
+
+def rough_tokens(text: str | None) -> int:
+    """A text's tokens, roughly (``realchat plan`` loads no tokenizer)."""
+    return -(-len(text or "") // CHARS_PER_TOKEN)
+
+
+@dataclass
+class RoleEstimate:
+    """What ``realchat plan`` expects one role of a step to ask for: an estimate from the recipe's
+    sizes (completions at their token limit, so rather high), never a measurement."""
+
+    role: str
+    backend: Any
+    #: None where the count depends on data not built yet (said in ``note``).
+    calls: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    note: str = ""
+
+    def as_json(self, prices: PriceTable | None) -> dict[str, Any]:
+        usage = RoleUsage(str(self.backend.model), bool(getattr(self.backend, "batch", False)), self.calls or 0, 0,
+                          self.prompt_tokens or 0, self.completion_tokens or 0)
+        cost = role_cost(usage, prices) if self.calls is not None else None
+        return {"role": self.role, "model": usage.model, "kind": self.backend.kind, "batch": usage.batch,
+                "calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "note": self.note,
+                **({"cost": round(cost, 4), "currency": prices.currency} if cost is not None and prices else {})}

@@ -102,5 +102,10 @@ class StepKind:
         """Extra values this kind's card section uses (``extra`` in the template); default none."""
         return {}
 
+    def estimate(self, config: StepConfig) -> list[Any]:
+        """``realchat plan``'s estimate of the calls and tokens of each model role of this step
+        (:class:`~realchat.models.usage.RoleEstimate`), from the recipe's sizes alone; default none."""
+        return []
+
     def run(self, ctx: "StepContext", out: Path) -> StepResult:  # pragma: no cover - abstract
         raise NotImplementedError

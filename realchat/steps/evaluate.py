@@ -508,6 +508,9 @@ class Evaluate(StepKind):
         return [{"key": "benchmark.questions", "role": "file", "source": b.questions,
                  "revision": model_identity(b.questions, base_dir).get("sha256")}]
 
+    def estimate(self, config: StepConfig) -> list[Any]:
+        return estimate_benchmarks(config)  # type: ignore[arg-type]
+
     def check(self, config: StepConfig, base_dir: Path) -> None:
         check_benchmark_files(config, base_dir)  # type: ignore[arg-type]
 
@@ -536,6 +539,43 @@ class Evaluate(StepKind):
         from realchat.evaluation.report import card_section
 
         return card_section(stats.get("report") or {}, parent, repo)
+
+
+#: (questions, turns) of each benchmark as FastChat ships it: what ``realchat plan`` counts with.
+BENCHMARK_SIZES = {"mt_bench": (80, 2), "vicuna_bench": (80, 1)}
+#: Rough tokens of one benchmark question turn and of a FastChat judge prompt's own text (estimates).
+QUESTION_TOKENS, JUDGE_PROMPT_TOKENS = 70, 250
+
+
+def estimate_benchmarks(cfg: EvaluateConfig) -> list[Any]:
+    """Calls and tokens of each benchmark model and of the judge, from the benchmarks' sizes, with
+    every answer and verdict at its token limit: an upper estimate."""
+    from realchat.models.usage import RoleEstimate
+
+    b = cfg.benchmark
+    if b is None:
+        return []
+    sizes = [(min(q, b.max_questions or q), t) for q, t in (BENCHMARK_SIZES[x] for x in b.benchmarks)]
+    answer = b.max_new_tokens
+    turns = sum(q * t for q, t in sizes)
+    # turn k's prompt: the k questions and the k-1 answers before it
+    prompts = sum(q * sum(k * QUESTION_TOKENS + (k - 1) * answer for k in range(1, t + 1)) for q, t in sizes)
+    out = [RoleEstimate(f"answers:{m.name}", m.backend, turns, prompts, turns * answer) for m in b.models]
+    verdict = b.judge_max_new_tokens
+    judged = [(m, 1) for m in b.models] if "single" in b.modes else []
+    if "pairwise" in b.modes:  # each model against the baseline, in both orders, with both answers shown
+        judged += [(m, 2) for m in b.models if m.name != b.pairwise_baseline]
+    calls = prompt = 0
+    for _model, answers in judged:
+        orders = answers  # single: one order of one answer; pairwise: two orders of two answers
+        for q, t in sizes:
+            for k in range(1, t + 1):
+                calls += q * orders
+                prompt += q * orders * (JUDGE_PROMPT_TOKENS + k * QUESTION_TOKENS + answers * k * answer)
+    if calls:
+        out.append(RoleEstimate("judge", b.judge, calls, prompt, calls * verdict,
+                                f"{', '.join(b.modes)} over {sum(q for q, _ in sizes)} questions"))
+    return out
 
 
 def check_benchmark_files(cfg: EvaluateConfig, base_dir: Path) -> None:

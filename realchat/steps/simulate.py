@@ -36,7 +36,7 @@ from realchat.intents import DEFAULT_INTENT_TEMPLATE, SimulationIntents, read_in
 from realchat.models import served_identity
 from realchat.models.backends import Backend, LocalBackend, TemplateBackend
 from realchat.models.usage import BudgetReached, ServedBudget
-from realchat.recipe.base import DEFAULT_MODEL, StepConfig, Strict
+from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, StepConfig, Strict
 from realchat.recipe.refs import DatasetRef
 from realchat.redact import redact
 from realchat.simulation.simulator import Session, Simulation, SimulationSettings
@@ -286,8 +286,42 @@ class Simulate(StepKind):
         return {"annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
                 "tags": ["synthetic"]}
 
+    def estimate(self, config: Any) -> list[Any]:
+        return estimate_simulation(config)
+
     def run(self, ctx: StepContext, out: Path) -> StepResult:
         return StepResult(stats=simulate(ctx, ctx.config, out), manifest={"configs": data_configs(out)})  # type: ignore[arg-type]
+
+
+def estimate_simulation(cfg: SimulateConfig) -> list[Any]:
+    """Calls and tokens per role if every session ran ``max_rounds`` rounds (or as many as the context
+    budget allows) with every turn at its token limit and no resample: an upper estimate of the usual
+    case (sessions that end early ask less, resamples ask more). Turn k's prompt holds the k-1
+    rounds before it."""
+    from realchat.models.usage import RoleEstimate, rough_tokens
+
+    n, user, answer = cfg.conversations, cfg.user_sampling.max_new_tokens, cfg.assistant_sampling.max_new_tokens
+    system_user = rough_tokens(cfg.user_system_prompt or DEFAULT_USER_SYSTEM_PROMPT) + 10
+    fits = max(1, (cfg.context_budget - system_user - user) // (user + answer) + 1)
+    rounds = min(cfg.max_rounds or fits, fits)
+    history = (user + answer) * rounds * (rounds - 1) // 2  # the rounds before turn k, summed over k
+    seeded = 1 if cfg.mode == "seeded" else 0  # the seed is the first question
+    asked = n * (rounds - seeded)
+    why = f"{rounds} round{'s' if rounds != 1 else ''} per session" + (
+        " (what the context budget holds)" if cfg.max_rounds is None or fits < cfg.max_rounds else "")
+    out = [RoleEstimate("simulator", cfg.simulator_backend, asked, n * (rounds * system_user + history),
+                        asked * user, why)]
+    system_answer = rough_tokens(cfg.assistant_system_prompt) + 10
+    answered = n * (rounds - (1 if cfg.seeds is not None and cfg.seeds.with_answer else 0))
+    out.append(RoleEstimate("answerer", cfg.answerer, answered, n * (rounds * (system_answer + user) + history),
+                            answered * answer, why))
+    if cfg.intent is not None and cfg.intent.summarizer is not None:
+        sm = cfg.intent.summarizer
+        per_call = rough_tokens(sm.prompt) + rough_tokens("x" * sm.max_chars)
+        out.append(RoleEstimate("intent_summarizer", sm.backend, None, None, None,
+                                f"one call per conversation of intent.dataset without an intent (cached ones "
+                                f"are free): up to {per_call:,} prompt and {sm.max_new_tokens} completion tokens each"))
+    return out
 
 
 def simulate(ctx: StepContext, cfg: SimulateConfig, out: Path) -> dict[str, Any]:
