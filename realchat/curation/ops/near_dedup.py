@@ -32,8 +32,6 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from datasketch import MinHash, MinHashLSH
-from datasketch.hashfunc import sha1_hash32
 from pydantic import Field
 
 from realchat.curation.ops.base import Filter, OpParams, OpResult
@@ -72,6 +70,9 @@ def _permutations(p: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """datasketch's own permutation parameters ``(a, b)`` for ``num_perm`` and ``seed`` when its scheme
     is the one :func:`signatures` reproduces (``affine32``: sha1's first 4 bytes, the MurmurHash3
     finaliser, ``a * h + b`` wrapping at 2**32); None for any other scheme (then datasketch computes)."""
+    from datasketch import MinHash
+    from datasketch.hashfunc import sha1_hash32
+
     m = MinHash(num_perm=p.num_perm, seed=p.seed)
     if getattr(m, "scheme", None) != "affine32" or m.hashfunc is not sha1_hash32:
         return None
@@ -96,10 +97,12 @@ def signatures(texts: list[str], p: Any) -> np.ndarray:
     hashed into one array (sha1's first 4 bytes, little-endian, as datasketch's ``sha1_hash32``), and
     the permutations and the minimum per text are whole-array operations over blocks of shingles
     (``np.minimum.reduceat`` at the texts' boundaries). uint32 arithmetic wraps at 2**32 exactly as
-    datasketch's does, so the values are the same bit for bit (``tests/test_minhash.py`` checks it on
+    datasketch's does, so the values are the same bit for bit (``tests/test_curate_speed.py`` checks it on
     the shipped conversations)."""
     perms = _permutations(p)
     if perms is None:  # another datasketch scheme: its own code, one text at a time
+        from datasketch import MinHash
+
         sigs = np.zeros((len(texts), p.num_perm), dtype=np.uint32)
         gen = MinHash.generator((list(shingles(t, p.shingle_size)) for t in texts), num_perm=p.num_perm, seed=p.seed)
         for k, m in enumerate(gen):
@@ -215,6 +218,8 @@ class NearDedup(Filter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        from datasketch import MinHashLSH  # here, not at import: it pulls in scipy (0.7 s of a worker's start)
+
         p: Params = self.params  # type: ignore[assignment]
         lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # datasketch's choice of bands
         self.bands, self.rows = lsh.b, lsh.r
