@@ -47,15 +47,12 @@ if TYPE_CHECKING:
     from realchat.engine.context import StepContext
 
 _SPILL = ".spill"
-#: When the worker processes start: at the chunk that brings the rows read past ``_START_ROWS`` (an
-#: input of more than one default chunk), or at the ``_START_AFTER``-th chunk of small chunks. Chunks go
-#: on being processed here until every worker has started (imported the ops, loaded the tokenizer),
-#: so a start never leaves the cores idle; what it still costs is the workers' imports (about 1.5 CPU-s
-#: each, transformers left out) and the chunks' trips. Measured on the shipped data (17,671
-#: conversations, 4 chunks; docs/benchmarks.md): from the second chunk, the default recipe's step and
-#: bench_vs_others both gain; with the old rule (workers from the fifth chunk, which blocked until they
-#: had started) both ran in one process.
-_START_ROWS = 5_000
+#: When the worker processes start: at the ``_START_AFTER``-th chunk (an input of a few chunks stays in
+#: one process). Chunks go on being processed here until every worker has started (imported the ops,
+#: loaded the Rust tokenizer from its JSON, no transformers import), so a start never leaves the cores
+#: idle. Starting them at the second chunk of an input over 5,000 rows was measured on a loaded machine
+#: (load average 8-11, bench_vs_others, 3 pairs; docs/benchmarks.md) at 1.36x the wall time, 1.54x
+#: the CPU time and 3.5x the summed RSS of one process: the rule stays until a quiet machine says otherwise.
 _START_AFTER = 4
 
 def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[int, "Reference"],
@@ -169,8 +166,8 @@ def _here(stream: Iterator[pl.DataFrame], index: int, op: Filter, tally: RuleTal
 class _Workers:
     """Worker processes for the ``row`` ops: chunks go out in order, at most ``processes + 1`` of them
     in flight, and come back in the same order, so the result is the one process's result. The pool
-    starts by the input's size (``_START_ROWS``, ``_START_AFTER``): an input of one chunk never pays for
-    starting processes; until every worker is ready, chunks are processed here."""
+    starts after ``_START_AFTER`` chunks (a small input never pays for starting processes); until every
+    worker is ready, chunks are processed here."""
 
     def __init__(self, processes: int, tokenizer: Any) -> None:
         self.processes = processes
@@ -180,7 +177,6 @@ class _Workers:
         self.started = 0
         self.rows_in_flight = 0
         self.prepare_seconds = 0.0  # CPU time of global ops' prepare in the workers, for the op's books
-        self.rows_seen = 0  # rows of every chunk offered so far, in all passes
         self.chunks_seen = 0
         self.warming: list[Any] = []  # one start-up task per worker; all done: the pool takes chunks
 
@@ -228,9 +224,8 @@ class _Workers:
             return chunk, (_result(future) if future is not None else None)
 
         for chunk in stream:
-            if self.chunks_seen and self.processes > 1 and (self.rows_seen >= _START_ROWS or self.chunks_seen >= _START_AFTER):
-                self._start()  # a second chunk of a large enough input (no-op when already started)
-            self.rows_seen += chunk.height
+            if self.chunks_seen >= _START_AFTER and self.processes > 1:
+                self._start()  # enough chunks to pay for the processes (no-op when already started)
             self.chunks_seen += 1
             self.rows_in_flight += chunk.height
             pending.append((self._submit(task(chunk)) if self._ready() and chunk.height else None, chunk))
