@@ -177,7 +177,6 @@ class _Workers:
         self.started = 0
         self.rows_in_flight = 0
         self.prepare_seconds = 0.0  # CPU time of global ops' prepare in the workers, for the op's books
-        self.chunks_seen = 0
         self.warming: list[Any] = []  # one start-up task per worker; all done: the pool takes chunks
 
     def stream(self, stream: Iterator[pl.DataFrame], group: list[int], ops: list[Filter],
@@ -223,10 +222,9 @@ class _Workers:
             self.rows_in_flight -= chunk.height
             return chunk, (_result(future) if future is not None else None)
 
-        for chunk in stream:
-            if self.chunks_seen >= _START_AFTER and self.processes > 1:
+        for k, chunk in enumerate(stream):
+            if k == _START_AFTER and self.processes > 1:
                 self._start()  # enough chunks to pay for the processes (no-op when already started)
-            self.chunks_seen += 1
             self.rows_in_flight += chunk.height
             pending.append((self._submit(task(chunk)) if self._ready() and chunk.height else None, chunk))
             while len(pending) > self.processes or (pending and pending[0][0] is None):
