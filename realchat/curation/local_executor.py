@@ -36,8 +36,8 @@ import polars as pl
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import Filter
 from realchat.curation.parts import CurateSink, ShardWriter
-from realchat.curation.pipeline import (ChunkReader, ExecutorRun, RuleTally, label_rejected, run_row_ops,
-                                        source_rule, tokenizer_spec)
+from realchat.curation.pipeline import (ChunkReader, ExecutorRun, RuleTally, token_getter, label_rejected,
+                                        run_row_ops, source_rule, tokenizer_spec)
 from realchat.curation.sources import open_source
 from realchat.errors import RealChatError
 from realchat.interrupts import follow_parent, signals_held
@@ -47,12 +47,13 @@ if TYPE_CHECKING:
     from realchat.engine.context import StepContext
 
 _SPILL = ".spill"
-#: Chunks processed here before worker processes start: starting them (importing transformers, loading
-#: the tokenizer and fastText in each) costs about 5 s on 2 cores, which a few chunks do not pay back
-#: (the default recipe on the shipped data, 4 chunks: 50.5 s in one process, 58–62 s with two workers
-#: from the second chunk; 200,000 conversations under the dedup rules: 93.9 s vs 76.2 s).
+#: When the worker processes start: at the ``_START_AFTER``-th chunk (an input of a few chunks stays in
+#: one process). Chunks go on being processed here until every worker has started (imported the ops,
+#: loaded the Rust tokenizer from its JSON, no transformers import), so a start never leaves the cores
+#: idle. Starting them at the second chunk of an input over 5,000 rows was measured on a loaded machine
+#: (load average 8-11, bench_vs_others, 3 pairs; docs/benchmarks.md) at 1.36x the wall time, 1.54x
+#: the CPU time and 3.5x the summed RSS of one process: the rule stays until a quiet machine says otherwise.
 _START_AFTER = 4
-
 
 def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[int, "Reference"],
               out: Path) -> ExecutorRun:
@@ -69,7 +70,7 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     stops = [i + 1 for i, op in enumerate(ops) if op.scope == "global"]
     bounds = list(zip([0] + stops, stops + [len(ops)]))
     spill_root = out / _SPILL
-    workers = _Workers(executor.workers or os.cpu_count() or 1, lambda: tokenizer_spec(ctx, cfg))
+    workers = _Workers(executor.workers or os.cpu_count() or 1, lambda: _portable_tokenizer(ctx, cfg))
     kept_read = 0
     read_seconds = 0.0
     entering = [0]  # rows of the chunk that last entered the pass (read, or read back from the spill)
@@ -165,16 +166,18 @@ def _here(stream: Iterator[pl.DataFrame], index: int, op: Filter, tally: RuleTal
 class _Workers:
     """Worker processes for the ``row`` ops: chunks go out in order, at most ``processes + 1`` of them
     in flight, and come back in the same order, so the result is the one process's result. The pool
-    starts only after ``_START_AFTER`` chunks: a small input never pays for starting processes."""
+    starts after ``_START_AFTER`` chunks (a small input never pays for starting processes); until every
+    worker is ready, chunks are processed here."""
 
     def __init__(self, processes: int, tokenizer: Any) -> None:
         self.processes = processes
         self.tokenizer = tokenizer  # called once, when the pool starts
         self.pool: ProcessPoolExecutor | None = None
-        self.spec: tuple[str, str] | None = None
+        self.spec: Any = None  # the tokenizer for the workers (PortableCounter or a path), once started
         self.started = 0
         self.rows_in_flight = 0
         self.prepare_seconds = 0.0  # CPU time of global ops' prepare in the workers, for the op's books
+        self.warming: list[Any] = []  # one start-up task per worker; all done: the pool takes chunks
 
     def stream(self, stream: Iterator[pl.DataFrame], group: list[int], ops: list[Filter],
                tallies: list[RuleTally], sink: CurateSink, shown: dict[int, Any]) -> Iterator[pl.DataFrame]:
@@ -223,7 +226,7 @@ class _Workers:
             if k == _START_AFTER and self.processes > 1:
                 self._start()  # enough chunks to pay for the processes (no-op when already started)
             self.rows_in_flight += chunk.height
-            pending.append((self._submit(task(chunk)) if self.pool is not None and chunk.height else None, chunk))
+            pending.append((self._submit(task(chunk)) if self._ready() and chunk.height else None, chunk))
             while len(pending) > self.processes or (pending and pending[0][0] is None):
                 yield take()
         while pending:
@@ -236,6 +239,17 @@ class _Workers:
             self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_worker_start, initargs=(os.getpid(),))
             self.started = self.processes
+            # one start-up task each (there may be fewer workers taking them: done is all it means)
+            self.warming = [self._submit((_warm_up, self.spec)) for _ in range(self.processes)]
+
+    def _ready(self) -> bool:
+        """The pool runs and has finished starting (a worker that failed to start is an error here)."""
+        if self.pool is None or not all(f.done() for f in self.warming):
+            return False
+        for f in self.warming:
+            _result(f)
+        self.warming = []
+        return True
 
     def _submit(self, task: tuple[Any, ...]) -> Any:
         # a submit may start a worker process: it starts with SIGINT and SIGTERM blocked until its
@@ -266,6 +280,24 @@ def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: 
     if result.rejected is not None and result.rejected.height:
         sink.rejected(label_rejected(result.rejected, index, op.params.op))
     return result.kept
+
+
+def _portable_tokenizer(ctx: "StepContext", cfg: Any) -> Any:
+    """What a worker needs to count tokens: the tokenizer as data (no transformers import in the worker)
+    where it has a Rust tokenizer, else what :func:`tokenizer_spec` says to load."""
+    spec = tokenizer_spec(ctx, cfg)
+    if spec is None:
+        return None
+    portable = ctx.token_counter(cfg.tokenizer, "tokenizer").portable()
+    return portable if portable is not None else spec
+
+
+def _warm_up(tokenizer: Any) -> None:
+    """A worker's start: the ops imported and the tokenizer loaded before its first chunk."""
+    import realchat.curation.ops  # noqa: F401
+
+    if tokenizer is not None:
+        token_getter(tokenizer)()
 
 
 def _worker_start(parent_pid: int) -> None:

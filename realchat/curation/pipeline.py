@@ -175,18 +175,20 @@ def tokenizer_spec(ctx: "StepContext", cfg: Any) -> tuple[str, str] | None:
     return (str(path), str(ctx.base_dir))
 
 
-def _token_getter(tokenizer: tuple[str, str] | None) -> Callable[[], Any]:
+def token_getter(tokenizer: Any) -> Callable[[], Any]:
+    """``tokenizer``: a :class:`~realchat.models.PortableCounter` (local workers) or what
+    :func:`tokenizer_spec` gives (a path or id and a base folder: Ray's workers load it)."""
     def get() -> Any:
-        from realchat.models import token_counter
+        from realchat.models import PortableCounter, token_counter
 
         assert tokenizer is not None
         if tokenizer not in _TOKENS:  # once per worker process
-            _TOKENS[tokenizer] = token_counter(*tokenizer)
+            _TOKENS[tokenizer] = tokenizer.load() if isinstance(tokenizer, PortableCounter) else token_counter(*tokenizer)
         return _TOKENS[tokenizer]
     return get
 
 
-def run_row_ops(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, str] | None
+def run_row_ops(shard: pl.DataFrame, ops: list[OpParams], tokenizer: Any
                 ) -> tuple[pl.DataFrame, list[pl.DataFrame | None], list[dict[str, Any]]]:
     """``row`` ops chained on one shard, in a worker: kept rows, each op's rejected rows (None when
     none) and figures (``in``, ``out``, ``counters``, ``seconds``)."""
@@ -195,7 +197,7 @@ def run_row_ops(shard: pl.DataFrame, ops: list[OpParams], tokenizer: tuple[str, 
     for params in ops:
         t0 = time.perf_counter()
         n_in = shard.height
-        result = REGISTRY[params.op](params, _token_getter(tokenizer)).apply(shard)
+        result = REGISTRY[params.op](params, token_getter(tokenizer)).apply(shard)
         rej = result.rejected if result.rejected is not None and result.rejected.height else None
         rejected.append(rej)
         shard = result.kept

@@ -59,7 +59,7 @@ from realchat.curation.ops.base import OpParams
 from realchat.curation.ops.exact_dedup import normalised_user_text
 from realchat.curation.pipeline import (BASE_SCHEMA, REJECT_COLUMNS, label_rejected, normalised, run_row_ops,
                                         source_rule, tokenizer_spec)
-from realchat.curation.ops.near_dedup import clusters, shingles
+from realchat.curation.ops.near_dedup import clusters, signatures
 from realchat.errors import RealChatError, RecipeError
 from realchat.interrupts import keep_terminate_handler
 
@@ -115,12 +115,9 @@ def _exact_group(batch: Any) -> Any:
 
 def _band_rows(shard: pl.DataFrame, p: OpParams, bands: int, rows: int, ref: bool) -> Any:
     """One row per (conversation, LSH band): the band's hash, its bytes, and the whole signature."""
-    from datasketch import MinHash
-
     orders = (shard["_order"] if ref else shard.select(_order(shard))["_order"]).to_list()
     texts = shard.select(normalised_user_text(shard, True, False).alias("t"))["t"].to_list()
-    sigs = [m.hashvalues for m in MinHash.generator(
-        (list(shingles(t, p.shingle_size)) for t in texts), num_perm=p.num_perm, seed=p.seed)]  # type: ignore[attr-defined]
+    sigs = signatures(texts, p)  # datasketch's values, the whole shard at once
     out_order, out_h, out_band, out_sig = [], [], [], []
     for order, hv in zip(orders, sigs):
         sig = hv.astype(np.uint64).tobytes()

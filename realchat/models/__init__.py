@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -93,14 +94,29 @@ class TokenCounter:
     dropped), so memory stays bounded on inputs of any size.
     """
 
-    def __init__(self, tokenizer: Any, batch_size: int = 2048, memo_chars: int = 1 << 25) -> None:
+    def __init__(self, tokenizer: Any, batch_size: int = 2048, memo_chars: int = 1 << 25,
+                 overheads: tuple[int, int] | None = None) -> None:
+        """``tokenizer``: a transformers tokenizer, or a bare ``tokenizers.Tokenizer`` with the
+        template's ``overheads`` (turn, base) given, as a worker process gets it (:meth:`portable`)."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.memo_chars = memo_chars
         self._memo: dict[str, int] = {}  # newer generation
         self._memo_old: dict[str, int] = {}
         self._memo_size = 0  # characters held by the newer generation
-        self.turn_overhead, self.base_overhead = self._template_overheads()
+        from realchat.models.pretokens import PreTokenCounter
+
+        self._backend = getattr(tokenizer, "_tokenizer", None) if overheads is None else tokenizer
+        #: Exact counts by pre-token where the tokenizer's layout allows proving them (most texts).
+        self._pretokens = PreTokenCounter.of(self._backend) if self._backend is not None else None
+        self.turn_overhead, self.base_overhead = overheads or self._template_overheads()
+
+    def portable(self) -> "PortableCounter | None":
+        """What a worker process needs to count as this counter does without importing transformers
+        (2-3 s of its start-up): the Rust tokenizer's JSON and the template's overheads."""
+        if self._backend is None or not hasattr(self._backend, "to_str"):
+            return None
+        return PortableCounter(self._backend.to_str(), self.turn_overhead, self.base_overhead)
 
     def count(self, texts: list[str], remember: bool = True) -> list[int]:
         """Token counts of ``texts`` (no special tokens added), in order.
@@ -133,8 +149,18 @@ class TokenCounter:
         return out
 
     def _tokenize(self, texts: list[str]) -> list[int]:
+        if self._pretokens is None:
+            return self._encode(texts)
+        counts = self._pretokens.count(texts)
+        rest = [i for i, n in enumerate(counts) if n is None]
+        for i, n in zip(rest, self._encode([texts[i] for i in rest])):
+            counts[i] = n
+        return counts  # type: ignore[return-value]
+
+    def _encode(self, texts: list[str]) -> list[int]:
+        """The tokenizer's own counts, in batches (the Rust tokenizer spreads a batch over the cores)."""
         out: list[int] = []
-        backend = getattr(self.tokenizer, "_tokenizer", None)
+        backend = self._backend
         for i in range(0, len(texts), self.batch_size):
             chunk = texts[i : i + self.batch_size]
             if backend is not None and hasattr(backend, "encode_batch_fast"):
@@ -174,6 +200,20 @@ class TokenCounter:
         turn = max(two - one - n_b, 0)
         base = max(one - n_a - turn, 0)
         return turn, base
+
+
+@dataclass(frozen=True)
+class PortableCounter:
+    """A :class:`TokenCounter` as plain data, for a worker process (see :meth:`TokenCounter.portable`)."""
+
+    tokenizer_json: str
+    turn_overhead: int
+    base_overhead: int
+
+    def load(self) -> TokenCounter:
+        from tokenizers import Tokenizer
+
+        return TokenCounter(Tokenizer.from_str(self.tokenizer_json), overheads=(self.turn_overhead, self.base_overhead))
 
 
 @lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""near_dedup: MinHash LSH over the user turns (datasketch signatures, numpy banding).
+"""near_dedup: MinHash LSH over the user turns (datasketch's signatures, computed a chunk at a time; numpy banding).
 
 Near-duplicates are the same request with a typo fixed, a name changed, a paragraph added: ShareGPT
 has many, because users shared the same prompt templates. Each conversation's normalised user text is
@@ -26,12 +26,12 @@ the reference (``near-duplicate of X in reference curate_2023``).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from datasketch import MinHash, MinHashLSH
 from pydantic import Field
 
 from realchat.curation.ops.base import Filter, OpParams, OpResult
@@ -40,6 +40,8 @@ from realchat.recipe.refs import DatasetRef
 
 _BUCKET_CAP = 2_000
 _VERIFY_BATCH = 100_000
+#: Shingles hashed and permuted together: 32,768 x 128 permutations x 4 bytes = 16 MB at a time.
+_SHINGLE_BLOCK = 32_768
 _FNV = np.uint64(0x100000001B3)
 
 
@@ -61,15 +63,75 @@ def shingles(text: str, size: int) -> set[bytes]:
     words = text.split()
     if len(words) <= size:
         return {" ".join(words).encode()}
-    return {" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)}
+    return {s.encode() for s in map(" ".join, zip(*(words[k:] for k in range(size))))}
+
+
+def _permutations(p: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """datasketch's own permutation parameters ``(a, b)`` for ``num_perm`` and ``seed`` when its scheme
+    is the one :func:`signatures` reproduces (``affine32``: sha1's first 4 bytes, the MurmurHash3
+    finaliser, ``a * h + b`` wrapping at 2**32); None for any other scheme (then datasketch computes)."""
+    from datasketch import MinHash
+    from datasketch.hashfunc import sha1_hash32
+
+    m = MinHash(num_perm=p.num_perm, seed=p.seed)
+    if getattr(m, "scheme", None) != "affine32" or m.hashfunc is not sha1_hash32:
+        return None
+    a, b = m.permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser (what datasketch's ``affine32`` scheme mixes each hash with)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
 
 
 def signatures(texts: list[str], p: Any) -> np.ndarray:
-    """``[len(texts), num_perm]`` uint32 MinHash values (datasketch keeps them below 2**32)."""
-    sigs = np.zeros((len(texts), p.num_perm), dtype=np.uint32)
-    gen = MinHash.generator((list(shingles(t, p.shingle_size)) for t in texts), num_perm=p.num_perm, seed=p.seed)
-    for k, m in enumerate(gen):  # the generator shares one set of permutations across all signatures
-        sigs[k] = m.hashvalues
+    """``[len(texts), num_perm]`` uint32 MinHash values, datasketch's for the same seed and shingles.
+
+    Why not ``MinHash.generator``: it takes one text at a time, and the per-text numpy calls and the
+    ``struct.unpack`` per shingle were most of near dedup's time. Here every shingle of the chunk is
+    hashed into one array (sha1's first 4 bytes, little-endian, as datasketch's ``sha1_hash32``), and
+    the permutations and the minimum per text are whole-array operations over blocks of shingles
+    (``np.minimum.reduceat`` at the texts' boundaries). uint32 arithmetic wraps at 2**32 exactly as
+    datasketch's does, so the values are the same bit for bit (``tests/test_curate_speed.py`` checks it on
+    the shipped conversations)."""
+    perms = _permutations(p)
+    if perms is None:  # another datasketch scheme: its own code, one text at a time
+        from datasketch import MinHash
+
+        sigs = np.zeros((len(texts), p.num_perm), dtype=np.uint32)
+        gen = MinHash.generator((list(shingles(t, p.shingle_size)) for t in texts), num_perm=p.num_perm, seed=p.seed)
+        for k, m in enumerate(gen):
+            sigs[k] = m.hashvalues
+        return sigs
+    a, b = perms
+    sigs = np.empty((len(texts), p.num_perm), dtype=np.uint32)
+    sha1 = hashlib.sha1
+    done = 0
+    while done < len(texts):
+        # a block of texts whose shingles are about _SHINGLE_BLOCK (one text alone may be more)
+        counts: list[int] = []
+        digests: list[bytes] = []
+        while done + len(counts) < len(texts) and (not counts or len(digests) < _SHINGLE_BLOCK):
+            grams = shingles(texts[done + len(counts)], p.shingle_size)
+            counts.append(len(grams))  # never 0: an empty text is one empty shingle
+            digests.extend(sha1(g).digest()[:4] for g in grams)
+        hv = _fmix32(np.frombuffer(b"".join(digests), dtype="<u4").astype(np.uint32))
+        starts = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.int64)
+        block = np.full((len(counts), p.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+        for s in range(0, hv.size, _SHINGLE_BLOCK):  # a text's shingles may span several slices
+            e = min(s + _SHINGLE_BLOCK, hv.size)
+            first = int(np.searchsorted(starts, s, "right")) - 1
+            last = int(np.searchsorted(starts, e, "left"))  # texts first..last-1 have shingles here
+            local = np.maximum(starts[first:last], s) - s
+            part = np.minimum.reduceat(hv[s:e, None] * a + b, local, axis=0)
+            np.minimum(block[first:last], part, out=block[first:last])
+        sigs[done:done + len(counts)] = block
+        done += len(counts)
     return sigs
 
 
@@ -156,6 +218,8 @@ class NearDedup(Filter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        from datasketch import MinHashLSH  # here, not at import: it pulls in scipy (0.7 s of a worker's start)
+
         p: Params = self.params  # type: ignore[assignment]
         lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # datasketch's choice of bands
         self.bands, self.rows = lsh.b, lsh.r
