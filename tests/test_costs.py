@@ -187,8 +187,7 @@ def test_batch_answerer_completes_and_reattaches_after_kill_9(recipe, tmp_path):
         rounds = 3
         assert fake.created == [f"batch-{i:04d}" for i in range(rounds)]
         assert fake.retrieved["batch-0000"] > polled  # the rerun polled the killed run's batch
-        uploads = [k for k in fake.files if not k.startswith("file-out")]
-        assert len(uploads) == rounds
+        assert len(fake.uploads()) == rounds
         assert len(_conversations(tmp_path)) == 8
         stats = _stats(tmp_path)
         ans = stats["usage"]["roles"]["answerer"]
@@ -225,3 +224,101 @@ def test_plan_estimates_calls_tokens_and_cost_of_served_steps(recipe, fake):
     assert steps["curate"]["estimate"] == []
     r = runner.invoke(app, ["plan", str(path)])
     assert r.exit_code == 0 and "estimated model calls and tokens" in r.output and "an estimate" in r.output
+
+
+# -- the judge and the intent summariser through the Batch API ------------------------------------
+
+EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
+JUDGE_PRICES = {"currency": "EUR", "models": {"fake-a": {"input": 1.0, "output": 2.0},
+                                              "fake-b": {"input": 1.0, "output": 2.0},
+                                              "fake-judge": {"input": 3.0, "output": 12.0}}}
+
+
+def _kill_when_batch_pending(path: Path, states: str, timeout_s: float = 120) -> dict:
+    """Build ``path`` in a subprocess, SIGKILL it as soon as a batch id is in a state file matching
+    ``states`` (the fake holds every batch pending meanwhile); the state file's content."""
+    proc = subprocess.Popen([sys.executable, "-m", "realchat.cli", "build", str(path), "--no-progress", "--no-push"],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state: dict = {}
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None and not state.get("batch_id"):
+        for f in path.parent.glob(states):
+            state = json.loads(f.read_text() or "{}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return state
+
+
+@pytest.fixture
+def eval_recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir):
+    """An evaluate step with MT-Bench only: two served models answer, a served judge grades (single
+    and pairwise) with FastChat's prompts from ../shared/eval."""
+
+    def make(base_url: str, judge: dict | None = None, **evaluate) -> Path:
+        path = make_recipe(write_json_array(sharegpt_records[:10]), filters=[{"op": "shape"}], name="cost")
+        doc = yaml.safe_load(path.read_text())
+        server = {"kind": "openai", "base_url": base_url, "max_concurrency": 4, "timeout_s": 30, "max_retries": 0}
+        doc["steps"]["evaluate"] = {
+            "kind": "evaluate", "tokenizer": str(tiny_model_dir),
+            "benchmark": {"questions": str(EVAL), "benchmarks": ["mt_bench"], "max_questions": 3,
+                          "max_new_tokens": 5, "judge_max_new_tokens": 16, "modes": ["single", "pairwise"],
+                          "models": [{"name": "m-a", "backend": {**server, "model": "fake-a"}},
+                                     {"name": "m-b", "backend": {**server, "model": "fake-b"}}],
+                          "pairwise_baseline": "m-b",
+                          "judge": {**server, "model": "fake-judge", **(judge or {})}},
+            **evaluate}
+        doc["prices"] = JUDGE_PRICES
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return make
+
+
+def test_batch_judge_grades_through_the_batch_api_and_reattaches_after_kill_9(eval_recipe, tmp_path):
+    with FakeOpenAI(polls_to_finish=2) as fake:
+        path = eval_recipe(fake.base_url, judge={"batch": True, "batch_poll_s": 0.05})
+        assert _build(path, "--only", "curate").exit_code == 0
+        fake.hold.set()  # no batch completes until the killed run is gone
+        state = _kill_when_batch_pending(path, "runs/cost/.work/evaluate-*/batches/*.json")
+        # the answers were asked one by one, then the judge's first batch (single grading) went out
+        assert state.get("batch_id") == "batch-0000" and fake.created == ["batch-0000"], state
+        assert fake.batches["batch-0000"]["status"] == "in_progress"
+        answered = {k: fake.usage[f"/v1/chat/completions:{k}"] for k in ("calls", "prompt", "completion")}
+        assert answered["calls"] == 2 * 3 * 2  # 2 models × 3 MT-Bench questions × 2 turns
+        fake.hold.clear()
+
+        r = _build(path)
+        assert r.exit_code == 0, r.output
+        assert "re-attached" in r.output
+        # single grading re-attached to the killed run's batch, pairwise one more: nothing paid twice
+        assert fake.created == ["batch-0000", "batch-0001"]
+        assert fake.usage["/v1/chat/completions:calls"] == answered["calls"]  # the answers were not asked again
+        uploads = [f.decode().splitlines() for f in fake.uploads()]
+        assert [len(u) for u in uploads] == [2 * 3 * 2, 1 * 3 * 2 * 2]  # verdicts; pairwise: both orders
+
+        out = tmp_path / "runs" / "cost" / "evaluate"
+        folder = out / "benchmarks" / "mt_bench" / "model_judgment"
+        single = [json.loads(x) for x in (folder / "fake-judge_single.jsonl").read_text().splitlines()]
+        pair = [json.loads(x) for x in (folder / "fake-judge_pair.jsonl").read_text().splitlines()]
+        # every verdict came back and parses: the judge's answers are the batch output's, verbatim
+        served = {json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
+                  for k, f in fake.files.items() if k.startswith("file-out") for x in f.decode().splitlines()}
+        assert len(single) == 12 and all(1 <= r["score"] <= 10 and r["judgment"] in served for r in single)
+        assert len(pair) == 6 and all(r["g1_winner"] in ("model_1", "model_2") and r["g2_winner"] in (
+            "model_1", "model_2") and {r["g1_judgment"], r["g2_judgment"]} <= served for r in pair)
+
+        usage = json.loads((out / "stats.json").read_text())["report"]["usage"]
+        judge = usage["roles"]["judge"]
+        assert judge["batch"] is True and judge["calls"] == fake.usage["batch:calls"] == 24
+        assert judge["prompt_tokens"] == fake.usage["batch:prompt"] > 0
+        assert judge["completion_tokens"] == fake.usage["batch:completion"] > 0
+        # a Batch API verdict costs prices.batch_share (half) of the listed price
+        assert judge["cost"] == pytest.approx((judge["prompt_tokens"] * 3.0 + judge["completion_tokens"] * 12.0) / 2e6)
+        # the answers the killed run paid for were saved before the judge's batch went out
+        a, b = usage["roles"]["answers:m-a"], usage["roles"]["answers:m-b"]
+        assert a["batch"] is False and a["calls"] + b["calls"] == answered["calls"]
+        assert a["prompt_tokens"] + b["prompt_tokens"] == answered["prompt"]
+        assert a["completion_tokens"] + b["completion_tokens"] == answered["completion"]
+        assert usage["tokens_this_run"] == judge["tokens"]
