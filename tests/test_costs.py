@@ -322,3 +322,37 @@ def test_batch_judge_grades_through_the_batch_api_and_reattaches_after_kill_9(ev
         assert a["prompt_tokens"] + b["prompt_tokens"] == answered["prompt"]
         assert a["completion_tokens"] + b["completion_tokens"] == answered["completion"]
         assert usage["tokens_this_run"] == judge["tokens"]
+
+
+def test_failed_requests_of_a_completed_batch_are_resubmitted_on_the_rerun(tmp_path):
+    """A batch completes with some request lines failed: the run that gets it reports them failed; a
+    rerun asking the same requests re-attaches, and resubmits only those, in a new batch."""
+    from openai import OpenAI
+
+    from realchat.models.batch_api import run_batch
+
+    bodies = [{"model": "fake-chat", "max_tokens": 5, "messages": [{"role": "user", "content": text}]}
+              for text in ("one question", "a FLAKY question", "third question", "another FLAKY one")]
+    with FakeOpenAI(polls_to_finish=1) as fake:
+        client = OpenAI(base_url=fake.base_url, api_key="none", max_retries=0)
+        logs: list[str] = []
+
+        def run():
+            return run_batch(client, bodies, tmp_path / "batches", fake.base_url, "24h", 0.01, logs.append)
+
+        fake.fail_marker = "FLAKY"
+        first = run()
+        assert ["error" in o for o in first] == [False, True, False, True]
+        assert "HTTP 500" in first[1]["error"] and fake.created == ["batch-0000"]
+
+        fake.fail_marker = None  # the server's trouble is over
+        second = run()
+        assert all("body" in o for o in second) and fake.created == ["batch-0000", "batch-0001"]
+        assert [o["body"] for o in second[::2]] == [o["body"] for o in first[::2]]  # answered ones: not asked again
+        resubmitted = [json.loads(x)["body"] for x in fake.uploads()[1].decode().splitlines()]
+        assert resubmitted == [bodies[1], bodies[3]]
+        assert any("2 of 4 requests failed" in line and "resubmitting" in line for line in logs)
+
+        third = run()  # everything answered: re-attaches to both batches, submits nothing
+        assert third == second and fake.created == ["batch-0000", "batch-0001"]
+        client.close()
