@@ -24,7 +24,8 @@ from realchat.cli import app
 
 runner = CliRunner()
 PRICES = {"currency": "EUR", "models": {"fake-sim": {"input": 2.0, "output": 8.0},
-                                        "fake-chat": {"input": 1.5, "output": 6.0}}}
+                                        "fake-chat": {"input": 1.5, "output": 6.0},
+                                        "fake-sum": {"input": 0.5, "output": 1.0}}}
 
 
 @pytest.fixture
@@ -315,7 +316,8 @@ def test_batch_judge_grades_through_the_batch_api_and_reattaches_after_kill_9(ev
         assert judge["prompt_tokens"] == fake.usage["batch:prompt"] > 0
         assert judge["completion_tokens"] == fake.usage["batch:completion"] > 0
         # a Batch API verdict costs prices.batch_share (half) of the listed price
-        assert judge["cost"] == pytest.approx((judge["prompt_tokens"] * 3.0 + judge["completion_tokens"] * 12.0) / 2e6)
+        assert judge["cost"] == pytest.approx((judge["prompt_tokens"] * 3.0 + judge["completion_tokens"] * 12.0) / 2e6,
+                                             abs=1e-6)
         # the answers the killed run paid for were saved before the judge's batch went out
         a, b = usage["roles"]["answers:m-a"], usage["roles"]["answers:m-b"]
         assert a["batch"] is False and a["calls"] + b["calls"] == answered["calls"]
@@ -356,3 +358,42 @@ def test_failed_requests_of_a_completed_batch_are_resubmitted_on_the_rerun(tmp_p
         third = run()  # everything answered: re-attaches to both batches, submits nothing
         assert third == second and fake.created == ["batch-0000", "batch-0001"]
         client.close()
+
+
+def test_batch_intent_summariser_one_batch_per_batch_size_and_reattaches_after_kill_9(recipe, tmp_path):
+    with FakeOpenAI(polls_to_finish=2) as fake:
+        summarizer = {"backend": {"kind": "openai", "base_url": fake.base_url, "model": "fake-sum", "batch": True,
+                                  "batch_poll_s": 0.05, "max_retries": 0},
+                      "batch_size": 4, "max_new_tokens": 5}
+        path = recipe(fake.base_url, intent={"source": "dataset", "dataset": "curate", "summarizer": summarizer})
+        assert _build(path, "--only", "curate").exit_code == 0
+        fake.hold.set()
+        state = _kill_when_batch_pending(path, "runs/cost/.work/simulate-*/batches/*.json")
+        assert state.get("batch_id") == "batch-0000" and fake.created == ["batch-0000"], state
+        assert fake.batches["batch-0000"]["status"] == "in_progress"
+        fake.hold.clear()
+
+        r = _build(path)
+        assert r.exit_code == 0, r.output
+        assert "re-attached" in r.output
+        out = tmp_path / "runs" / "cost" / "simulate"
+        intents = [json.loads(x) for x in (out / "intents" / "intents.jsonl").read_text().splitlines()]
+        n = len(intents)
+        # one batch per 4 conversations, the first one the killed run's: each conversation asked once
+        batches = -(-n // 4)
+        assert n > 4 and fake.created == [f"batch-{i:04d}" for i in range(batches)]
+        uploads = [f.decode().splitlines() for f in fake.uploads()]
+        assert [len(u) for u in uploads] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+        # every conversation got its summary: the batch output's answer, verbatim (one line, ≤ 5 words)
+        served = {json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
+                  for k, f in fake.files.items() if k.startswith("file-out") for x in f.decode().splitlines()}
+        assert all(i["intent"] and i["intent"] in served and i.get("key") for i in intents)
+        assert len({i["id"] for i in intents}) == n
+        roles = _stats(tmp_path)["usage"]["roles"]
+        s = roles["intent_summarizer"]
+        assert s["batch"] is True and s["calls"] == fake.usage["batch:calls"] == n
+        assert s["prompt_tokens"] == fake.usage["batch:prompt"] > 0
+        assert s["completion_tokens"] == fake.usage["batch:completion"] > 0
+        assert s["cost"] == pytest.approx((s["prompt_tokens"] * 0.5 + s["completion_tokens"] * 1.0) / 2e6, abs=1e-6)
+        assert roles["answerer"]["batch"] is False and fake.usage["/v1/chat/completions:calls"] == roles[
+            "answerer"]["calls"] > 0  # the answerer was not batched: only the summariser's calls went in batches
