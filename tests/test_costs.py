@@ -397,3 +397,48 @@ def test_batch_intent_summariser_one_batch_per_batch_size_and_reattaches_after_k
         assert s["cost"] == pytest.approx((s["prompt_tokens"] * 0.5 + s["completion_tokens"] * 1.0) / 2e6, abs=1e-6)
         assert roles["answerer"]["batch"] is False and fake.usage["/v1/chat/completions:calls"] == roles[
             "answerer"]["calls"] > 0  # the answerer was not batched: only the summariser's calls went in batches
+
+
+def test_sft_budget_stops_the_intent_summariser_and_a_rerun_resumes(make_recipe, write_json_array, sharegpt_records,
+                                                                    tiny_model_dir, tmp_path):
+    from realchat.intents import cache_path
+
+    with FakeOpenAI() as fake:
+        path = make_recipe(write_json_array(sharegpt_records[:12]), filters=[{"op": "shape"}], name="im")
+        doc = yaml.safe_load(path.read_text())
+        doc["steps"]["usergpt"] = {
+            "kind": "sft", "loss_on": "user", "base_model": str(tiny_model_dir), "dataset": "curate",
+            "max_length": 512, "max_steps": 1, "per_device_train_batch_size": 2, "save_steps": 1,
+            "max_tokens_total": 1,
+            "intent": {"source": "model", "summarizer": {
+                "backend": {"kind": "openai", "base_url": fake.base_url, "model": "fake-sum", "max_retries": 0},
+                "batch_size": 4, "max_new_tokens": 5}}}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+        # the first batch of summaries spends the budget: the step stops before the second, exit 3
+        r = _build(path)
+        assert r.exit_code == 3, r.output
+        text = " ".join(r.output.split())
+        assert "steps.usergpt.max_tokens_total" in text and "intent summaries written so far are kept" in text
+        assert not (tmp_path / "runs" / "im" / "usergpt").exists()  # nothing trained, nothing written
+        assert fake.usage["/v1/chat/completions:calls"] == 4 and len(cache_path().read_text().splitlines()) == 4
+
+        r = _build(path)  # the same limit: what the stopped run spent counts, nothing is asked
+        assert r.exit_code == 3 and fake.usage["/v1/chat/completions:calls"] == 4, r.output
+
+        # a higher limit resumes (budgets are not in the fingerprint): only the rest is summarised
+        r = _build(path, "--set", "steps.usergpt.max_tokens_total=100000000")
+        assert r.exit_code == 0, r.output
+        it = json.loads((tmp_path / "runs" / "im" / "usergpt" / "stats.json").read_text())["intents"]
+        n = it["with_intent"] + it["without_intent"]
+        assert n > 4 and it["summarized_this_run"] == n - 4 == fake.usage["/v1/chat/completions:calls"] - 4
+        s = it["usage"]["roles"]["intent_summarizer"]
+        assert s["calls"] == n and s["prompt_tokens"] == fake.usage["/v1/chat/completions:prompt"]
+        assert s["completion_tokens"] == fake.usage["/v1/chat/completions:completion"]
+        assert 0 < it["usage"]["tokens_this_run"] < it["usage"]["total_tokens"]  # every run of the step counted
+
+        # a budget on an sft step without a served summariser would bound nothing: refused
+        doc["steps"]["usergpt"].pop("intent")
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        r = _build(path)
+        assert r.exit_code == 2 and "steps.usergpt" in r.output and "intent summariser" in " ".join(r.output.split())

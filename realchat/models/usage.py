@@ -168,9 +168,10 @@ class Meter:
     def cost(self) -> float:
         return sum(role_cost(u, self.prices) or 0.0 for u in self.roles.values())
 
-    def check(self) -> None:
+    def check(self, kept: str = "the conversations and answers finished so far are kept") -> None:
         """Raise :class:`BudgetReached` when a limit is spent (called before each request or batch).
-        What was recorded is saved first: the request about to go out may be a batch that takes hours."""
+        What was recorded is saved first: the request about to go out may be a batch that takes hours.
+        ``kept``: what the stopped step keeps, for the message."""
         if self._unsaved:
             self.save()
         if self.max_tokens_total is not None and self.tokens >= self.max_tokens_total:
@@ -181,8 +182,7 @@ class Meter:
         else:
             return
         self.save()
-        raise BudgetReached(f"budget reached: {spent} spent (limit {key} {limit}); the conversations and "
-                            "answers finished so far are kept", field=key,
+        raise BudgetReached(f"budget reached: {spent} spent (limit {key} {limit}); {kept}", field=key,
                             hint=f"raise {key} (e.g. --set steps.<step>.{key}=...) and rerun: the step resumes "
                                  "where it stopped, counting what was already spent")
 
