@@ -155,6 +155,18 @@ def test_max_tokens_total_stops_too(recipe, fake, tmp_path):
     assert "max_tokens_total" in " ".join(r.output.split())
 
 
+def test_a_budget_stops_simulates_intent_summariser_between_its_batches(recipe, fake):
+    summarizer = {"backend": {"kind": "openai", "base_url": fake.base_url, "model": "fake-sum", "max_retries": 0},
+                  "batch_size": 4, "max_new_tokens": 5}
+    r = _build(recipe(fake.base_url, prices=None, max_tokens_total=1,
+                      intent={"source": "dataset", "dataset": "curate", "summarizer": summarizer}))
+    assert r.exit_code == 3, r.output
+    text = " ".join(r.output.split())
+    assert "steps.simulate.max_tokens_total" in text and "intent summaries written so far are kept" in text
+    # one batch of summaries, then the stop: no session was simulated
+    assert fake.usage["/v1/chat/completions:calls"] == 4 and fake.usage["/v1/completions:calls"] == 0
+
+
 def test_max_cost_needs_a_price_for_every_endpoint(recipe, fake):
     r = _build(recipe(fake.base_url, prices={"models": {"fake-sim": {"input": 1, "output": 1}}}, max_cost=1.0))
     assert r.exit_code == 2, r.output
