@@ -35,6 +35,13 @@ def fake():
 
 
 @pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A RealChat cache of this test's own: intent summaries are cached by request across steps and
+    builds, so another test's summaries of the same conversations would be found there."""
+    monkeypatch.setenv("REALCHAT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
 def recipe(make_recipe, write_json_array, sharegpt_records, tiny_model_dir):
     def make(base_url: str, prices: dict | None = PRICES, answerer: dict | None = None, **simulate) -> Path:
         path = make_recipe(write_json_array(sharegpt_records[:20]), filters=[{"op": "shape"}], name="cost")
@@ -155,7 +162,7 @@ def test_max_tokens_total_stops_too(recipe, fake, tmp_path):
     assert "max_tokens_total" in " ".join(r.output.split())
 
 
-def test_a_budget_stops_simulates_intent_summariser_between_its_batches(recipe, fake):
+def test_a_budget_stops_simulates_intent_summariser_between_its_batches(recipe, fake, own_cache):
     summarizer = {"backend": {"kind": "openai", "base_url": fake.base_url, "model": "fake-sum", "max_retries": 0},
                   "batch_size": 4, "max_new_tokens": 5}
     r = _build(recipe(fake.base_url, prices=None, max_tokens_total=1,
@@ -372,7 +379,7 @@ def test_failed_requests_of_a_completed_batch_are_resubmitted_on_the_rerun(tmp_p
         client.close()
 
 
-def test_batch_intent_summariser_one_batch_per_batch_size_and_reattaches_after_kill_9(recipe, tmp_path):
+def test_batch_intent_summariser_one_batch_per_batch_size_and_reattaches_after_kill_9(recipe, tmp_path, own_cache):
     with FakeOpenAI(polls_to_finish=2) as fake:
         summarizer = {"backend": {"kind": "openai", "base_url": fake.base_url, "model": "fake-sum", "batch": True,
                                   "batch_poll_s": 0.05, "max_retries": 0},
@@ -412,7 +419,7 @@ def test_batch_intent_summariser_one_batch_per_batch_size_and_reattaches_after_k
 
 
 def test_sft_budget_stops_the_intent_summariser_and_a_rerun_resumes(make_recipe, write_json_array, sharegpt_records,
-                                                                    tiny_model_dir, tmp_path):
+                                                                    tiny_model_dir, tmp_path, own_cache):
     from realchat.intents import cache_path
 
     with FakeOpenAI() as fake:
