@@ -204,7 +204,7 @@ def summarize(convs: list[dict[str, Any]], cfg: IntentSummarizer, open_model: Ca
             for k in range(0, len(todo), cfg.batch_size):
                 chunk = todo[k : k + cfg.batch_size]
                 if meter is not None:
-                    meter.check()
+                    meter.check("the intent summaries written so far are kept (cached: a rerun asks only the rest)")
                 gens = model.chat([[{"role": "user", "content": requests[i]}] for i in chunk], sampling)
                 if meter is not None:
                     meter.record("intent_summarizer", gens)

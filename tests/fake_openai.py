@@ -2,13 +2,17 @@
 ``openai`` client talks to as it talks to OpenAI.
 
 * ``POST /v1/completions`` and ``POST /v1/chat/completions`` answer at once, deterministically: the text
-  is a digest of the request's prompt or messages (so a rerun asks and gets the very same), and the
-  ``usage`` it reports (prompt tokens = words of the prompt, completion tokens = words of the answer)
-  is added to the server's own tallies, which the tests compare with RealChat's.
+  is a digest of the model name and the request's prompt or messages (so a rerun asks and gets the
+  very same), and the ``usage`` it reports (prompt tokens = words of the prompt, completion tokens =
+  words of the answer) is added to the server's own tallies, which the tests compare with RealChat's.
+  A request carrying FastChat's judge instructions gets a verdict FastChat parses: ``Rating: [[n]]``
+  (n in 1-10, from the digest) for single grading, ``[[A]]`` or ``[[B]]`` for pairwise.
 * The Batch API: ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}/content``,
-  ``POST /v1/batches``, ``GET /v1/batches/{id}``. A batch stays ``in_progress`` for ``polls_to_finish``
-  retrievals, then completes: each request line is answered as ``/v1/chat/completions`` would answer
-  it, into an output file. Creations and retrievals are counted per batch.
+  ``POST /v1/batches``, ``GET /v1/batches/{id}``. A batch stays ``in_progress`` while ``hold`` is set
+  and for ``polls_to_finish`` retrievals, then completes: each request line is answered as
+  ``/v1/chat/completions`` would answer it, into an output file, except the lines whose messages
+  contain ``fail_marker``: those get an error line in the batch's error file (as OpenAI reports a
+  failed request of a completed batch). Creations and retrievals are counted per batch.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ class FakeOpenAI:
         self.batches: dict[str, dict[str, Any]] = {}
         self.created: list[str] = []  # batch ids in creation order
         self.retrieved: Counter[str] = Counter()
+        #: While set, no batch completes (a test kills its client while the batch is surely pending).
+        self.hold = threading.Event()
+        #: A batch request whose messages contain this text fails (an error line; None: none fails).
+        self.fail_marker: str | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -49,6 +57,11 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+    def uploads(self) -> list[bytes]:
+        """The batch input files uploaded, in order (the server's own output and error files left out)."""
+        with self.lock:
+            return [v for k, v in self.files.items() if not k.startswith(("file-out", "file-err"))]
+
     # -- answers ----------------------------------------------------------------------------------
 
     def answer(self, endpoint: str, body: dict[str, Any], count: bool = True) -> dict[str, Any]:
@@ -58,8 +71,12 @@ class FakeOpenAI:
         else:
             prompt = body["prompt"]
             seen = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
-        digest = hashlib.sha256(seen.encode()).hexdigest()
+        digest = hashlib.sha256(f"{body.get('model')}|{seen}".encode()).hexdigest()
         words = ["item", digest[:6], "about", digest[6:12], "please"][: max(1, min(5, body.get("max_tokens") or 5))]
+        if '"[[A]]" if assistant A is better' in seen:  # FastChat's pairwise judge prompts
+            words = ["verdict", digest[:6], "[[A]]" if int(digest[6], 16) % 2 else "[[B]]"]
+        elif '"[[rating]]"' in seen:  # FastChat's single-grading judge prompts
+            words = ["verdict", digest[:6], "Rating:", f"[[{1 + int(digest[6:8], 16) % 10}]]"]
         text = " ".join(words)
         usage = {"prompt_tokens": len(seen.split()), "completion_tokens": len(words)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -80,10 +97,17 @@ class FakeOpenAI:
         with self.lock:
             b = self.batches[batch_id]
             self.retrieved[batch_id] += 1
-            if b["status"] == "in_progress" and self.retrieved[batch_id] >= self.polls_to_finish:
-                lines = []
+            if (b["status"] == "in_progress" and self.retrieved[batch_id] >= self.polls_to_finish
+                    and not self.hold.is_set()):
+                lines, errors = [], []
                 for line in self.files[b["input_file_id"]].decode().splitlines():
                     req = json.loads(line)
+                    if self.fail_marker and any(self.fail_marker in m["content"] for m in req["body"]["messages"]):
+                        errors.append(json.dumps({"id": "r", "custom_id": req["custom_id"], "response": {
+                            "status_code": 500, "request_id": "x",
+                            "body": {"error": {"message": "the server had an error", "type": "server_error"}}},
+                            "error": None}))
+                        continue
                     body = self.answer(req["url"], req["body"], count=False)
                     lines.append(json.dumps({"id": "r", "custom_id": req["custom_id"], "error": None, "response": {
                         "status_code": 200, "request_id": "x", "body": body}}))
@@ -92,7 +116,12 @@ class FakeOpenAI:
                     self.usage["batch:calls"] += 1
                 out_id = f"file-out-{batch_id}"
                 self.files[out_id] = ("\n".join(reversed(lines)) + "\n").encode()  # any order: matched by custom_id
-                b.update(status="completed", output_file_id=out_id, completed_at=int(time.time()))
+                b.update(status="completed", output_file_id=out_id, completed_at=int(time.time()),
+                         request_counts={"total": len(lines) + len(errors), "completed": len(lines),
+                                         "failed": len(errors)})
+                if errors:
+                    self.files[f"file-err-{batch_id}"] = ("\n".join(errors) + "\n").encode()
+                    b["error_file_id"] = f"file-err-{batch_id}"
             return dict(b)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -12,7 +12,10 @@ of the requests, in the step's work folder. A rerun after a crash or ``kill -9``
 requests finds the state file and re-attaches to the batch already submitted (or submits the file
 already uploaded) instead of paying again. A batch that ended ``failed``, ``expired`` or ``cancelled``
 has its state file removed, so the next run submits the requests anew; the answers of a completed
-batch stay attached to its requests until the step is done (its work folder goes then).
+batch stay attached to its requests until the step is done (its work folder goes then). A completed
+batch may still have failed some of its requests (an error line each): a rerun that re-attaches to
+it resubmits just those in a new batch (state file keyed by the old batch's id and the failed
+requests), so a request is never stuck on an old failure, and what answered is not paid again.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ def state_path(folder: Path, base_url: str, payload: bytes) -> Path:
 
 
 def run_batch(client: Any, bodies: list[dict[str, Any]], folder: Path, base_url: str, window: str,
-              poll_s: float, log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
-    """Each request's outcome, in order: ``{"body": <chat completion>}`` or ``{"error": <text>}``."""
+              poll_s: float, log: Callable[[str], None] = lambda s: None, retry_of: str = "") -> list[dict[str, Any]]:
+    """Each request's outcome, in order: ``{"body": <chat completion>}`` or ``{"error": <text>}``.
+    ``retry_of``: the batch whose failed requests these are (a different state file than theirs there)."""
     payload = request_lines(bodies)
-    path = state_path(folder, base_url, payload)
+    path = state_path(folder, base_url + (f"|retry-of:{retry_of}" if retry_of else ""), payload)
     state: dict[str, Any] = read_json(path) or {}
+    attached = bool(state.get("batch_id"))
     folder.mkdir(parents=True, exist_ok=True)
     if not state.get("input_file_id"):
         uploaded = client.files.create(file=(f"realchat-{path.stem}.jsonl", payload), purpose="batch")
@@ -88,6 +93,14 @@ def run_batch(client: Any, bodies: list[dict[str, Any]], folder: Path, base_url:
             out.append({"error": f"batch {batch.id}: HTTP {response.get('status_code', '?')}: {str(detail)[:300]}"})
         else:
             out.append({"body": response.get("body") or {}})
+    failed = [i for i, o in enumerate(out) if "error" in o]
+    if attached and batch.status == "completed" and failed:
+        # an earlier run already saw these fail: ask them again (once per run) rather than fail again
+        log(f"batch {batch.id}: {len(failed):,} of {len(bodies):,} requests failed in it; resubmitting them "
+            "in a new batch")
+        again = run_batch(client, [bodies[i] for i in failed], folder, base_url, window, poll_s, log, batch.id)
+        for i, o in zip(failed, again):
+            out[i] = o
     return out
 
 

@@ -11,7 +11,8 @@ model's answers) in a :class:`Meter`, which
 * stops the step (:class:`BudgetReached`) before the next request once ``max_cost`` or
   ``max_tokens_total`` is spent: the step's part file stays, the rerun resumes it;
 * keeps what was spent in ``usage.json`` in the step's work folder (atomically, at most a second
-  behind), so budgets count across resumes: a rerun with a higher budget goes on from what the
+  behind, and up to date before each request or batch goes out: a kill while a Batch API batch is
+  pending forgets nothing spent before it), so budgets count across resumes: a rerun with a higher budget goes on from what the
   stopped runs spent, and the step's stats give the total of all its runs.
 """
 
@@ -123,6 +124,7 @@ class Meter:
         self._before: dict[str, RoleUsage] = {}
         self._lock = threading.Lock()
         self._saved_at = 0.0
+        self._unsaved = False
         if path is not None:
             from realchat.files import read_json
 
@@ -151,6 +153,7 @@ class Meter:
                 u.failed_calls += g.error is not None
                 u.prompt_tokens += int(getattr(g, "prompt_tokens", 0) or 0)
                 u.completion_tokens += int(g.tokens or 0)
+            self._unsaved = True
             due = time.monotonic() - self._saved_at >= self.save_every_s
         if due:
             self.save()
@@ -165,8 +168,12 @@ class Meter:
     def cost(self) -> float:
         return sum(role_cost(u, self.prices) or 0.0 for u in self.roles.values())
 
-    def check(self) -> None:
-        """Raise :class:`BudgetReached` when a limit is spent (called before each request or batch)."""
+    def check(self, kept: str = "the conversations and answers finished so far are kept") -> None:
+        """Raise :class:`BudgetReached` when a limit is spent (called before each request or batch).
+        What was recorded is saved first: the request about to go out may be a batch that takes hours.
+        ``kept``: what the stopped step keeps, for the message."""
+        if self._unsaved:
+            self.save()
         if self.max_tokens_total is not None and self.tokens >= self.max_tokens_total:
             spent, key, limit = f"{self.tokens:,} tokens", "max_tokens_total", f"{self.max_tokens_total:,}"
         elif self.max_cost is not None and self.cost >= self.max_cost:
@@ -175,8 +182,7 @@ class Meter:
         else:
             return
         self.save()
-        raise BudgetReached(f"budget reached: {spent} spent (limit {key} {limit}); the conversations and "
-                            "answers finished so far are kept", field=key,
+        raise BudgetReached(f"budget reached: {spent} spent (limit {key} {limit}); {kept}", field=key,
                             hint=f"raise {key} (e.g. --set steps.<step>.{key}=...) and rerun: the step resumes "
                                  "where it stopped, counting what was already spent")
 
@@ -211,7 +217,7 @@ class Meter:
 
         with self._lock:
             data = {"roles": {r: asdict(u) for r, u in self.roles.items()}}
-            self._saved_at = time.monotonic()
+            self._saved_at, self._unsaved = time.monotonic(), False
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json(self.path, data)
 

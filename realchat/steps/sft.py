@@ -19,6 +19,7 @@ from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.intents import TrainIntents, summarize, with_intent, write_intents
 from realchat.models import served_identity
+from realchat.models.usage import BudgetReached, ServedBudget
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import ChatTemplateRef, DatasetRef, ModelRef
 from realchat.steps.base import StepKind, StepResult
@@ -27,8 +28,12 @@ from realchat.training.checkpoints import checkpoint_faults
 from realchat.training.trainer import TrainingDataError, TrainingSettings, train_sft
 
 
-class SftConfig(StepConfig, TrainingSettings):
-    """Fine-tune ``base_model`` on ``dataset`` with the loss on the ``loss_on`` role's turns."""
+class SftConfig(StepConfig, TrainingSettings, ServedBudget):
+    """Fine-tune ``base_model`` on ``dataset`` with the loss on the ``loss_on`` role's turns.
+
+    ``max_cost`` / ``max_tokens_total`` bound the intent summariser (``intent.source: model``), the
+    step's only served model: a spent budget stops the step before training, the summaries written
+    so far kept in RealChat's cache, and a rerun with a higher limit goes on from them."""
 
     kind: Literal["sft"] = "sft"
     produces: ClassVar[Produces] = "model"
@@ -67,6 +72,15 @@ class SftConfig(StepConfig, TrainingSettings):
     def _intent_for_user(self) -> "SftConfig":
         if self.intent is not None and self.loss_on != "user":
             raise ValueError("intent conditions a user simulator: it needs loss_on: user")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_has_a_model(self) -> "SftConfig":
+        if (self.max_cost is not None or self.max_tokens_total is not None) and (
+                self.intent is None or self.intent.source != "model"):
+            key = "max_cost" if self.max_cost is not None else "max_tokens_total"
+            raise ValueError(f"{key} bounds the intent summariser, the only model an sft step calls; it needs "
+                             "intent: {source: model, summarizer: …} (training itself is not metered)")
         return self
 
 
@@ -199,9 +213,16 @@ def attach_intents(ctx: StepContext, cfg: SftConfig, convs: list[Conversation]) 
             # keyed by request in RealChat's cache: a rerun, another step or another key asks none again
             meter = ctx.meter()
             meter.role("intent_summarizer", summarizer.backend)
-            intents, asked = summarize(convs, summarizer,
-                                       lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                                       log=ctx.console.print, meter=meter)
+            try:
+                intents, asked = summarize(convs, summarizer,
+                                           lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
+                                           log=ctx.console.print, meter=meter)
+            except BudgetReached as e:  # the summaries written so far stay cached: the rerun asks only the rest
+                e.file, e.field = str(ctx.loaded.path), ctx.key(e.field or "max_cost")
+                raise
+            finally:
+                if ranks.is_main():
+                    meter.save()  # what this run spent counts towards the budget of the next
         for c, intent in zip(convs, intents):
             c["intent"] = intent
     have = sum(1 for c in convs if c.get("intent"))

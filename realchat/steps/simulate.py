@@ -226,9 +226,15 @@ def load_intents(ctx: StepContext, cfg: SimulateConfig, out: Path | None = None)
             summarizer = it.summarizer
             meter = ctx.meter()
             meter.role("intent_summarizer", summarizer.backend)
-            got, _ = summarize(missing, summarizer,
-                               lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
-                               log=ctx.console.print, meter=meter)
+            try:
+                got, _ = summarize(missing, summarizer,
+                                   lambda: ctx.open_backend(summarizer.backend, "intent.summarizer.backend"),
+                                   log=ctx.console.print, meter=meter)
+            except BudgetReached as e:  # the summaries written so far stay cached: the rerun asks only the rest
+                e.file, e.field = str(ctx.loaded.path), ctx.key(e.field or "max_cost")
+                raise
+            finally:
+                meter.save()
             for c, intent in zip(missing, got):
                 c["intent"] = intent
         intents = [c["intent"] for c in convs if c.get("intent")]
