@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from realchat.evaluation.fidelity import wilson_interval
+from realchat.evaluation.intervals import bootstrap_interval, wilson_interval
 from realchat.training.chat_format import as_user_simulator, loss_spans
 
 Messages = list[dict[str, str]]
@@ -131,10 +131,8 @@ def ending_scores(rows: Sequence[dict[str, Any]], bootstrap: int = 200, seed: in
 
     tp, fp, fn = counts(rows)
     p, r, f = prf(tp, fp, fn)
-    rng = np.random.default_rng(seed)
-    draws = np.array([prf(*counts([rows[i] for i in rng.integers(0, len(rows), len(rows))]))
-                      for _ in range(bootstrap)])
-    lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+    lo, hi = bootstrap_interval(lambda i: np.array(prf(*counts([rows[k] for k in i]))), len(rows),
+                                resamples=bootstrap, seed=seed)
     parts = [split(x) for x in rows]
     ended = [(before, at_end) for before, at_end in parts if at_end is not None]
     exact = sum(1 for before, at_end in ended if at_end and not any(before))
@@ -250,11 +248,6 @@ def intent_decomposition(conversations: Sequence[tuple[str, Messages]], bootstra
         return {"value": None, "ci95": None, "conversations": 0, "turns": 0}
     sums = np.array([sum(s) for s in per_conv])
     lens = np.array([len(s) for s in per_conv])
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(sums), len(sums))
-        draws.append(sums[idx].sum() / lens[idx].sum())
-    lo, hi = np.percentile(draws, [2.5, 97.5])
+    lo, hi = bootstrap_interval(lambda i: sums[i].sum() / lens[i].sum(), len(sums), resamples=bootstrap, seed=seed)
     return {"value": round(float(sums.sum() / lens.sum()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "conversations": len(per_conv), "turns": int(lens.sum())}

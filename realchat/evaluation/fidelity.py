@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
+from realchat.evaluation.intervals import bootstrap_interval, wilson_interval
 from realchat.recipe.base import DEFAULT_MODEL, Strict
 from realchat.recipe.refs import ChatTemplateRef, ModelRef
 from realchat.training.chat_format import as_user_simulator, tokenize_with_mask
@@ -110,12 +111,8 @@ def perplexity_with_ci(per_conversation: Sequence[tuple[float, int]], bootstrap:
     nll = np.array([a for a, _ in per_conversation])
     n = np.array([b for _, b in per_conversation])
     point = math.exp(nll.sum() / n.sum())
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(nll), len(nll))
-        draws.append(math.exp(nll[idx].sum() / n[idx].sum()))
-    lo, hi = np.percentile(draws, [2.5, 97.5])
+    lo, hi = bootstrap_interval(lambda i: math.exp(nll[i].sum() / n[i].sum()), len(nll),
+                                resamples=bootstrap, seed=seed)
     return {"perplexity": round(point, 3), "ci95": [round(float(lo), 3), round(float(hi), 3)],
             "tokens": int(n.sum()), "conversations": len(nll)}
 
@@ -158,25 +155,12 @@ def frechet_distance(real: np.ndarray, simulated: np.ndarray, dims: int = 16, bo
                 "n_real": len(real), "n_simulated": len(simulated)}
     mean, basis = _pca_basis(np.vstack([real, simulated]), dims)
     r, s = (real - mean) @ basis, (simulated - mean) @ basis
-    rng = np.random.default_rng(seed)
-    draws = [_frechet(r[rng.integers(0, len(r), len(r))], s[rng.integers(0, len(s), len(s))])
-             for _ in range(bootstrap)]
-    perm = rng.permutation(len(r))
+    lo, hi = bootstrap_interval(lambda i, j: _frechet(r[i], s[j]), len(r), len(s), resamples=bootstrap, seed=seed)
+    perm = np.random.default_rng(seed).permutation(len(r))
     half = len(r) // 2
-    lo, hi = np.percentile(draws, [2.5, 97.5])
     return {"distance": round(_frechet(r, s), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "real_split_half": round(_frechet(r[perm[:half]], r[perm[half:]]), 4), "dims": basis.shape[1],
             "n_real": len(real), "n_simulated": len(simulated)}
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def classifier_accuracy(real: np.ndarray, simulated: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, Any]:
@@ -234,11 +218,9 @@ def rounds_comparison(real: Sequence[int], simulated: Sequence[int], bootstrap: 
     keys = sorted(set(hr) | set(hs))
     ci = None
     if real and simulated:
-        rng = np.random.default_rng(seed)
         r, s = np.asarray(real), np.asarray(simulated)
-        draws = [total_variation(r[rng.integers(0, len(r), len(r))].tolist(), s[rng.integers(0, len(s), len(s))].tolist())
-                 for _ in range(bootstrap)]
-        lo, hi = np.percentile(draws, [2.5, 97.5])
+        lo, hi = bootstrap_interval(lambda i, j: total_variation(r[i].tolist(), s[j].tolist()), len(r), len(s),
+                                    resamples=bootstrap, seed=seed)
         ci = [round(float(lo), 4), round(float(hi), 4)]
     return {"real_mean": round(float(np.mean(real)), 2) if real else None,
             "simulated_mean": round(float(np.mean(simulated)), 2) if simulated else None,

@@ -208,7 +208,7 @@ def ranking(summary: dict[str, Any]) -> dict[str, Any]:
     Not when: a judge leaves more than 20 % of its verdicts unparsable; a judge picks the same position
     in both orders in more than 30 % of the pairs; no two models' single-grading 95 % intervals are
     apart; no model's decisive pairwise record (wins vs losses) is apart from a coin toss (Wilson)."""
-    from realchat.evaluation.fidelity import wilson_interval
+    from realchat.evaluation.intervals import wilson_interval
 
     reasons = []
     for name, j in (summary.get("judges") or {}).items():
