@@ -59,7 +59,9 @@ def test_every_code_block_of_every_card_runs(eval_recipe, tmp_path, monkeypatch)
     for step in ("curate", "sim_usergpt", "sim_roleplay", "evaluate"):
         loaded = [v for v in ran[step].values() if isinstance(v, datasets.Dataset)]
         assert loaded and all(d.num_rows > 0 for d in loaded), step
-    assert {"kept", "rejected"} <= set(ran["curate"])  # curation rejected some: its config is offered
+    assert {"train", "rejected"} <= set(ran["curate"])  # curation rejected some: its config is offered
+    if "held_out" in ran["curate"]:  # the held-out conversations are a split of their own, not in train
+        assert not set(ran["curate"]["held_out"]["conversation_id"]) & set(ran["curate"]["train"]["conversation_id"])
     assert "sharegpt" in ran["sim_usergpt"] and ran["sim_usergpt"]["sharegpt"].num_rows == ran["sim_usergpt"]["ds"].num_rows
     answers = ran["evaluate"]["answers"]
     assert set(answers["benchmark"]) == {"mt_bench", "vicuna_bench"}

@@ -55,10 +55,11 @@ def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path, tiny_token
 
     from datasets import load_dataset
 
-    kept = load_dataset(str(repo), split="train")  # the card's `configs` point datasets at data/
+    kept = load_dataset(str(repo))  # the card's `configs` point datasets at data/, a split per file set
     rejected = load_dataset(str(repo), "rejected", split="train")
     stats = json.loads((repo / "stats.json").read_text())
-    assert kept.num_rows == stats["kept_rows"] and rejected.num_rows == stats["rejected_rows"]
+    assert {k: v.num_rows for k, v in kept.items()} == stats["split_rows"]
+    assert sum(v.num_rows for v in kept.values()) == stats["kept_rows"] and rejected.num_rows == stats["rejected_rows"]
 
     code, out = invoke("build", str(recipe), "--no-progress")
     assert code == 0 and "published" not in out  # up to date and already published: nothing to do
@@ -95,7 +96,7 @@ def test_hub_push_read_back_at_recorded_revision(hub, small_recipe, tmp_path):
     kept = load_dataset(repo, split="train", revision=record["revision"])
     rejected = load_dataset(repo, "rejected", split="train", revision=record["revision"])
     stats = json.loads((tmp_path / "runs" / "pub" / "curate" / "stats.json").read_text())
-    assert (kept.num_rows, rejected.num_rows) == (stats["kept_rows"], stats["rejected_rows"])
+    assert (kept.num_rows, rejected.num_rows) == (stats["split_rows"]["train"], stats["rejected_rows"])
     assert kept.num_rows + rejected.num_rows > 0 and kept[0]["messages"][0]["role"] in ("user", "system")
 
     card = DatasetCard.load(repo, repo_type="dataset")

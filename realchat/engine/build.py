@@ -137,13 +137,14 @@ def fresh_start(loaded: LoadedRecipe, chosen: list[StepPlan], force: bool) -> No
 # -- one step ---------------------------------------------------------------------------------------
 
 
-def lineage(p: StepPlan) -> list[dict[str, Any]]:
+def lineage(p: StepPlan, base_dir: Path = Path(".")) -> list[dict[str, Any]]:
     """The step's parents for its manifest and card: every input, a step by its fingerprint, anything
-    else by its content identity (both from the plan). A kind's own extra inputs (curate's source)
-    come first."""
+    else by what was really used (:mod:`realchat.models.provenance`: a local file by its name, digest and
+    format; a Hub id by the commit it resolved to). A kind's own extra inputs (curate's source) come first."""
     from realchat.models import upstream_dataset, upstream_repo
+    from realchat.models.provenance import input_record
 
-    parents: list[dict[str, Any]] = list(p.external)
+    parents: list[dict[str, Any]] = [external_record(x, base_dir) for x in p.external]
     for e in p.node.inputs:
         ident = p.identities[e.key]
         if e.step:
@@ -151,16 +152,33 @@ def lineage(p: StepPlan) -> list[dict[str, Any]]:
                             "split": getattr(e.data, "split", None)})
             continue
         if isinstance(e.data, HubData):
-            source = e.data.hub
-        elif isinstance(e.data, FileData):
-            source = e.data.path
-        else:
-            source = str(e.value)
-        parents.append({"key": e.key, "role": e.role, "source": source,
-                        "revision": ident.get("revision") or ident.get("sha256"),
-                        "repo": upstream_repo(source) if e.role == "model" else upstream_dataset(
-                            source, "hub" if isinstance(e.data, HubData) else None)})
+            parents.append(input_record(e.key, e.role, e.data.hub, hub=True, repo_type="dataset",
+                                        requested_revision=e.data.revision))
+            continue
+        source = e.data.path if isinstance(e.data, FileData) else str(e.value)
+        if ident.get("hub"):  # a model named by its Hub id
+            parents.append(input_record(e.key, e.role, source, hub=True, repo_type="model"))
+            continue
+        parents.append(input_record(
+            e.key, e.role, source, sha256=ident.get("sha256"), base_dir=base_dir,
+            data_format=getattr(e.data, "format", None) if isinstance(e.data, FileData) else None,
+            upstream=upstream_repo(source) if e.role == "model" else upstream_dataset(source)))
     return parents + endpoint_parents(p.node.config)
+
+
+def external_record(x: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A kind's own extra input (``StepKind.external_inputs``: curate's source, evaluate's benchmark
+    files) as a lineage record: its fingerprint identity (``revision``: a digest or the Hub revision
+    asked for) split into honest fields."""
+    from realchat.models.provenance import input_record
+
+    x = dict(x)
+    revision = str(x.pop("revision", None) or "")
+    if x.get("format") == "hub":
+        return input_record(x.get("key"), x.get("role", "dataset"), x["source"], hub=True, repo_type="dataset",
+                            requested_revision=revision if revision and revision != "main" else None)
+    return input_record(x.get("key"), x.get("role", "file"), x["source"], sha256=revision or None,
+                        data_format=x.get("format"), upstream=x.get("repo"), base_dir=base_dir)
 
 
 def endpoint_parents(config: Any) -> list[dict[str, Any]]:
@@ -273,7 +291,7 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
         write_json(tmp / STATS, result.stats)
         if result.manifest.get("configs"):  # one record of each config, for the card
             result.manifest.setdefault("samples", sample_records(tmp, result.manifest["configs"]))
-        manifest = manifest_for(loaded, p, lineage(p), result.manifest)
+        manifest = manifest_for(loaded, p, lineage(p, loaded.base_dir), result.manifest)
         atomic_write_text(tmp / RECIPE_COPY, loaded.as_published())
         config = loaded.config(p.name)
         if config.license == "other" and not config.license_link:  # the link the card's metadata gives
