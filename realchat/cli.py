@@ -217,7 +217,10 @@ def lineage(
         return
     for link in chain:
         depth = link["depth"]
-        rev = f" @ {str(link['revision'])[:12]}" if link.get("revision") else ""
+        rev = (f" @ {str(link['revision'])[:12]}" if link.get("revision")
+               else f"  sha256 {str(link['sha256'])[:12]}" if link.get("sha256") else "")
+        rev += f"  ({link['format']})" if link.get("format") and link.get("kind") != "source" else ""
+        rev += f"  copy of {link['upstream']}" if link.get("upstream") else ""
         fp = f"  fingerprint {link['fingerprint'][:12]}" if link.get("fingerprint") else ""
         via = f"{link['key']}: " if link.get("key") else ""
         label = link.get("step") or link.get("kind") or "?"

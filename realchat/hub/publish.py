@@ -634,8 +634,11 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
             if parent.get("source"):
                 out.append({"depth": depth + 1, "key": parent.get("key"), "where": parent["source"],
                             "step": None, "kind": "source" if parent.get("role") == "dataset" else parent.get("role"),
-                            "repo": parent.get("repo") or parent["source"], "revision": parent.get("revision"),
-                            "fingerprint": None})
+                            # a Hub input: repo + the commit it resolved to; a local one: its name and digest
+                            "repo": parent.get("repo") or parent.get("package") or parent["source"],
+                            "repo_type": parent.get("repo_type"), "revision": parent.get("revision"),
+                            "sha256": parent.get("sha256"), "format": parent.get("format"),
+                            "upstream": parent.get("upstream"), "fingerprint": None})
             elif parent.get("repo_path") and root is not None and not _inside(parent["repo_path"]):
                 out.append({"depth": depth + 1, "key": parent.get("key"), "where": "?", "step": parent.get("step"),
                             "kind": None, "repo": None, "revision": None, "fingerprint": parent.get("fingerprint"),
