@@ -553,9 +553,13 @@ def _load_card_meta(ref: str, repo_type: str | None, revision: str | None, hub_e
     if p.exists() or ref.startswith((".", "/", "~")):
         raise PublishError(f"{ref}: no README.md card there")
 
-    from realchat.hub.http import check_answers
+    from realchat.hub.http import HubUnreachableError, check_answers
 
-    check_answers(hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT, f"lineage of {ref}")
+    try:
+        check_answers(hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT, f"lineage of {ref}")
+    except HubUnreachableError as e:  # most often a mistyped folder, read as a Hub id
+        raise PublishError(f"{ref}: no such folder here, and {e.message.split(': ', 1)[1]} to read it as a Hub repo",
+                           hint=f"check the spelling of {ref}; for a Hub repo, {e.hint}") from None
     errors = []
     for kind in [repo_type] if repo_type else ["dataset", "model"]:
         try:
