@@ -302,6 +302,36 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
     return result.stats
 
 
+def why_not_built(loaded: LoadedRecipe, step: str, fingerprint: str) -> str:
+    """Why a parent counts as not built: never built, or built at another fingerprint (a ``--set`` on
+    it, an edit of the recipe, a changed input or RealChat version), naming the config keys that
+    differ from the recipe copy in its output where there are any."""
+    import yaml
+
+    folder = step_dir(loaded.run_root, loaded.name, step)
+    built = read_manifest(folder)
+    if built is None:
+        return f"{step} has no finished output in {folder}"
+    was = str(built.get("fingerprint", "?"))[:12]
+    try:
+        old = (yaml.safe_load((folder / RECIPE_COPY).read_text(encoding="utf-8")) or {}).get("steps", {}).get(step)
+    except (OSError, yaml.YAMLError, AttributeError):
+        old = None
+    keys = _changed_keys(old, (loaded.data.get("steps") or {}).get(step), f"steps.{step}") if isinstance(old, dict) else []
+    because = (f": {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''} changed" if keys
+               else " (its config is the same: an input of it, or the RealChat version, changed)")
+    return (f"{step} is built at fingerprint {was}, but this recipe (with its --set overrides) gives "
+            f"{fingerprint[:12]}{because}")
+
+
+def _changed_keys(old: Any, new: Any, path: str) -> list[str]:
+    """Key paths whose values differ between two config mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in _changed_keys(old.get(key), new.get(key), f"{path}.{key}")]
+    return [] if old == new else [path]
+
+
 # -- the whole build --------------------------------------------------------------------------------
 
 
@@ -333,8 +363,10 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
                        and not is_done(step_dir(loaded.run_root, loaded.name, q), fps[q])]
             if missing:
                 ranks.share(None)  # the other ranks of a launch stop too
-                raise RecipeError(f"step {p.name} needs {', '.join(missing)} built first (run without --only, "
-                                  f"or with --from {missing[0]})", file=str(loaded.path))
+                raise RecipeError(f"step {p.name} needs {', '.join(missing)} built first"
+                                  + "".join(f"; {why_not_built(loaded, q, fps[q])}" for q in missing),
+                                  file=str(loaded.path),
+                                  hint=f"run without --only, or with --from {missing[0]}")
             built, refreshed = False, []
             if p.done and not force:
                 ranks.share((p.name, False))
