@@ -142,6 +142,10 @@ def build(
     from realchat.engine.build import build as run_build
     from realchat.recipe.load import load_recipe
 
+    if not progress or not console.is_terminal:  # a job log: no library's \r bars, no 9,000-character lines
+        from realchat.progress import quiet_libraries
+
+        quiet_libraries()
     try:
         loaded = load_recipe(recipe, set_, overlay)
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,

@@ -209,3 +209,50 @@ def test_rows_without_a_loss_token_within_max_length_are_left_out_and_counted(ti
     rows = tokenize_conversations(tok, [CONV, late, no_user], "user", 64, "training data", dropped)
     assert len(rows) == 1 and dropped == {"no_loss_turn": 1, "loss_cut_by_max_length": 1}
     assert all(any(r["assistant_masks"][:64]) for r in rows)  # every row kept has something to learn
+
+
+def test_a_build_into_a_job_log_has_no_carriage_returns_nor_endless_lines(train_recipe, tmp_path):
+    """stdout and stderr to a file (a job log): no library's ``\\r`` progress bar, no line longer than
+    the cap, and RealChat's own progress still says what moved."""
+    import os
+    import subprocess
+    import sys
+
+    from realchat.progress import LOG_LINE_CHARS
+
+    recipe = train_recipe(max_steps=2, eval_steps=1)
+    log = tmp_path / "job.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    with log.open("w") as f:
+        r = subprocess.run([sys.executable, "-m", "realchat.cli", "build", str(recipe), "--no-push"],
+                           stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=600)
+    text = log.read_text()
+    assert r.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert max(len(line) for line in text.splitlines()) <= LOG_LINE_CHARS + 40
+    assert "step usergpt" in text and "train:" in text  # RealChat's own lines are there
+
+
+def test_long_library_log_lines_are_cut():
+    import logging
+
+    from realchat.progress import LOG_LINE_CHARS, quiet_libraries
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    quiet_libraries()
+    logger = logging.getLogger("transformers")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        logger.warning("x" * 9_000)
+    finally:
+        logger.removeHandler(keep)
+    assert len(keep.messages[-1]) < LOG_LINE_CHARS + 40 and "7,000 more characters" in keep.messages[-1]
