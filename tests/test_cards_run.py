@@ -6,6 +6,7 @@ validation endpoint (the tests' Hub), with what the Hub's dataset and model card
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,8 @@ def test_card_metadata_by_the_hubs_specs(eval_recipe, tmp_path, hub_server):
         step = data.to_dict()["realchat"]["step"]
         text = card_path.read_text()
         assert "\\u0027" not in text and "pkg://" not in str(data.to_dict().get("source_datasets")), step
+        # nothing of the builder's machine: no site-packages path (a pkg:// file is named by its package)
+        assert "site-packages" not in text and sys.prefix not in text, step
         if data.license == "other":
             assert data.license_name and data.license_link, step
             assert (folder / data.license_link).is_file(), step
