@@ -143,6 +143,10 @@ def build(
     from realchat.engine.build import build as run_build
     from realchat.recipe.load import load_recipe
 
+    if not progress or not console.is_terminal:  # a job log: no library's \r bars, no 9,000-character lines
+        from realchat.progress import quiet_libraries
+
+        quiet_libraries()
     try:
         loaded = load_recipe(recipe, set_, overlay)
         run_build(loaded, only=only, start=from_, force=force, push=push, console=console,
@@ -218,7 +222,10 @@ def lineage(
         return
     for link in chain:
         depth = link["depth"]
-        rev = f" @ {str(link['revision'])[:12]}" if link.get("revision") else ""
+        rev = (f" @ {str(link['revision'])[:12]}" if link.get("revision")
+               else f"  sha256 {str(link['sha256'])[:12]}" if link.get("sha256") else "")
+        rev += f"  ({link['format']})" if link.get("format") and link.get("kind") != "source" else ""
+        rev += f"  copy of {link['upstream']}" if link.get("upstream") else ""
         fp = f"  fingerprint {link['fingerprint'][:12]}" if link.get("fingerprint") else ""
         via = f"{link['key']}: " if link.get("key") else ""
         label = link.get("step") or link.get("kind") or "?"

@@ -256,3 +256,64 @@ class Reporter:
             for item in items:
                 yield item
                 c.advance()
+
+
+#: The longest line a library's log record may write into a job log; the rest is cut with a count.
+LOG_LINE_CHARS = 2_000
+#: The libraries whose own progress bars and log lines a build's output carries.
+_LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "trl", "accelerate", "peft", "torch")
+
+
+class _CapLines:
+    """A logging filter cutting a record's message to :data:`LOG_LINE_CHARS` per line (a library may
+    log a whole config or a 9,000-character warning on one line)."""
+
+    def filter(self, record: "logging.LogRecord") -> bool:
+        if getattr(record, "_realchat_cut", False):  # seen by the logger's filter and a handler's: once
+            return True
+        record._realchat_cut = True
+        message = record.getMessage()
+        if any(len(line) > LOG_LINE_CHARS for line in message.splitlines()):
+            record.msg = "\n".join(line if len(line) <= LOG_LINE_CHARS else
+                                   f"{line[:LOG_LINE_CHARS]}… [{len(line) - LOG_LINE_CHARS:,} more characters]"
+                                   for line in message.splitlines())
+            record.args = None
+        return True
+
+
+def quiet_libraries() -> None:
+    """For output that is not a terminal (a job log, CI, ``| tee``) or ``--no-progress``: the progress
+    bars of transformers, datasets, huggingface_hub and every tqdm (``\\r`` redraws, one log line
+    thousands of characters long) are off, and the libraries' log lines are capped at
+    :data:`LOG_LINE_CHARS`. RealChat's own progress lines say what moves."""
+    import logging
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # any tqdm a library makes itself (tqdm ≥ 4.66 reads it)
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    cap = _CapLines()
+    for name in _LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _CapLines) for f in logger.filters):
+            logger.addFilter(cap)
+        for handler in logger.handlers:  # filters on a logger do not see its children's records
+            if not any(isinstance(f, _CapLines) for f in handler.filters):
+                handler.addFilter(cap)

@@ -6,6 +6,7 @@ validation endpoint (the tests' Hub), with what the Hub's dataset and model card
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,9 @@ def test_every_code_block_of_every_card_runs(eval_recipe, tmp_path, monkeypatch)
     for step in ("curate", "sim_usergpt", "sim_roleplay", "evaluate"):
         loaded = [v for v in ran[step].values() if isinstance(v, datasets.Dataset)]
         assert loaded and all(d.num_rows > 0 for d in loaded), step
-    assert {"kept", "rejected"} <= set(ran["curate"])  # curation rejected some: its config is offered
+    assert {"train", "rejected"} <= set(ran["curate"])  # curation rejected some: its config is offered
+    if "held_out" in ran["curate"]:  # the held-out conversations are a split of their own, not in train
+        assert not set(ran["curate"]["held_out"]["conversation_id"]) & set(ran["curate"]["train"]["conversation_id"])
     assert "sharegpt" in ran["sim_usergpt"] and ran["sim_usergpt"]["sharegpt"].num_rows == ran["sim_usergpt"]["ds"].num_rows
     answers = ran["evaluate"]["answers"]
     assert set(answers["benchmark"]) == {"mt_bench", "vicuna_bench"}
@@ -82,6 +85,8 @@ def test_card_metadata_by_the_hubs_specs(eval_recipe, tmp_path, hub_server):
         step = data.to_dict()["realchat"]["step"]
         text = card_path.read_text()
         assert "\\u0027" not in text and "pkg://" not in str(data.to_dict().get("source_datasets")), step
+        # nothing of the builder's machine: no site-packages path (a pkg:// file is named by its package)
+        assert "site-packages" not in text and sys.prefix not in text, step
         if data.license == "other":
             assert data.license_name and data.license_link, step
             assert (folder / data.license_link).is_file(), step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 
 import polars as pl
@@ -94,7 +95,7 @@ def test_outputs_load_with_datasets_and_card_metadata(make_recipe, messy_source,
     meta = card.data.to_dict()
     assert meta["task_categories"] == ["text-generation"] and meta["language"] == ["en"]
     assert meta["realchat"]["fingerprint"] == json.loads((folder / "manifest.json").read_text())["fingerprint"]
-    assert meta["realchat"]["parents"][0]["revision"].startswith("sha256:")
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["realchat"]["parents"][0]["sha256"])
     assert "| `filters[4].language` |" in card.text
 
 

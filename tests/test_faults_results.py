@@ -152,7 +152,7 @@ def test_a_source_replaced_after_planning_fails_instead_of_naming_other_data(rec
     manifest = json.loads((tmp_path / "runs" / "t" / "curate" / "manifest.json").read_text())
     import hashlib
 
-    assert manifest["parents"][0]["revision"] == "sha256:" + hashlib.sha256(src.read_bytes()).hexdigest()
+    assert manifest["parents"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
 def test_a_parquet_source_without_a_conversations_column_is_one_error(make_recipe, tmp_path):

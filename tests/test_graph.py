@@ -373,6 +373,16 @@ def test_build_only_and_from_through_the_cli(count_recipe, tmp_path):
     assert json.loads((run / "curate" / "manifest.json").read_text())["fingerprint"] == json.loads(
         curate_manifest)["fingerprint"]  # to the same fingerprint
 
+    # a --set on the parent, then --only the child: the message says the parent's fingerprint differs,
+    # which key changed, and how to build it
+    code, out = cli("build", str(count_recipe), "--no-progress", "--no-push", "--only", "count",
+                    "--set", "steps.curate.held_out_share=0.3")
+    text = flat(out)
+    built = json.loads(curate_manifest)["fingerprint"][:12]
+    assert code == 2 and "step count needs curate built first" in text, text
+    assert f"curate is built at fingerprint {built}, but this recipe (with its --set overrides) gives" in text
+    assert "steps.curate.held_out_share changed" in text and "--from curate" in text and "Traceback" not in text
+
 
 # -- the run folder's lock ------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class BadServer:
-    """A TCP server on 127.0.0.1: ``hang`` accepts and never answers; ``html`` answers every request
+    """A TCP server on 127.0.0.1: ``hang`` accepts and never answers; ``drop`` closes each connection
+    as soon as it is accepted (and counts them in ``conns``); ``html`` answers every request
     with 200 and a web page (a captive portal, a proxy's login page)."""
 
     def __init__(self, mode: str) -> None:
@@ -41,6 +42,8 @@ class BadServer:
             except OSError:
                 return
             self.conns.append(conn)  # kept open: the client waits on it
+            if self.mode == "drop":  # closed at once: the client sees the connection dropped
+                conn.close()
             if self.mode == "html":
                 threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
@@ -122,6 +125,42 @@ def test_lineage_from_a_hub_that_never_answers_fails_with_one_line(bad_server, t
     assert r.returncode == 2, out
     assert f"lineage of someone/some-data: {bad_server.url} accepted the connection but sent no answer within 1 s" in out
     assert "Traceback" not in out and "Retry" not in out  # one request, not hf_hub_download's minutes of retries
+
+
+def _lineage(ref: str, endpoint: str, tmp_path: Path) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint, "COLUMNS": "300"}
+    r = subprocess.run([sys.executable, "-m", "realchat.cli", "lineage", ref], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
+    return r.returncode, " ".join((r.stdout + r.stderr).split())
+
+
+@pytest.mark.parametrize("bad_server", ["drop"], indirect=True)
+def test_lineage_of_a_typo_on_an_unreachable_hub_asks_once(bad_server, tmp_path):
+    """A mistyped folder reads as a Hub id; a Hub that drops the connection is one connection and one
+    line naming the typo, not huggingface_hub's retries with backoff."""
+    code, out = _lineage("runs/hub/datasets/realchat/typo", bad_server.url, tmp_path)
+    assert code == 2, out
+    assert "runs/hub/datasets/realchat/typo: no such folder here, and cannot reach" in out and bad_server.url in out
+    assert "check the spelling" in out and "Traceback" not in out and "Retry" not in out
+    assert len(bad_server.conns) == 1  # asked once
+
+
+def test_lineage_on_a_closed_port_is_one_line(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()  # nothing listens there: connections are refused
+    code, out = _lineage("someone/typo", url, tmp_path)
+    assert code == 2 and f"someone/typo: no such folder here, and cannot reach {url}" in out, out
+    assert "Traceback" not in out and "Retry" not in out
+
+
+def test_lineage_offline_reads_the_cache_only(tmp_path, monkeypatch):
+    """With HF_HUB_OFFLINE nothing is asked of the network: a repo not in the cache is one line."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out = _lineage("someone/typo", "http://127.0.0.1:9", tmp_path)
+    assert code == 2 and "someone/typo: not a folder with a card, nor a readable Hub repo" in out, out
+    assert "Traceback" not in out
 
 
 @pytest.mark.parametrize("bad_server", ["html"], indirect=True)

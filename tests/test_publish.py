@@ -55,10 +55,11 @@ def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path, tiny_token
 
     from datasets import load_dataset
 
-    kept = load_dataset(str(repo), split="train")  # the card's `configs` point datasets at data/
+    kept = load_dataset(str(repo))  # the card's `configs` point datasets at data/, a split per file set
     rejected = load_dataset(str(repo), "rejected", split="train")
     stats = json.loads((repo / "stats.json").read_text())
-    assert kept.num_rows == stats["kept_rows"] and rejected.num_rows == stats["rejected_rows"]
+    assert {k: v.num_rows for k, v in kept.items()} == stats["split_rows"]
+    assert sum(v.num_rows for v in kept.values()) == stats["kept_rows"] and rejected.num_rows == stats["rejected_rows"]
 
     code, out = invoke("build", str(recipe), "--no-progress")
     assert code == 0 and "published" not in out  # up to date and already published: nothing to do
@@ -68,11 +69,13 @@ def test_default_target_is_a_local_hub_layout(small_recipe, tmp_path, tiny_token
     chain = follow_lineage(str(repo))
     assert [(c["depth"], c["key"], c["step"], c["kind"]) for c in chain] == [
         (0, None, "curate", "curate"), (1, "source", None, "source"), (1, "tokenizer", None, "model")]
-    assert chain[2]["where"] == str(tiny_tokenizer_dir) and re.fullmatch(r"(sha256:)?[0-9a-f]{64}", chain[2]["revision"])
+    # a local input: its name, digest and format, and no Hub revision it never had
+    assert chain[2]["where"] == str(tiny_tokenizer_dir) and re.fullmatch(r"[0-9a-f]{64}", chain[2]["sha256"])
+    assert chain[2]["revision"] is None and chain[2]["format"] == "folder"
     assert chain[0]["repo"] == "realchat/pub-curate" and chain[0]["where"] == str(repo)
     assert chain[0]["fingerprint"] == record["fingerprint"]
     assert chain[1]["key"] == "source" and chain[1]["repo"] == str(recipe.parent / "data.json")
-    assert str(chain[1]["revision"]).startswith("sha256:")
+    assert re.fullmatch(r"[0-9a-f]{64}", chain[1]["sha256"]) and chain[1]["format"] == "sharegpt"
     from huggingface_hub import DatasetCard
 
     block = DatasetCard.load(repo / "README.md").data.to_dict()["realchat"]
@@ -95,13 +98,14 @@ def test_hub_push_read_back_at_recorded_revision(hub, small_recipe, tmp_path):
     kept = load_dataset(repo, split="train", revision=record["revision"])
     rejected = load_dataset(repo, "rejected", split="train", revision=record["revision"])
     stats = json.loads((tmp_path / "runs" / "pub" / "curate" / "stats.json").read_text())
-    assert (kept.num_rows, rejected.num_rows) == (stats["kept_rows"], stats["rejected_rows"])
+    assert (kept.num_rows, rejected.num_rows) == (stats["split_rows"]["train"], stats["rejected_rows"])
     assert kept.num_rows + rejected.num_rows > 0 and kept[0]["messages"][0]["role"] in ("user", "system")
 
     card = DatasetCard.load(repo, repo_type="dataset")
     block = card.data.to_dict()["realchat"]
     assert block["fingerprint"] == record["fingerprint"] and block["step"] == "curate" and block["kind"] == "curate"
-    assert block["repo"] == repo and block["parents"][0]["revision"].startswith("sha256:")
+    assert block["repo"] == repo and re.fullmatch(r"[0-9a-f]{64}", block["parents"][0]["sha256"])
+    assert "revision" not in block["parents"][0]
     assert [p["key"] for p in block["parents"]] == ["source", "tokenizer"]
     assert block["repo_path"] is None  # a path below the publish root: local targets only
     card.validate(repo_type="dataset")  # huggingface_hub's own metadata validation (server-side rules)
@@ -213,7 +217,7 @@ def test_lineage_cli_on_hub_repo(hub, small_recipe, tiny_tokenizer_dir):
         (0, None, "curate", "curate"), (1, "source", None, "source"), (1, "tokenizer", None, "model")]
     assert chain[2]["where"] == str(tiny_tokenizer_dir)
     assert chain[0]["repo"] == "tester/lin" and chain[0]["where"] == "dataset tester/lin@main"
-    assert chain[1]["repo"] == str(recipe.parent / "data.json") and chain[1]["revision"].startswith("sha256:")
+    assert chain[1]["repo"] == str(recipe.parent / "data.json") and re.fullmatch(r"[0-9a-f]{64}", chain[1]["sha256"])
     code, out = invoke("lineage", "tester/lin")
     assert code == 0 and "curate" in out and "tester/lin" in out and "data.json" in out
     code, out = invoke("lineage", "tester/does-not-exist")

@@ -85,7 +85,7 @@ def test_user_files_and_lookalike_temp_folders_survive_a_republish(pub_recipe, t
     assert "NOTES.md" not in json.loads((repo / OWNED).read_text())["files"]
     assert not (repo / TEMP_MARK).exists()
     stats = json.loads((repo / "stats.json").read_text())
-    assert load_dataset(str(repo), split="train").num_rows == stats["kept_rows"]  # user files do not disturb it
+    assert load_dataset(str(repo), split="train").num_rows == stats["split_rows"]["train"]  # user files do not disturb it
     # nothing else appeared or stayed beside the repo folder
     assert sorted(p.name for p in repo.parent.iterdir()) == sorted(["pl-curate", *(d.name for d in lookalikes)])
 

@@ -173,3 +173,86 @@ def test_packed_micro_batches_are_single_rows_without_varlen_attention():
     # flash-attention keeps packed documents apart in one flattened sequence: batch as written
     assert micro_batches(True, 4, 2, "flash_attention_2") == (4, 2)
     assert micro_batches(False, 4, 2, "sdpa") == (4, 2)
+
+
+def test_tensorboard_event_files_are_kept_with_the_model(train_recipe, tmp_path):
+    """``report_to: tensorboard``: the event files land in the step's output (``logs/``) and are
+    published with the model, not in the work folder that is removed once the step is done. No logged
+    training loss is 0 (rows without a loss token were left out before training)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = train_recipe(report_to="tensorboard")
+    result = runner.invoke(app, ["build", str(recipe), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "tr" / "usergpt"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["tensorboard_logs"] == "logs"
+    events = sorted((out / "logs").rglob("events.out.tfevents.*"))
+    assert events, sorted(p.name for p in out.iterdir())
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    assert len(losses) == stats["steps"] and all(v > 0 for v in losses)
+    assert list((tmp_path / "hub" / "realchat" / "tr-usergpt" / "logs").rglob("events.out.tfevents.*"))
+    assert all(r["train_loss"] > 0 for r in stats["losses"] if "train_loss" in r)
+
+
+def test_rows_without_a_loss_token_within_max_length_are_left_out_and_counted(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from realchat.training.trainer import tokenize_conversations
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    late = [{"role": "system", "content": "word " * 200}, *CONV[1:]]  # its first user turn starts past 64 tokens
+    no_user = [CONV[0], CONV[2]]
+    dropped: dict[str, int] = {}
+    rows = tokenize_conversations(tok, [CONV, late, no_user], "user", 64, "training data", dropped)
+    assert len(rows) == 1 and dropped == {"no_loss_turn": 1, "loss_cut_by_max_length": 1}
+    assert all(any(r["assistant_masks"][:64]) for r in rows)  # every row kept has something to learn
+
+
+def test_a_build_into_a_job_log_has_no_carriage_returns_nor_endless_lines(train_recipe, tmp_path):
+    """stdout and stderr to a file (a job log): no library's ``\\r`` progress bar, no line longer than
+    the cap, and RealChat's own progress still says what moved."""
+    import os
+    import subprocess
+    import sys
+
+    from realchat.progress import LOG_LINE_CHARS
+
+    recipe = train_recipe(max_steps=2, eval_steps=1)
+    log = tmp_path / "job.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    with log.open("w") as f:
+        r = subprocess.run([sys.executable, "-m", "realchat.cli", "build", str(recipe), "--no-push"],
+                           stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=600)
+    text = log.read_text()
+    assert r.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert max(len(line) for line in text.splitlines()) <= LOG_LINE_CHARS + 40
+    assert "step usergpt" in text and "train:" in text  # RealChat's own lines are there
+
+
+def test_long_library_log_lines_are_cut():
+    import logging
+
+    from realchat.progress import LOG_LINE_CHARS, quiet_libraries
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    quiet_libraries()
+    logger = logging.getLogger("transformers")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        logger.warning("x" * 9_000)
+    finally:
+        logger.removeHandler(keep)
+    assert len(keep.messages[-1]) < LOG_LINE_CHARS + 40 and "7,000 more characters" in keep.messages[-1]

@@ -3,15 +3,17 @@
 An executor hands the sink kept rows in source order and rejected rows as they happen. The sink
 
 * marks every kept row's ``split`` (``train`` / ``held_out`` by the hash of its conversation id) and
-  writes ``data/`` shards of exactly ``shard_rows`` rows as soon as it has them;
+  writes each split's ``data/`` shards of exactly ``shard_rows`` rows as soon as it has them (one
+  writer per split: a held-out row is never in a ``train`` shard, so ``load_dataset(...)["train"]``
+  cannot train on the evaluation's conversations);
 * keeps rejected rows in scratch parts, because their ``scope`` (``piece`` when some other part of the
   same source record is kept, else ``conversation``) is known only at the end;
 * keeps, per row, only the small figures the statistics need (turn counts, user-turn lengths,
   languages, token counts, the per-turn scores), so the step's stats and score report are computed
   without reading the rows back.
 
-:meth:`CurateSink.finish` names the shards ``train-00000-of-00004.parquet`` (the count is known only
-then), writes ``rejected/`` with every scratch part brought to one schema (``datasets`` needs the same
+:meth:`CurateSink.finish` names the shards ``train-00000-of-00004.parquet`` and
+``held_out-00000-of-00001.parquet`` (the count is known only then; every kept shard has one schema), writes ``rejected/`` with every scratch part brought to one schema (``datasets`` needs the same
 columns in every file), and removes the scratch folder. Everything is inside the step's output folder,
 which the engine publishes only once the step has finished, so a crash leaves nothing half-written.
 """
@@ -43,11 +45,11 @@ def _scope(kept_index: pl.Series) -> pl.Expr:
             .then(pl.lit("piece")).otherwise(pl.lit("conversation")).alias("scope"))
 
 
-def _name(files: list[Path], folder: Path) -> None:
-    """Move shards to ``folder`` as ``train-KKKKK-of-NNNNN.parquet``."""
+def _name(files: list[Path], folder: Path, split: str = "train") -> None:
+    """Move shards to ``folder`` as ``<split>-KKKKK-of-NNNNN.parquet`` (the Hub's split naming)."""
     n = max(1, len(files))
     for k, path in enumerate(files):
-        os.replace(path, folder / f"train-{k:05d}-of-{n:05d}.parquet")
+        os.replace(path, folder / f"{split}-{k:05d}-of-{n:05d}.parquet")
 
 
 class ShardWriter:
@@ -129,7 +131,9 @@ class CurateSink:
         self.continuation_rows = 0
         scratch = out / _SCRATCH
         shutil.rmtree(scratch, ignore_errors=True)
-        self.kept_writer = ShardWriter(scratch / "kept", shard_rows)
+        self.scratch = scratch
+        #: one writer per split, opened when the split's first row comes (``train`` always exists)
+        self.kept_writers: dict[str, ShardWriter] = {"train": ShardWriter(scratch / "kept-train", shard_rows)}
         # scratch parts are read once more: lz4 is cheaper than zstd for that
         self.rejected_writer = ShardWriter(scratch / "rejected", shard_rows, compression="lz4")
         self.shard_rows = shard_rows
@@ -159,7 +163,10 @@ class CurateSink:
                                  .alias("split"))
         self.kept_figures.append(_row_figures(df))
         self.kept_scores.append(_score_figures(df))
-        self.kept_writer.write(df)
+        for (split,), part in df.group_by("split", maintain_order=True):
+            if split not in self.kept_writers:
+                self.kept_writers[split] = ShardWriter(self.scratch / f"kept-{split}", self.shard_rows)
+            self.kept_writers[split].write(part)
 
     def rejected(self, df: pl.DataFrame) -> None:
         if not df.height:
@@ -171,7 +178,8 @@ class CurateSink:
     # -- after the run ----------------------------------------------------------------------------
 
     def finish(self) -> "SinkFigures":
-        self.kept_writer.close()
+        for w in self.kept_writers.values():
+            w.close()
         self.rejected_writer.close()
         kept = _concat(self.kept_figures, {"source_index": pl.Int64, "_user_turns": pl.UInt32,
                                            "_messages": pl.UInt32, "_user_chars": pl.List(pl.UInt32),
@@ -179,7 +187,10 @@ class CurateSink:
         rejected = _concat(self.rejected_figures, {"source_index": pl.Int64, "reason": pl.String})
         kept_index = kept["source_index"].unique()
         rejected = rejected.with_columns(_scope(kept_index))
-        _name_shards(self.kept_writer.files, self.out / "data", None, self.shard_rows)
+        every_kept = [pl.read_parquet_schema(f) for w in self.kept_writers.values() for f in w.files]
+        for split, w in self.kept_writers.items():
+            if w.files or split == "train":  # an empty train split still has its (empty) shard
+                _name_shards(w.files, self.out / "data", None, self.shard_rows, split, every_kept)
         _name_shards(self.rejected_writer.files, self.out / "rejected", kept_index, self.shard_rows)
         shutil.rmtree(self.out / _SCRATCH, ignore_errors=True)
         return SinkFigures(kept=kept, rejected=rejected, kept_conversations=kept_index.len(),
@@ -204,14 +215,16 @@ def _concat(frames: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.Da
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None, shard_rows: int) -> None:
-    """Scratch parts → ``train-KKKKK-of-NNNNN.parquet`` in ``folder``, all with one schema (the union of
-    the parts' columns, in first-seen order, missing ones null). ``kept_index`` given: the parts are
-    rejected rows, and each gets its ``scope``."""
+def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None, shard_rows: int,
+                 split: str = "train", schema_of: list[dict[str, Any]] | None = None) -> None:
+    """Scratch parts → ``<split>-KKKKK-of-NNNNN.parquet`` in ``folder``, all with one schema (the union
+    of the columns of the schemas ``schema_of`` (default: the parts'), in first-seen order, missing ones null: the
+    splits of one config share it, as ``datasets`` needs). ``kept_index`` given: the parts are rejected
+    rows, and each gets its ``scope``."""
     folder.mkdir(parents=True, exist_ok=True)
     schemas = [pl.read_parquet_schema(p) for p in parts]
     union: dict[str, pl.DataType] = {}
-    for s in schemas:
+    for s in schema_of if schema_of is not None else schemas:
         for name, dtype in s.items():
             if name not in union or union[name] == pl.Null:
                 union[name] = dtype
@@ -220,9 +233,10 @@ def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None, 
             c: t for c, t in union.items() if c not in BASE_SCHEMA and c not in _BOOKS}
     if not parts:  # an empty set still has one (empty) shard with the base columns
         schema = BASE_SCHEMA | ({"split": pl.String} if kept_index is None else _BOOKS)
-        pl.DataFrame(schema=schema).write_parquet(folder / "train-00000-of-00001.parquet", compression="zstd")
+        pl.DataFrame(schema=union or schema).write_parquet(folder / f"{split}-00000-of-00001.parquet",
+                                                           compression="zstd")
     elif kept_index is None and all(dict(s) == union for s in schemas):  # already shards: rename them
-        _name(parts, folder)
+        _name(parts, folder, split)
     else:  # one schema, scope filled, re-cut into shards of shard_rows
         writer = ShardWriter(folder / _SCRATCH, shard_rows)
         for path in parts:
@@ -233,5 +247,5 @@ def _name_shards(parts: list[Path], folder: Path, kept_index: pl.Series | None, 
                                     for c, t in union.items()]))
             path.unlink()
         writer.close()
-        _name(writer.files, folder)
+        _name(writer.files, folder, split)
         (folder / _SCRATCH).rmdir()

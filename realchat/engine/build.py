@@ -140,13 +140,14 @@ def fresh_start(loaded: LoadedRecipe, chosen: list[StepPlan], force: bool) -> No
 # -- one step ---------------------------------------------------------------------------------------
 
 
-def lineage(p: StepPlan) -> list[dict[str, Any]]:
+def lineage(p: StepPlan, base_dir: Path = Path(".")) -> list[dict[str, Any]]:
     """The step's parents for its manifest and card: every input, a step by its fingerprint, anything
-    else by its content identity (both from the plan). A kind's own extra inputs (curate's source)
-    come first."""
+    else by what was really used (:mod:`realchat.models.provenance`: a local file by its name, digest and
+    format; a Hub id by the commit it resolved to). A kind's own extra inputs (curate's source) come first."""
     from realchat.models import upstream_dataset, upstream_repo
+    from realchat.models.provenance import input_record
 
-    parents: list[dict[str, Any]] = list(p.external)
+    parents: list[dict[str, Any]] = [external_record(x, base_dir) for x in p.external]
     for e in p.node.inputs:
         ident = p.identities[e.key]
         if e.step:
@@ -154,16 +155,33 @@ def lineage(p: StepPlan) -> list[dict[str, Any]]:
                             "split": getattr(e.data, "split", None)})
             continue
         if isinstance(e.data, HubData):
-            source = e.data.hub
-        elif isinstance(e.data, FileData):
-            source = e.data.path
-        else:
-            source = str(e.value)
-        parents.append({"key": e.key, "role": e.role, "source": source,
-                        "revision": ident.get("revision") or ident.get("sha256"),
-                        "repo": upstream_repo(source) if e.role == "model" else upstream_dataset(
-                            source, "hub" if isinstance(e.data, HubData) else None)})
+            parents.append(input_record(e.key, e.role, e.data.hub, hub=True, repo_type="dataset",
+                                        requested_revision=e.data.revision))
+            continue
+        source = e.data.path if isinstance(e.data, FileData) else str(e.value)
+        if ident.get("hub"):  # a model named by its Hub id
+            parents.append(input_record(e.key, e.role, source, hub=True, repo_type="model"))
+            continue
+        parents.append(input_record(
+            e.key, e.role, source, sha256=ident.get("sha256"), base_dir=base_dir,
+            data_format=getattr(e.data, "format", None) if isinstance(e.data, FileData) else None,
+            upstream=upstream_repo(source) if e.role == "model" else upstream_dataset(source)))
     return parents + endpoint_parents(p.node.config)
+
+
+def external_record(x: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A kind's own extra input (``StepKind.external_inputs``: curate's source, evaluate's benchmark
+    files) as a lineage record: its fingerprint identity (``revision``: a digest or the Hub revision
+    asked for) split into honest fields."""
+    from realchat.models.provenance import input_record
+
+    x = dict(x)
+    revision = str(x.pop("revision", None) or "")
+    if x.get("format") == "hub":
+        return input_record(x.get("key"), x.get("role", "dataset"), x["source"], hub=True, repo_type="dataset",
+                            requested_revision=revision if revision and revision != "main" else None)
+    return input_record(x.get("key"), x.get("role", "file"), x["source"], sha256=revision or None,
+                        data_format=x.get("format"), upstream=x.get("repo"), base_dir=base_dir)
 
 
 def endpoint_parents(config: Any) -> list[dict[str, Any]]:
@@ -276,7 +294,7 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
         write_json(tmp / STATS, result.stats)
         if result.manifest.get("configs"):  # one record of each config, for the card
             result.manifest.setdefault("samples", sample_records(tmp, result.manifest["configs"]))
-        manifest = manifest_for(loaded, p, lineage(p), result.manifest)
+        manifest = manifest_for(loaded, p, lineage(p, loaded.base_dir), result.manifest)
         atomic_write_text(tmp / RECIPE_COPY, loaded.as_published())
         config = loaded.config(p.name)
         if config.license == "other" and not config.license_link:  # the link the card's metadata gives
@@ -285,6 +303,36 @@ def build_step(loaded: LoadedRecipe, graph: Graph, p: StepPlan, ctx: StepContext
         write_json(tmp / MANIFEST, manifest)  # last: its presence marks the output complete
     shutil.rmtree(ctx.work_dir(), ignore_errors=True)
     return result.stats
+
+
+def why_not_built(loaded: LoadedRecipe, step: str, fingerprint: str) -> str:
+    """Why a parent counts as not built: never built, or built at another fingerprint (a ``--set`` on
+    it, an edit of the recipe, a changed input or RealChat version), naming the config keys that
+    differ from the recipe copy in its output where there are any."""
+    import yaml
+
+    folder = step_dir(loaded.run_root, loaded.name, step)
+    built = read_manifest(folder)
+    if built is None:
+        return f"{step} has no finished output in {folder}"
+    was = str(built.get("fingerprint", "?"))[:12]
+    try:
+        old = (yaml.safe_load((folder / RECIPE_COPY).read_text(encoding="utf-8")) or {}).get("steps", {}).get(step)
+    except (OSError, yaml.YAMLError, AttributeError):
+        old = None
+    keys = _changed_keys(old, (loaded.data.get("steps") or {}).get(step), f"steps.{step}") if isinstance(old, dict) else []
+    because = (f": {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''} changed" if keys
+               else " (its config is the same: an input of it, or the RealChat version, changed)")
+    return (f"{step} is built at fingerprint {was}, but this recipe (with its --set overrides) gives "
+            f"{fingerprint[:12]}{because}")
+
+
+def _changed_keys(old: Any, new: Any, path: str) -> list[str]:
+    """Key paths whose values differ between two config mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in _changed_keys(old.get(key), new.get(key), f"{path}.{key}")]
+    return [] if old == new else [path]
 
 
 # -- the whole build --------------------------------------------------------------------------------
@@ -318,8 +366,10 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
                        and not is_done(step_dir(loaded.run_root, loaded.name, q), fps[q])]
             if missing:
                 ranks.share(None)  # the other ranks of a launch stop too
-                raise RecipeError(f"step {p.name} needs {', '.join(missing)} built first (run without --only, "
-                                  f"or with --from {missing[0]})", file=str(loaded.path))
+                raise RecipeError(f"step {p.name} needs {', '.join(missing)} built first"
+                                  + "".join(f"; {why_not_built(loaded, q, fps[q])}" for q in missing),
+                                  file=str(loaded.path),
+                                  hint=f"run without --only, or with --from {missing[0]}")
             built, refreshed = False, []
             if p.done and not force:
                 ranks.share((p.name, False))

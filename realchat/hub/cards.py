@@ -82,9 +82,11 @@ def parents_table(parents: list[dict[str, Any]]) -> str:
             where = f"`{p['repo']}`" if p.get("repo") else "not published"
             ident = f"revision `{str(p['revision'])[:12]}`" if p.get("revision") else f"fingerprint `{str(p.get('fingerprint'))[:12]}`"
         else:
-            what = f"{p.get('role')} `{p.get('source')}`"
-            where = f"`{p['repo']}`" if p.get("repo") else f"served at `{p['endpoint']}`" if p.get("endpoint") else "–"
-            ident = f"`{str(p.get('revision'))[:24]}`" if p.get("revision") else "–"
+            what = f"{p.get('role')} `{p.get('package') or p.get('source')}`" + (f" ({p['format']})" if p.get("format") else "")
+            where = (f"`{p['repo']}`" if p.get("repo") else f"served at `{p['endpoint']}`" if p.get("endpoint")
+                     else f"local copy of `{p['upstream']}`" if p.get("upstream") else "–")
+            ident = (f"commit `{p['revision']}`" if p.get("revision") else f"sha256 `{p['sha256']}`" if p.get("sha256")
+                     else "commit unknown (offline, not cached)" if p.get("repo") else "–")
         rows.append(f"| `{p.get('key')}` | {what} | {where} | {ident} |")
     return "\n".join(rows)
 
@@ -166,8 +168,8 @@ def _dataset_repos(parents: list[dict[str, Any]]) -> list[str]:
 
 def realchat_block(ci: CardInput) -> dict[str, Any]:
     """The machine-readable lineage in every card's YAML header (``realchat lineage`` follows it)."""
-    keep = ("key", "role", "step", "split", "fingerprint", "repo", "repo_type", "revision", "target", "repo_path",
-            "url", "source", "format", "endpoint")
+    keep = ("key", "role", "step", "split", "fingerprint", "repo", "repo_type", "revision", "requested_revision",
+            "target", "repo_path", "url", "source", "package", "sha256", "format", "upstream", "endpoint")
     return {
         "step": ci.step,
         "kind": ci.kind,
@@ -210,9 +212,11 @@ def _context(ci: CardInput) -> dict[str, Any]:
 
 def _source_lines(parents: list[dict[str, Any]]) -> list[str]:
     """The raw sources (files, packages) in words: the Hub's ``source_datasets`` holds Hub ids only."""
-    return [f"`{p['source']}`" + (f" ({p['format']})" if p.get("format") else "")
-            + (f", from the Hub dataset `{p['repo']}`" if p.get("repo") else "")
-            + (f", sha256 `{str(p['revision'])[:16]}…`" if p.get("revision") else "")
+    return [f"`{p.get('package') or p['source']}`" + (f" ({p['format']})" if p.get("format") else "")
+            + (f", the Hub dataset `{p['repo']}` at commit `{p['revision']}`" if p.get("repo") and p.get("revision")
+               else f", the Hub dataset `{p['repo']}`" if p.get("repo") else "")
+            + (f", a copy of the Hub dataset `{p['upstream']}`" if p.get("upstream") else "")
+            + (f", sha256 `{str(p['sha256'])[:16]}…`" if p.get("sha256") else "")
             for p in parents if p.get("source") and p.get("role") == "dataset"]
 
 
@@ -225,7 +229,8 @@ def render_card(ci: CardInput) -> str:
 def _dataset_card(ci: CardInput) -> str:
     parents = ci.manifest.get("parents") or []
     # Hub ids only: a source's Hub dataset where it has one (a pkg:// file is described in the body)
-    sources = [p["repo"] for p in parents if p.get("source") and p.get("role") == "dataset" and p.get("repo")]
+    sources = [p.get("repo") or p["upstream"] for p in parents
+               if p.get("source") and p.get("role") == "dataset" and (p.get("repo") or p.get("upstream"))]
     dataset_repos = _dataset_repos(parents)
     meta = {k: v for k, v in ci.metadata.items() if k not in ("license_name", "license_link")}
     langs = _languages({"languages": meta.pop("languages", None) or ci.stats.get("languages") or {}})
@@ -259,11 +264,12 @@ def _dataset_card(ci: CardInput) -> str:
 def _model_card(ci: CardInput) -> str:
     parents = ci.manifest.get("parents") or []
     base = next((p for p in parents if p.get("key") == "base_model"), {})
+    base_repo = base.get("repo") or base.get("upstream")
     card_data = ModelCardData(
         **license_fields(ci),
-        base_model=base.get("repo") or None,
+        base_model=base_repo or None,
         # fine-tuned from it (from a GGUF copy, de-quantised first: the card's body says so)
-        base_model_relation="finetune" if base.get("repo") else None,
+        base_model_relation="finetune" if base_repo else None,
         datasets=_dataset_repos(parents) or None,
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -272,6 +278,6 @@ def _model_card(ci: CardInput) -> str:
     )
     context = _context(ci)
     source = str(base.get("source") or "")
-    context["base_gguf"] = source if source.endswith(".gguf") else None
+    context["base_gguf"] = (base.get("package") or source) if source.endswith(".gguf") else None
     card = ModelCard.from_template(card_data, template_path=str(templates_dir() / "model_card.md"), **context)
     return str(card)

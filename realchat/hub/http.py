@@ -9,7 +9,8 @@ and caps a call's own (a shorter one, such as the ETag check's ``HF_HUB_ETAG_TIM
 ``hf_hub_download`` retries a silent endpoint five more times with a 60 s ETag timeout of its own
 (minutes) before it gives up; RealChat's own reads of cards and manifests therefore go through
 :func:`get_text` (one request, these timeouts, no retries), and :func:`check_answers` asks an
-endpoint once, quickly, before lineage reading hands it to ``hf_hub_download``.
+endpoint once, quickly, before lineage reading hands it to ``hf_hub_download`` (an endpoint that
+cannot be reached fails there, in one line, instead of after the library's retries).
 
 ``REALCHAT_HUB_CONNECT_TIMEOUT`` (seconds, default 10) bounds connecting, ``REALCHAT_HUB_TIMEOUT``
 (default 120) waiting for each answer; downloads also follow ``HF_HUB_DOWNLOAD_TIMEOUT`` and
@@ -128,10 +129,19 @@ def get_text(url: str, what: str, token: str | None = None) -> str:
 _answered: set[str] = set()
 
 
+class HubUnreachableError(RealChatError):
+    """A Hub endpoint refused the connection, dropped it, or its name did not resolve."""
+
+
 def check_answers(endpoint: str, what: str) -> None:
     """Ask ``endpoint`` once (per process) for anything; an answer of any status is enough. A silent
-    endpoint is a one-line :class:`HubSilentError` instead of minutes of retries further down."""
-    if endpoint in _answered:
+    endpoint is a one-line :class:`HubSilentError`, one that cannot be reached (refused, dropped, DNS)
+    a one-line :class:`HubUnreachableError`, instead of ``hf_hub_download``'s retries with backoff
+    further down (about 50 s before it gives up). With ``HF_HUB_OFFLINE`` nothing is asked: the
+    library reads its cache only."""
+    from huggingface_hub import constants
+
+    if endpoint in _answered or constants.HF_HUB_OFFLINE:
         return
     from huggingface_hub import get_session
 
@@ -142,5 +152,8 @@ def check_answers(endpoint: str, what: str) -> None:
         err = _silent(e, endpoint, what)
         if err is not None:
             raise err from None
-        return  # refused, DNS …: the caller's own call says so
+        detail = str(e).splitlines()[0][:160] if str(e) else ""
+        raise HubUnreachableError(f"{what}: cannot reach {endpoint} ({type(e).__name__}{': ' + detail if detail else ''})",
+                                  hint="check the network and HF_ENDPOINT; HF_HUB_OFFLINE=1 reads the local "
+                                  "Hub cache only") from None
     _answered.add(endpoint)

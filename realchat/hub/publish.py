@@ -553,9 +553,13 @@ def _load_card_meta(ref: str, repo_type: str | None, revision: str | None, hub_e
     if p.exists() or ref.startswith((".", "/", "~")):
         raise PublishError(f"{ref}: no README.md card there")
 
-    from realchat.hub.http import check_answers
+    from realchat.hub.http import HubUnreachableError, check_answers
 
-    check_answers(hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT, f"lineage of {ref}")
+    try:
+        check_answers(hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT, f"lineage of {ref}")
+    except HubUnreachableError as e:  # most often a mistyped folder, read as a Hub id
+        raise PublishError(f"{ref}: no such folder here, and {e.message.split(': ', 1)[1]} to read it as a Hub repo",
+                           hint=f"check the spelling of {ref}; for a Hub repo, {e.hint}") from None
     errors = []
     for kind in [repo_type] if repo_type else ["dataset", "model"]:
         try:
@@ -634,8 +638,11 @@ def follow_lineage(ref: str, repo_type: str | None = None, revision: str | None 
             if parent.get("source"):
                 out.append({"depth": depth + 1, "key": parent.get("key"), "where": parent["source"],
                             "step": None, "kind": "source" if parent.get("role") == "dataset" else parent.get("role"),
-                            "repo": parent.get("repo") or parent["source"], "revision": parent.get("revision"),
-                            "fingerprint": None})
+                            # a Hub input: repo + the commit it resolved to; a local one: its name and digest
+                            "repo": parent.get("repo") or parent.get("package") or parent["source"],
+                            "repo_type": parent.get("repo_type"), "revision": parent.get("revision"),
+                            "sha256": parent.get("sha256"), "format": parent.get("format"),
+                            "upstream": parent.get("upstream"), "fingerprint": None})
             elif parent.get("repo_path") and root is not None and not _inside(parent["repo_path"]):
                 out.append({"depth": depth + 1, "key": parent.get("key"), "where": "?", "step": parent.get("step"),
                             "kind": None, "repo": None, "revision": None, "fingerprint": parent.get("fingerprint"),

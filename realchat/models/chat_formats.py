@@ -36,7 +36,10 @@ from realchat.errors import RealChatError
 
 # -- built-in templates ---------------------------------------------------------------------------------
 # Written from each family's published format (the model cards' prompt formats and the templates their
-# tokenizers ship), as Jinja that transformers, vLLM and ``transformers serve`` render alike.
+# tokenizers ship), as Jinja that transformers, vLLM and ``transformers serve`` render alike. Each
+# assistant turn's content and turn end sit inside ``{% generation %}…{% endgeneration %}`` (text
+# unchanged): a model published with one of them gives ``apply_chat_template(...,
+# return_assistant_tokens_mask=True)`` its mask, so TRL's ``assistant_only_loss=True`` trains on it.
 
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                   "helpful, detailed, and polite answers to the user's questions.")
@@ -51,15 +54,18 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{% else %}{{ '" + _VICUNA_SYSTEM.replace("'", "\\'") + " ' }}{% set loop_messages = messages %}{% endif %}"
         "{% for message in loop_messages %}"
         "{% if message['role'] == 'user' %}{{ 'USER: ' + message['content'] | trim + ' ' }}"
-        "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + message['content'] | trim + eos_token }}"
+        "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' }}"
+        "{% generation %}{{ message['content'] | trim + eos_token }}{% endgeneration %}"
         "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
     ),
     # ChatML (Qwen, SmolLM, many fine-tunes): every turn closed by <|im_end|>
     "chatml": (
         "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-        "{% endfor %}"
+        "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
     # Llama-2-chat: [INST] … [/INST], the system prompt inside the first [INST] as <<SYS>>, strict alternation
@@ -74,15 +80,18 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
         "{% else %}{% set content = message['content'] %}{% endif %}"
         "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-        "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' }}"
+        "{% generation %}{{ content.strip() + ' ' + eos_token }}{% endgeneration %}{% endif %}"
         "{% endfor %}"
     ),
     # Llama-3-instruct: header ids around the role, every turn closed by <|eot_id|>
     "llama-3": (
         "{{ bos_token }}"
         "{% for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
-        " + '<|eot_id|>' }}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+        "{% else %}{{ message['content'] | trim + '<|eot_id|>' }}{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
     ),
@@ -99,7 +108,8 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{% if message['role'] == 'user' %}"
         "{% if loop.index0 == 0 and system_message %}{{ '[INST] ' + system_message + '\\n\\n' + message['content']"
         " + '[/INST]' }}{% else %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% endif %}"
-        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' }}"
+        "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{% endif %}"
         "{% endfor %}"
     ),
     # Gemma: <start_of_turn>user / model … <end_of_turn>, no system role, strict alternation
@@ -111,14 +121,18 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
         "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
         "{% endif %}"
-        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+        "{{ '<start_of_turn>' + role + '\n' }}"
+        "{% if role == 'model' %}{% generation %}{{ message['content'] | trim + '<end_of_turn>' }}{% endgeneration %}"
+        "{% else %}{{ message['content'] | trim + '<end_of_turn>' }}{% endif %}{{ '\n' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
     ),
     # Phi-3: <|user|> … <|end|>
     "phi-3": (
         "{% for message in messages %}"
-        "{{ '<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>' + '\n' }}"
+        "{{ '<|' + message['role'] + '|>' + '\n' }}"
+        "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+        "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}{{ '\n' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
     ),
@@ -150,11 +164,13 @@ def template_text(ref: str, base_dir: Path) -> str:
 
 
 def _compile(text: str, where: str) -> None:
-    """A template that does not parse is an error now, not when the first prompt is rendered."""
+    """A template that does not parse is an error now, not when the first prompt is rendered. Parsed
+    as transformers renders it: with its ``{% generation %}`` extension (the assistant-mask markers)."""
     import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template
 
     try:
-        jinja2.Environment().parse(text)
+        _compile_jinja_template(text)
     except jinja2.TemplateSyntaxError as e:
         raise ChatTemplateError(f"{where}: not a valid Jinja chat template (line {e.lineno}: {e.message})",
                                 field="chat_template") from None

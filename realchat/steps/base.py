@@ -39,12 +39,25 @@ def data_configs(out: Path) -> list[dict[str, Any]]:
 
     rejected = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "rejected").glob("*.parquet")))
     configs = [c for c in DATA_CONFIGS if c["config_name"] != "rejected" or rejected > 0]
+    splits = data_splits(out)
+    if splits != ["train"]:  # curate's train and held_out shards: real splits of the default config
+        configs[0] = {**configs[0], "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}
     shared = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "sharegpt").glob("*.parquet")))
     if shared:  # a simulation's ShareGPT export (also as sharegpt/realchat.jsonl, the paper's file)
         configs.append({"config_name": "sharegpt", "data_files": [{"split": "train", "path": "sharegpt/*.parquet"}]})
     if (out / "intents" / "intents.jsonl").is_file():  # the goals the step used (realchat.intents.write_intents)
         configs.append({"config_name": "intents", "data_files": [{"split": "train", "path": "intents/intents.jsonl"}]})
     return configs
+
+
+def data_splits(out: Path) -> list[str]:
+    """The splits of ``data/`` by its shard names (``<split>-00000-of-00002.parquet``, as curate writes
+    them): ``train`` first; ``["train"]`` for a folder whose shards are named otherwise."""
+    import re
+
+    found = {m.group(1) for f in (out / "data").glob("*.parquet")
+             if (m := re.fullmatch(r"(\w+)-\d{5}-of-\d{5}\.parquet", f.name))}
+    return ["train", *sorted(found - {"train"})] if "train" in found else ["train"]
 
 
 @dataclass

@@ -19,6 +19,7 @@ from realchat.engine import ranks
 from realchat.engine.context import StepContext
 from realchat.intents import TrainIntents, summarize, with_intent, write_intents
 from realchat.models import served_identity
+from realchat.models.provenance import portable_name
 from realchat.models.usage import BudgetReached, ServedBudget
 from realchat.recipe.base import DEFAULT_MODEL, DEFAULT_USER_SYSTEM_PROMPT, Produces, StepConfig
 from realchat.recipe.refs import ChatTemplateRef, DatasetRef, ModelRef
@@ -177,6 +178,9 @@ class Sft(StepKind):
                               chat_template=template)
         stats["training_data"] = counts
         stats["base_model_ref"] = cfg.base_model
+        # as the recipe names it (a pkg:// file by distribution and version), never the resolved path on
+        # the builder's disk (its site-packages, its cache of de-quantised GGUFs)
+        stats["base_model"] = portable_name(cfg.base_model)
         stats["chat_template"] = cfg.chat_template or "the base model's own"
         stats["system_prompt"] = user_system_prompt(cfg) if role == "user" else cfg.system_prompt
         stats["end_marker"] = cfg.end_marker if role == "user" else None

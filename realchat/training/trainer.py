@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -115,8 +117,12 @@ class TrainingDataError(RealChatError):
 
 
 def tokenize_conversations(tokenizer: Any, convs: list[list[dict[str, str]]], loss_role: str,
-                           max_length: int, what: str) -> list[dict[str, list[int]]]:
-    """Tokenise with masks; refuse data that would train on nothing, with a reason."""
+                           max_length: int, what: str, dropped: dict[str, int] | None = None) -> list[dict[str, list[int]]]:
+    """Tokenise with masks; refuse data that would train on nothing, with a reason.
+
+    A row with no loss token in its first ``max_length`` tokens (no ``loss_role`` turn, or the first
+    one cut off by truncation) is dropped here and counted in ``dropped``: in training it would be a
+    micro-batch (or part of one) with nothing to learn, logged as loss 0 and pulling the mean loss down."""
     rows = [tokenize_with_mask(tokenizer, msgs, loss_role) for msgs in convs]
     with_loss = [r for r in rows if any(r["assistant_masks"])]
     if not with_loss:
@@ -129,7 +135,10 @@ def tokenize_conversations(tokenizer: Any, convs: list[list[dict[str, str]]], lo
             f"{what}: max_length {max_length} is smaller than one turn: the earliest {loss_role} turn "
             f"starts at token {min(first_loss)}, so every row would be cut before anything to learn",
             field="max_length", hint=f"raise max_length above {min(first_loss) + 16}")
-    return with_loss
+    kept = [r for r, first in zip(with_loss, first_loss) if first < max_length]
+    if dropped is not None:
+        dropped.update(no_loss_turn=len(rows) - len(with_loss), loss_cut_by_max_length=len(with_loss) - len(kept))
+    return kept
 
 
 def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
@@ -290,9 +299,15 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     chat_format = ChatFormat.of(tokenizer, log)
-    train_rows = tokenize_conversations(tokenizer, train_convs, loss_role, cfg.max_length, "training data")
-    eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs) if any(r["assistant_masks"])]
-                 if eval_convs else [])
+    dropped: dict[str, int] = {}
+    train_rows = tokenize_conversations(tokenizer, train_convs, loss_role, cfg.max_length, "training data", dropped)
+    if any(dropped.values()):
+        log(f"training data: {sum(dropped.values()):,} row(s) without a {loss_role} token to learn in the first "
+            f"{cfg.max_length} tokens left out ({dropped['no_loss_turn']:,} without a {loss_role} turn, "
+            f"{dropped['loss_cut_by_max_length']:,} whose first one starts after max_length)")
+    # held-out rows likewise: one without a loss token would add a 0 to the held-out loss
+    eval_rows = ([r for r in (tokenize_with_mask(tokenizer, m, loss_role) for m in eval_convs)
+                  if any(r["assistant_masks"][: cfg.max_length])] if eval_convs else [])
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = choose_precision(cfg.precision, cfg.bf16, device_type=device_type,
                                  bf16_available=device_type == "cuda" and torch.cuda.is_bf16_supported())
@@ -371,15 +386,17 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
     if reporter is not None:
         progress = TrainingProgress(reporter)
         callbacks.append(progress)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_on else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
+    tensorboard = tensorboard_dir(args.report_to, out)
+    with _environment("TENSORBOARD_LOGGING_DIR", tensorboard):  # read when the callback is made
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_on else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw per-step dicts: the progress line and the card have them
@@ -423,6 +440,11 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         "loss_role": loss_role,
         "base_model": base_model,
         "train_conversations": len(train_rows),
+        # rows left out before training for having no loss token within max_length (see tokenize_conversations)
+        "rows_without_loss_tokens": dropped,
+        # the event files: relative to the model folder when they are in it, else the user's folder
+        "tensorboard_logs": (None if tensorboard is None else TENSORBOARD_SUBDIR
+                             if Path(tensorboard) == out / TENSORBOARD_SUBDIR else tensorboard),
         "eval_conversations": len(eval_rows),
         "dataset_tokens": n_tokens,
         "dataset_loss_tokens": n_loss,
@@ -448,6 +470,37 @@ def train_sft(cfg: TrainingSettings, *, base_model: str, train_convs: list[list[
         "mfu": speed["mfu"],
         "throughput": speed,
     }
+
+
+#: Where TensorBoard event files go inside the step's output (published with the model).
+TENSORBOARD_SUBDIR = "logs"
+
+
+def tensorboard_dir(report_to: Any, out: Path) -> str | None:
+    """With ``report_to`` tensorboard (or ``all``), the folder its event files go to: the user's
+    ``TENSORBOARD_LOGGING_DIR`` when set, else ``logs/`` in the step's output. Not the trainer's default
+    (``<output_dir>/runs``): that is the work folder, removed once the step is done."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if not {"tensorboard", "all"} & set(targets):
+        return None
+    return os.environ.get("TENSORBOARD_LOGGING_DIR") or str(out / TENSORBOARD_SUBDIR)
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """``name=value`` in the environment for the block (nothing when ``value`` is None), then as it was."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _loss_table(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
