@@ -309,6 +309,11 @@ def stats_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
 ) -> None:
     """The paper's §4 statistics of any conversation file (set any corpus beside the paper's table)."""
+    from realchat.extras import install_command, missing
+
+    lacking = missing("eval")
+    if lacking:  # MTLD and topic diversity are the evaluate step's
+        _fail(RealChatError(f"realchat stats needs {', '.join(lacking)}, not installed", hint=install_command("eval")))
     from realchat.data import read_file_conversations
     from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
     from realchat.steps.evaluate import describe_dataset, hash_order
