@@ -538,7 +538,6 @@ class Evaluate(StepKind):
 def check_benchmark_files(cfg: EvaluateConfig, base_dir: Path) -> None:
     """FastChat's layout must be there before anything runs: the files each benchmark needs."""
     from realchat.errors import RealChatError, RecipeError
-
     from realchat.evaluation import fastchat_data
 
     b = cfg.benchmark
