@@ -71,7 +71,7 @@ import json
 stats = json.load(open("runs/realchat/curate/stats.json"))
 assert stats["read"] == 300 and stats["balanced"], stats
 report = json.load(open("runs/realchat/evaluate/stats.json"))["report"]
-assert set(report["benchmarks"]) == {"mt_bench", "vicuna_bench"}, report["benchmarks"]
+assert set(report["benchmarks"]["benchmarks"]) == {"mt_bench", "vicuna_bench"}, report["benchmarks"]
 print(f"default recipe outside the repo: curate read {stats['read']}, kept {stats['kept_conversations']}; "
       f"report with {', '.join(report['datasets'])}")
 PY
