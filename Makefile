@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make build   -> creates .venv, installs RealChat, runs `realchat build recipes/realchat.yaml`
-#   make test    -> creates .venv, installs RealChat with test extras, builds the docs, runs the test suite
+#   make test    -> creates .venv, installs RealChat with test extras (they include the default recipe's:
+#                   train, eval, its data), builds the docs, runs the test suite, then .ci/fresh_venv.sh
 #   make docs    -> builds the documentation site (mkdocs build --strict) into site/
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +23,12 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# FastChat's benchmark files: from ../shared/eval beside the clone when it is there (offline, the way
+# the docs tell an offline user), else `realchat plan` downloads them into the cache
+SHARED_EVAL ?= ../shared/eval
+
 build: $(BIN)/.installed
+	if [ -d "$(SHARED_EVAL)" ]; then $(BIN)/realchat fetch-eval --from "$(SHARED_EVAL)"; fi
 	$(BIN)/realchat build recipes/realchat.yaml
 
 # warnings are errors: a broken link, anchor or generated reference page fails the build (and CI)
@@ -31,7 +37,7 @@ docs: $(BIN)/.installed
 
 test: $(BIN)/.installed docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider
-	# the built wheel alone in a new venv, outside the clone: init, plan, a small build
+	# the built wheel in a new venv, outside the clone: init, plan, the whole default recipe at toy sizes
 	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) .ci/fresh_venv.sh
 
 test-package:

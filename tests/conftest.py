@@ -29,12 +29,22 @@ from realchat.recipe.refs import resolve_package_path
 SHAREGPT = resolve_package_path(DEFAULT_SHAREGPT)
 
 
+#: FastChat's benchmark files beside the clone (CI has ../shared); never copied into the repo.
+SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session gets its own RealChat cache (converted tokenizers) and fastText cache."""
+    """Each test session gets its own RealChat cache (converted tokenizers) and fastText cache. The
+    benchmark files that ``questions: fastchat`` reads are put into it the way an offline user does
+    (``realchat fetch-eval --from ../shared/eval``): the tests never reach the network."""
+    from realchat.evaluation import fastchat_data
+
     cache = tmp_path_factory.getbasetemp() / "realchat-cache"
     monkeypatch.setenv("REALCHAT_CACHE", str(cache))
     monkeypatch.setenv("FTLANG_CACHE", str(cache / "fasttext"))
+    if not (cache / "fastchat" / fastchat_data.COMMIT).is_dir():
+        fastchat_data.fetch(source=SHARED_EVAL)
 
 
 @pytest.fixture(scope="session")

@@ -218,7 +218,7 @@ def _ray_runtime(ctx: "StepContext", executor: "ExecutorConfig") -> Iterator[Non
     try:
         import ray
     except ImportError:
-        raise RecipeError("the Ray executor needs Ray: pip install 'realchat[ray]'", file=str(ctx.loaded.path),
+        raise RecipeError("the Ray executor needs Ray: pip install 'realchat-usersim[ray]'", file=str(ctx.loaded.path),
                           field="executor.kind") from None
 
     started_here = not ray.is_initialized()

@@ -61,15 +61,18 @@ class BenchModel(Strict):
 class BenchmarkConfig(Strict):
     """MT-Bench / Vicuna-Bench: answers from each model, judged by an LLM with FastChat's prompts."""
 
-    #: FastChat's ``data`` layout (``<bench>/question.jsonl``, ``<bench>/reference_answer/gpt-4.jsonl``,
-    #: ``judge_prompts.jsonl``), relative to the recipe; or, with ``questions_format: hub``, a Hub
-    #: dataset id per benchmark (``{bench}`` is replaced by the benchmark name).
-    questions: str = "../../shared/eval"
-    #: `fastchat_dir`: `questions` is a folder in FastChat's layout; `hub`: a Hub dataset id (needs
-    #: network).
+    #: Where the questions, GPT-4 reference answers and judge prompts come from. `fastchat`: FastChat's
+    #: files at a pinned commit, downloaded once (at `plan`) into the RealChat cache and checked by
+    #: sha256; offline, `realchat fetch-eval --from DIR` puts them there. Otherwise a folder in FastChat's
+    #: ``llm_judge/data`` layout (``<bench>/question.jsonl``, ``<bench>/reference_answer/gpt-4.jsonl``,
+    #: ``judge_prompts.jsonl``), relative to the recipe, read as it is; or, with ``questions_format:
+    #: hub``, a Hub dataset id per benchmark (``{bench}`` is replaced by the benchmark name).
+    questions: str = "fastchat"
+    #: `fastchat_dir`: `questions` is `fastchat` or a folder in FastChat's layout; `hub`: a Hub dataset
+    #: id (needs network).
     questions_format: Literal["fastchat_dir", "hub"] = "fastchat_dir"
-    #: With `fastchat_dir`: a Hub dataset id per benchmark (`{bench}` replaced) read instead when the
-    #: `questions` folder is not there (needs network, and only when the evaluate step runs), e.g.
+    #: With a `questions` folder: a Hub dataset id per benchmark (`{bench}` replaced) read instead when
+    #: the folder is not there (needs network, and only when the evaluate step runs), e.g.
     #: `HuggingFaceH4/{bench}_prompts`.
     questions_hub: str | None = None
     #: FastChat's ``judge_prompts.jsonl``; default: the one in ``questions`` (required with ``hub``).
@@ -101,14 +104,28 @@ class BenchmarkConfig(Strict):
 # -- questions ------------------------------------------------------------------------------------
 
 
+def questions_root(cfg: BenchmarkConfig, base_dir: Path) -> Path:
+    """The folder in FastChat's layout that ``questions`` names: the cache's pinned copy for
+    ``fastchat`` (:mod:`realchat.evaluation.fastchat_data`), else the folder relative to the recipe."""
+    from realchat.evaluation import fastchat_data
+
+    if cfg.questions == fastchat_data.FASTCHAT:
+        return fastchat_data.cache_folder()
+    return resolve_local(cfg.questions, base_dir)
+
+
 def load_questions(cfg: BenchmarkConfig, bench: str, base_dir: Path) -> tuple[list[Question], dict[int, list[str]]]:
     """(questions, reference answers by question id) of one benchmark."""
+    from realchat.evaluation import fastchat_data
+
     if cfg.questions_format == "hub":
         return _hub_questions(cfg.questions.replace("{bench}", bench))
-    if cfg.questions_hub and not resolve_local(cfg.questions, base_dir).is_dir():
+    if cfg.questions == fastchat_data.FASTCHAT:
+        fastchat_data.fetch([bench])  # a no-op when the cache has them (checked at plan)
+    elif cfg.questions_hub and not questions_root(cfg, base_dir).is_dir():
         return _hub_questions(cfg.questions_hub.replace("{bench}", bench),
-                              f"{resolve_local(cfg.questions, base_dir)} is not there either")
-    root = resolve_local(cfg.questions, base_dir) / bench
+                              f"{questions_root(cfg, base_dir)} is not there either")
+    root = questions_root(cfg, base_dir) / bench
     questions = []
     path = root / "question.jsonl"
     for i, row in enumerate(read_jsonl(path), 1):
@@ -172,10 +189,14 @@ def select_questions(questions: list[Question], limit: int | None) -> list[Quest
 def judge_prompts_path(cfg: BenchmarkConfig, base_dir: Path) -> Path:
     if cfg.judge_prompts:
         return resolve_local(cfg.judge_prompts, base_dir)
-    return resolve_local(cfg.questions, base_dir) / "judge_prompts.jsonl"
+    return questions_root(cfg, base_dir) / "judge_prompts.jsonl"
 
 
 def load_judge_prompts(cfg: BenchmarkConfig, base_dir: Path) -> dict[str, dict[str, Any]]:
+    from realchat.evaluation import fastchat_data
+
+    if cfg.questions == fastchat_data.FASTCHAT and not cfg.judge_prompts:
+        fastchat_data.fetch([])  # the judge prompts alone; a no-op when cached
     path = judge_prompts_path(cfg, base_dir)
     if not path.is_file():  # the questions may have come from the Hub: FastChat's judge prompts did not
         raise RealChatError(f"FastChat's judge prompts not found: {path}", field="benchmark.judge_prompts",

@@ -556,7 +556,7 @@ def _run_async(coro: Any) -> Any:
 
 
 class VLLMModel(TemplateModel):
-    """vLLM's offline engine (``pip install realchat[vllm]``; a GPU). Prompts go in as token ids
+    """vLLM's offline engine (``pip install 'realchat-usersim[vllm]'``; a GPU). Prompts go in as token ids
     (``TokensPrompt``), never as text vLLM would tokenize again with a second BOS."""
 
     def __init__(self, cfg: VLLMBackend, path: str, chat_template: str | None = None, log: Any = None,

@@ -53,11 +53,11 @@ def split_memory(requested: dict[Any, float]) -> dict[Any, float]:
 
 
 def vllm_factory(**kwargs: Any) -> Any:
-    """vLLM's offline engine (``pip install 'realchat[vllm]'``; a GPU)."""
+    """vLLM's offline engine (``pip install 'realchat-usersim[vllm]'``; a GPU)."""
     try:
         from vllm import LLM
     except ImportError:
-        raise RealChatError("backend kind: vllm needs the vllm package (pip install 'realchat[vllm]')",
+        raise RealChatError("backend kind: vllm needs the vllm package (pip install 'realchat-usersim[vllm]')",
                             field="kind") from None
     return LLM(**kwargs)
 

@@ -500,11 +500,15 @@ class Evaluate(StepKind):
 
     def external_inputs(self, config: StepConfig, base_dir: Path) -> list[Any]:
         """The benchmark questions, references and judge prompts: their content enters the fingerprint."""
+        from realchat.evaluation import fastchat_data
         from realchat.models import model_identity
 
         b = config.benchmark  # type: ignore[attr-defined]
         if b is None or b.questions_format != "fastchat_dir":
             return []
+        if b.questions == fastchat_data.FASTCHAT:  # pinned by digest: the same files wherever they are cached
+            return [{"key": "benchmark.questions", "role": "file", "source": f"lm-sys/FastChat@{fastchat_data.COMMIT}",
+                     "revision": fastchat_data.identity()}]
         return [{"key": "benchmark.questions", "role": "file", "source": b.questions,
                  "revision": model_identity(b.questions, base_dir).get("sha256")}]
 
@@ -512,6 +516,9 @@ class Evaluate(StepKind):
         return estimate_benchmarks(config)  # type: ignore[arg-type]
 
     def check(self, config: StepConfig, base_dir: Path) -> None:
+        from realchat.extras import require
+
+        require("eval", "evaluate")
         check_benchmark_files(config, base_dir)  # type: ignore[arg-type]
 
     def run(self, ctx: StepContext, out: Path) -> StepResult:
@@ -580,10 +587,17 @@ def estimate_benchmarks(cfg: EvaluateConfig) -> list[Any]:
 
 def check_benchmark_files(cfg: EvaluateConfig, base_dir: Path) -> None:
     """FastChat's layout must be there before anything runs: the files each benchmark needs."""
-    from realchat.errors import RecipeError
+    from realchat.errors import RealChatError, RecipeError
+    from realchat.evaluation import fastchat_data
 
     b = cfg.benchmark
     if b is None or b.questions_format != "fastchat_dir":
+        return
+    if b.questions == fastchat_data.FASTCHAT:  # fetched into the cache now, or one line saying how to
+        try:
+            fastchat_data.fetch(b.benchmarks)
+        except RealChatError as e:
+            raise RecipeError(e.message, field="benchmark.questions", hint=e.hint) from None
         return
     root = resolve_local(b.questions, base_dir)
     if b.questions_hub and not root.exists():

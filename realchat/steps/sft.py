@@ -114,7 +114,10 @@ class Sft(StepKind):
         import importlib.util
 
         from realchat.errors import RecipeError
+        from realchat.extras import require
         from realchat.training.trl_options import check_trl_options
+
+        require("train", "sft")  # before TRL is imported below
 
         check_trl_options(config.trl, SftConfig.model_fields)
         targets = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)

@@ -199,7 +199,7 @@ def choose_batching(packing: bool, device_type: str, attn_implementation: str | 
 
 def pick_attention(device_type: str, half_precision: bool, flash_attn_installed: bool) -> str | None:
     """The attention to load the model with: flash-attention 2 on CUDA in bf16/fp16 when the
-    ``flash-attn`` package is installed (``pip install 'realchat[gpu]'``), so that packing gets its
+    ``flash-attn`` package is installed (``pip install 'realchat-usersim[gpu]'``), so that packing gets its
     varlen kernel; otherwise None (the model's default, SDPA). Pure: the caller looks at the machine."""
     if device_type == "cuda" and half_precision and flash_attn_installed:
         return "flash_attention_2"
