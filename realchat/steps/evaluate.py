@@ -507,7 +507,9 @@ class Evaluate(StepKind):
         if b is None or b.questions_format != "fastchat_dir":
             return []
         if b.questions == fastchat_data.FASTCHAT:  # pinned by digest: the same files wherever they are cached
-            return [{"key": "benchmark.questions", "role": "file", "source": f"lm-sys/FastChat@{fastchat_data.COMMIT}",
+            # lineage: where the files are (GitHub, at the pinned commit) and a digest over their sha256s
+            return [{"key": "benchmark.questions", "role": "file", "repo": "github.com/lm-sys/FastChat",
+                     "source": f"https://github.com/lm-sys/FastChat/tree/{fastchat_data.COMMIT}/fastchat/llm_judge/data",
                      "revision": fastchat_data.identity()}]
         return [{"key": "benchmark.questions", "role": "file", "source": b.questions,
                  "revision": model_identity(b.questions, base_dir).get("sha256")}]
