@@ -227,7 +227,7 @@ def token_counter(ref: str, base_dir: str = ".") -> TokenCounter:
     """The counter of a tokenizer reference. For a GGUF file it is kept beside the converted tokenizer
     as a :class:`PortableCounter` (the Rust tokenizer's JSON and the template's overheads, what the
     curate step's worker processes count with): a later build loads it without importing
-    transformers, about 2.5 s of the curate step's start (``tests/test_token_memo.py`` checks that
+    transformers, about 2.5 s of the curate step's start (``tests/test_curate_speed.py`` checks that
     the saved counter counts as the tokenizer does)."""
     saved = _saved_counter_path(ref, Path(base_dir))
     if saved is not None and saved.is_file():
