@@ -388,7 +388,7 @@ def plan_cmd(
     recipe: RecipeArg,
     set_: SetOpt = None,
     overlay: OverlayOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list: name, kind, parents, fingerprint, done, output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list: name, kind, parents, fingerprint, done, output, estimate (calls, tokens and cost per served role).")] = False,
 ) -> None:
     """Show the steps in build order: kind, parents, output, fingerprint, and which are done already."""
     from realchat.engine.build import plan

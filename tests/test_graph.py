@@ -207,7 +207,8 @@ def test_fingerprint_follows_the_content_of_an_input_file(chain_recipe, source):
 
 def test_plan_json_keys_parents_and_outputs(chain_recipe, tmp_path):
     rows = plan_json(chain_recipe)
-    assert [set(r) for r in rows] == [{"name", "kind", "parents", "fingerprint", "done", "output"}] * 4
+    assert [set(r) for r in rows] == [{"name", "kind", "parents", "fingerprint", "done", "output", "estimate"}] * 4
+    assert all(r["estimate"] == [] for r in rows)  # curate and local sft call no served model: nothing to pay
     by = {r["name"]: r for r in rows}
     assert [r["kind"] for r in rows] == ["curate", "sft", "sft", "sft"]
     assert by["curate"]["parents"] == [] and by["usergpt"]["parents"] == ["curate"]

@@ -124,3 +124,30 @@ def test_workers_die_with_a_killed_build(long_curate, build):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not _left_running(kids), "worker or resource-tracker processes outlived the killed build"
+
+
+def test_stopping_workers_ends_even_when_one_died_half_way_through_its_answer():
+    """A worker killed while writing its answer leaves half a message in the pool's answer pipe; the
+    pool's reader thread then waits for the rest. Stopping must end anyway (a build that never exited
+    on SIGTERM, one run in three on a loaded machine). Half a message is put there as a killed worker
+    leaves it: a length header and fewer bytes than it announces."""
+    import struct
+    import threading
+
+    from realchat.curation.local_executor import _Workers
+
+    workers = _Workers(2, tokenizer=lambda: None)
+    workers._start()
+    deadline = time.monotonic() + 120
+    while not workers._ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers._ready(), "the worker processes did not start"
+    kids = {p.pid for p in workers.pool._processes.values()}
+    writer = workers.pool._result_queue._writer
+    os.write(writer.fileno(), struct.pack("!i", 1 << 20) + b"half an answer")
+    time.sleep(0.5)  # the pool's reader thread takes the header and waits for the rest
+    closing = threading.Thread(target=workers.close, kwargs={"stop": True}, daemon=True)
+    closing.start()
+    closing.join(timeout=60)
+    assert not closing.is_alive(), "stopping the workers waited for the rest of a dead worker's answer"
+    assert not _left_running(kids)
