@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 HERE = Path(__file__).resolve().parent
 
@@ -110,8 +111,10 @@ def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: in
         "print('RESULT ' + json.dumps({'wall': time.perf_counter() - t0, 'read': stats['read'],\n"
         "      'kept': stats['kept_conversations'], 'rules': stats['rules'], 'executor': stats.get('executor', {})}))\n"
     )
+    errors = root / f"{executor}.stderr.txt"  # the child's log, shown when it fails
+    root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", code, recipe, *overrides], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=errors.open("w"), text=True)
     peak = [0]
 
     def sample() -> None:
@@ -131,10 +134,23 @@ def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: in
     t.join()
     line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
-        raise SystemExit(f"{executor}: the build failed:\n{out[-2000:]}")
+        raise SystemExit(f"{executor}: the build failed:\n{out[-2000:]}{errors.read_text()[-3000:]}")
     result = json.loads(line[len("RESULT "):])
     result["peak_rss_mb"] = peak[0] / 2**20
     return result
+
+
+def curate_only(recipe: Path, root: Path) -> Path:
+    """The recipe with its curate step alone: the other steps' plan-time checks (evaluate's benchmark
+    files, the models) have nothing to do with what is measured here."""
+    doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    doc["steps"] = {"curate": doc["steps"]["curate"]}
+    tok = doc["steps"]["curate"].get("tokenizer")
+    if isinstance(tok, str) and not tok.startswith(("pkg://", "hf://", "/")) and (recipe.parent / tok).exists():
+        doc["steps"]["curate"]["tokenizer"] = str((recipe.parent / tok).resolve())
+    out = root / "curate-only.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return out
 
 
 def main() -> None:
@@ -159,9 +175,10 @@ def main() -> None:
             n = make_input(args.conversations, source, turn_pairs=args.turn_pairs)
         print(f"input: {n:,} conversations, {source.stat().st_size / 2**20:,.0f} MiB "
               f"(built in {time.perf_counter() - t0:.0f} s)")
+        recipe = curate_only(Path(args.recipe), root)
         results = {}
         for ex in args.executors:
-            results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows, args.rules,
+            results[ex] = r = run_child(str(recipe), source, root, ex, args.num_cpus, args.shard_rows, args.rules,
                                         args.workers)
             held = r["executor"].get("rows_held_peak")
             print(f"{ex:<6} wall {r['wall']:7.1f} s   {r['read'] / r['wall']:8,.0f} conversations/s   "

@@ -139,6 +139,24 @@ def test_without_network_or_cache_the_build_stops_before_any_step(how, tmp_path,
     assert runner.invoke(app, ["plan", str(recipe)]).exit_code == 0
 
 
+def test_only_curate_offline_needs_no_benchmark_files(tmp_path, empty_cache, monkeypatch):
+    """`build --only curate` checks the steps it builds: offline and without FastChat's files, the
+    curate step builds; `plan` and a whole build still stop in one line on the missing files."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = tmp_path / "realchat.yaml"
+    recipe.write_text(DEFAULT.read_text())
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["build", str(recipe), "--only", "curate", "--no-push", "--no-progress",
+                            "--set", "steps.curate.source.limit=200"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "realchat" / "curate" / "manifest.json").is_file()
+    assert not empty_cache.exists()  # nothing fetched, nothing needed
+    r = runner.invoke(app, ["plan", str(recipe), "--set", "steps.curate.source.limit=200"])
+    assert r.exit_code == 2 and "steps.evaluate.benchmark.questions" in text(r), r.output
+    r = runner.invoke(app, ["build", str(recipe), "--only", "nosuchstep", "--no-push"])
+    assert r.exit_code == 2 and "--only 'nosuchstep': no such step" in text(r), r.output
+
+
 def test_fetch_eval_from_a_folder_checks_every_file(tmp_path, empty_cache):
     copy = tmp_path / "data"
     shutil.copytree(SHARED_EVAL, copy)

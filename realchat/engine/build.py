@@ -62,10 +62,19 @@ class StepPlan:
                 "done": self.done, "output": str(self.output)}
 
 
-def graph_of(loaded: LoadedRecipe) -> Graph:
-    """The recipe's graph, every reference and every kind's own checks passed."""
+def graph_of(loaded: LoadedRecipe, only: list[str] | None = None, start: str | None = None,
+             check: bool = True) -> Graph:
+    """The recipe's graph, every reference checked, and each kind's own checks passed for the steps
+    ``--only`` / ``--from`` select (every step by default, as ``plan`` promises the whole recipe
+    builds): a ``build --only curate`` does not need evaluate's benchmark files. ``check=False``
+    (publishing finished steps): the references only."""
     graph = build_graph(loaded)
+    if not check:
+        return graph
+    chosen = set(selected_names(graph, only, start))
     for name in graph.order:
+        if name not in chosen:
+            continue
         node = graph.nodes[name]
         try:
             registry.get(node.kind).check(node.config, loaded.base_dir)
@@ -98,7 +107,13 @@ def plan(loaded: LoadedRecipe, graph: Graph | None = None) -> list[StepPlan]:
 def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
            start: str | None = None) -> list[StepPlan]:
     """``--only`` these steps; ``--from`` this step and everything downstream of it."""
-    names = [p.name for p in plans]
+    keep = set(selected_names(graph, only, start))
+    return [p for p in plans if p.name in keep]
+
+
+def selected_names(graph: Graph, only: list[str] | None = None, start: str | None = None) -> list[str]:
+    """The steps ``--only`` / ``--from`` select, in build order (an unknown name: one line)."""
+    names = list(graph.order)
     for flag, values in (("--only", only or []), ("--from", [start] if start else [])):
         for value in values:
             if value not in names:
@@ -108,7 +123,7 @@ def select(plans: list[StepPlan], graph: Graph, only: list[str] | None = None,
         keep &= set(only)
     if start:
         keep &= set(graph.downstream(start))
-    return [p for p in plans if p.name in keep]
+    return [n for n in names if n in keep]
 
 
 def check_launch(loaded: LoadedRecipe, to_run: list[StepPlan]) -> None:
@@ -346,7 +361,7 @@ def build(loaded: LoadedRecipe, *, only: list[str] | None = None, start: str | N
     from realchat.hub.publish import needs_publish
 
     console = console or Console(stderr=True)
-    graph = graph_of(loaded)
+    graph = graph_of(loaded, only, start)
     ranks.start()
     if not ranks.is_main():
         return follow_main(loaded, graph, only=only, start=start)
@@ -458,7 +473,7 @@ def push(loaded: LoadedRecipe, steps: list[str] | None = None, log: Any = print,
     (waiting up to ``wait_s`` seconds for a build that holds it)."""
     from realchat.hub.publish import PublishError
 
-    graph = graph_of(loaded)
+    graph = graph_of(loaded, check=False)  # publishing reads finished outputs: nothing is run or fetched
     with run_lock(recipe_dir(loaded.run_root, loaded.name), wait_s, log=log):
         plans = {p.name: p for p in plan(loaded, graph)}
         names = steps or [n for n in graph.order if plans[n].done]
