@@ -151,3 +151,30 @@ def test_stopping_workers_ends_even_when_one_died_half_way_through_its_answer():
     closing.join(timeout=60)
     assert not closing.is_alive(), "stopping the workers waited for the rest of a dead worker's answer"
     assert not _left_running(kids)
+
+
+def test_a_signal_inside_a_native_librarys_callback_waits_until_the_code_has_left_it():
+    """polars unwraps what its Python callbacks return: SIGTERM raised inside one (a dtype lookup, seen
+    in this suite) was a Rust panic and an abort, not exit 143. Inside such code the handler sends the
+    signal again a moment later instead; anywhere else it raises at once."""
+    from realchat import interrupts
+
+    seen: list[int] = []
+    # code that reads as polars' own Python, as it runs when Rust calls back into it
+    space: dict = {}
+    exec(compile("import sys\ndef callback():\n    return sys._getframe()\n",
+                 os.sep.join(["", "x", "polars", "datatypes", "_parse.py"]), "exec"), space)
+    inside = space["callback"]()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: seen.append(signal.SIGUSR1))
+    try:
+        interrupts._raise_terminated(signal.SIGUSR1, inside)  # no exception: delivered again later
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGUSR1]
+        with pytest.raises(interrupts.Terminated):
+            interrupts._raise_terminated(signal.SIGTERM, sys._getframe())
+        with pytest.raises(KeyboardInterrupt):
+            interrupts._raise_interrupt(signal.SIGINT, sys._getframe())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
