@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import psutil
-import yaml
 
 HERE = Path(__file__).resolve().parent
 
@@ -104,7 +103,7 @@ def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: in
         "loaded = load_recipe(sys.argv[1], sys.argv[2:])\n"
         "from realchat.models import token_counter\n"
         "token_counter(loaded.config('curate').tokenizer, str(loaded.base_dir))\n"
-        "graph = graph_of(loaded)\n"
+        "graph = graph_of(loaded, only=['curate'])\n"  # the other steps' checks are not measured
         "p = [x for x in plan(loaded, graph) if x.node.name == 'curate'][0]\n"
         "t0 = time.perf_counter()\n"
         "stats = build_step(loaded, graph, p, StepContext(loaded, p.node, p.fingerprint, show_progress=False))\n"
@@ -140,19 +139,6 @@ def run_child(recipe: str, source: Path, root: Path, executor: str, num_cpus: in
     return result
 
 
-def curate_only(recipe: Path, root: Path) -> Path:
-    """The recipe with its curate step alone: the other steps' plan-time checks (evaluate's benchmark
-    files, the models) have nothing to do with what is measured here."""
-    doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    doc["steps"] = {"curate": doc["steps"]["curate"]}
-    tok = doc["steps"]["curate"].get("tokenizer")
-    if isinstance(tok, str) and not tok.startswith(("pkg://", "hf://", "/")) and (recipe.parent / tok).exists():
-        doc["steps"]["curate"]["tokenizer"] = str((recipe.parent / tok).resolve())
-    out = root / "curate-only.yaml"
-    out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default=str(HERE.parent / "recipes" / "realchat.yaml"))
@@ -175,10 +161,9 @@ def main() -> None:
             n = make_input(args.conversations, source, turn_pairs=args.turn_pairs)
         print(f"input: {n:,} conversations, {source.stat().st_size / 2**20:,.0f} MiB "
               f"(built in {time.perf_counter() - t0:.0f} s)")
-        recipe = curate_only(Path(args.recipe), root)
         results = {}
         for ex in args.executors:
-            results[ex] = r = run_child(str(recipe), source, root, ex, args.num_cpus, args.shard_rows, args.rules,
+            results[ex] = r = run_child(args.recipe, source, root, ex, args.num_cpus, args.shard_rows, args.rules,
                                         args.workers)
             held = r["executor"].get("rows_held_peak")
             print(f"{ex:<6} wall {r['wall']:7.1f} s   {r['read'] / r['wall']:8,.0f} conversations/s   "

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,19 +74,22 @@ def _deliver_again_soon(signum: int) -> None:
     timer.start()
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    if _inside_native_callback(frame):
-        _deliver_again_soon(signum)
-        return
-    raise Terminated()
+def _raising(interrupt: type[KeyboardInterrupt]) -> Callable[[int, Any], None]:
+    """A handler that raises ``interrupt`` in the main thread, as Python's own SIGINT handler raises
+    KeyboardInterrupt, but never inside a native library's Python callback: there the signal is
+    delivered again a moment later."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if _inside_native_callback(frame):
+            _deliver_again_soon(signum)
+            return
+        raise interrupt()
+
+    return handler
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    """Ctrl-C as Python's own handler does it (KeyboardInterrupt), but never inside a native callback."""
-    if _inside_native_callback(frame):
-        _deliver_again_soon(signum)
-        return
-    raise KeyboardInterrupt()
+_raise_terminated = _raising(Terminated)
+_raise_interrupt = _raising(KeyboardInterrupt)
 
 
 @contextmanager

@@ -71,10 +71,7 @@ def graph_of(loaded: LoadedRecipe, only: list[str] | None = None, start: str | N
     graph = build_graph(loaded)
     if not check:
         return graph
-    chosen = set(selected_names(graph, only, start))
-    for name in graph.order:
-        if name not in chosen:
-            continue
+    for name in selected_names(graph, only, start):
         node = graph.nodes[name]
         try:
             registry.get(node.kind).check(node.config, loaded.base_dir)

@@ -31,7 +31,7 @@ def wilson_interval(successes: int, n: int) -> list[float]:
 
 
 def bootstrap_interval(statistic: Callable[..., float | np.ndarray], *sizes: int, resamples: int,
-                       seed: int, recentre_on: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       seed: int, recentre_on: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """95 % percentile bootstrap interval of ``statistic(idx_1, ..., idx_k)``, where each ``idx_i`` is
     a resample (with replacement) of ``range(sizes[i])``, drawn independently per sample.
 
@@ -53,6 +53,6 @@ def bootstrap_interval(statistic: Callable[..., float | np.ndarray], *sizes: int
                        confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
     low, high = np.asarray(result.confidence_interval.low), np.asarray(result.confidence_interval.high)
     if recentre_on is not None:
-        shift = float(np.mean(result.bootstrap_distribution)) - recentre_on
+        shift = np.mean(result.bootstrap_distribution, axis=-1) - recentre_on
         low, high = low - shift, high - shift
     return low, high

@@ -30,10 +30,11 @@ from realchat.curation.pipeline import BASE_SCHEMA, ExecutorRun, renamed_warning
 from realchat.curation.reference import read_reference
 from realchat.curation.scores import plot_scores, score_report
 from realchat.curation.sources import DEFAULT_ROLES, SourceConfig, source_revision
+from realchat.curation.sources.base import ReadReport
 from realchat.data import fastchat_conversation, split_of
 from realchat.engine.context import StepContext
-from realchat.models.provenance import portable_name
 from realchat.errors import RecipeError
+from realchat.models.provenance import package_label
 from realchat.recipe.base import DEFAULT_MODEL, PACKAGE_PREFIX_HINT, StepConfig
 from realchat.recipe.refs import ModelRef, input_problem, resolve_local
 from realchat.steps.base import StepKind, StepResult, data_configs
@@ -164,13 +165,13 @@ def _quantiles(s: pl.Series) -> dict[str, float]:
     }
 
 
-def _portable_source(report: Any, ref: str) -> None:
+def _portable_source(report: ReadReport, ref: str) -> None:
     """A packaged source (``pkg://``) named by its distribution and version in the stats, the card and
     the warnings, never by the builder's absolute site-packages path (which says nothing on another
     machine and shows where the builder keeps its venv)."""
-    if not ref.startswith("pkg://"):
+    shown = package_label(ref)
+    if shown is None:  # not a packaged file: the report names it as read
         return
-    shown = portable_name(ref)
     resolved = report.path
     report.path = shown
     if resolved and resolved != shown:
