@@ -8,6 +8,7 @@ verdict. Speed is measured by ``bench/``, never here.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,22 +45,39 @@ def _datasketch_signatures(texts: list[str], p) -> np.ndarray:
     return np.array([m.hashvalues for m in gen], dtype=np.uint32)
 
 
-@pytest.mark.parametrize("num_perm,seed,shingle_size", [(128, 1, 5), (64, 7, 3)])
+#: Texts at the edges of shingling: empty, shorter than a shingle, exactly one, white space Python
+#: splits on and Rust's ``\\s`` does not (U+001C-U+001F), other Unicode spaces, the turn separator.
+_EDGE_TEXTS = ["", "one", "a b c d", "a b c d e", "a b c d e f", "a\x1cb c\x1fd e f g", "x\u3000y z\u2029w v u",
+               "first turn\u241esecond turn with more words in it", "\x1d", "same same same same same same"]
+
+
+@pytest.mark.parametrize("num_perm,seed,shingle_size", [(128, 1, 5), (64, 7, 3), (32, 3, 1)])
 def test_minhash_signatures_are_datasketchs_on_shipped_data(shipped_table, num_perm, seed, shingle_size):
-    texts = _user_texts(shipped_table) + ["", "one", "a b c d e f"]  # empty and short texts too
+    texts = _user_texts(shipped_table) + _EDGE_TEXTS
     p = SimpleNamespace(num_perm=num_perm, seed=seed, shingle_size=shingle_size)
     fast = near_dedup.signatures(texts, p)
     assert fast.dtype == np.uint32 and fast.shape == (len(texts), num_perm)
     assert np.array_equal(fast, _datasketch_signatures(texts, p))
 
 
-def test_minhash_signatures_do_not_depend_on_the_block_size(shipped_table, monkeypatch):
-    """A text's shingles may span several blocks; a block may hold many texts: same values."""
-    texts = _user_texts(shipped_table)[:400]
+def test_words_split_where_python_splits_on_every_code_point():
+    """The shingles' word pattern (Rust regex) against ``str.isspace`` for every Unicode code point."""
+    code_points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    chars = pl.Series([f"a{chr(c)}b" for c in code_points])
+    rust_splits = (chars.str.extract_all(r"[^\s\x1c-\x1f]+").list.len() == 2).to_list()
+    assert rust_splits == [chr(c).isspace() for c in code_points]
+
+
+def test_minhash_signatures_do_not_depend_on_the_threads(shipped_table, monkeypatch):
+    """Permutations shared among threads, or all in one: the same values (a worker process keeps to one)."""
+    texts = _user_texts(shipped_table)[:400] + _EDGE_TEXTS
     p = SimpleNamespace(num_perm=128, seed=1, shingle_size=5)
-    whole = near_dedup.signatures(texts, p)
-    monkeypatch.setattr(near_dedup, "_SHINGLE_BLOCK", 37)
-    assert np.array_equal(near_dedup.signatures(texts, p), whole)
+    shared = near_dedup.signatures(texts, p)
+    monkeypatch.setattr(pl, "thread_pool_size", lambda: 1)
+    assert np.array_equal(near_dedup.signatures(texts, p), shared)
+    monkeypatch.setattr(pl, "thread_pool_size", lambda: 7)
+    assert np.array_equal(near_dedup.signatures(texts, p), shared)
+    assert near_dedup.signatures([], p).shape == (0, 128)
 
 
 def test_near_dedup_keeps_and_rejects_what_datasketch_signatures_gave(shipped_table, monkeypatch):
@@ -70,6 +88,68 @@ def test_near_dedup_keeps_and_rejects_what_datasketch_signatures_gave(shipped_ta
     assert fast.rejected.height > 10  # the shipped data has near-duplicates: the check has teeth
     assert fast.kept.equals(slow.kept)
     assert fast.rejected.equals(slow.rejected)
+
+
+# -- language ID: distinct lines once, a helper process on a second core ------------------------------
+
+
+def _user_lines(table: pl.DataFrame) -> list[str]:
+    """Every user turn of the table, cleaned as the language op cleans it (one line, spaces collapsed)."""
+    turns = table["messages"].explode().struct.unnest().filter(pl.col("role") == "user")
+    return turns.select(pl.col("content").str.replace_all(r"\s+", " ").str.strip_chars())["content"].to_list()
+
+
+def _one_at_a_time(lines: list[str]) -> tuple[list[str], list[float]]:
+    """fastText's own ``predict``, one line at a time: what the language op's answers must be."""
+    from realchat.curation.langid import LanguageIdentifier
+
+    model = LanguageIdentifier.shared()._model
+    labels, scores = [], []
+    for line in lines:
+        out = model.f.predict(line + "\n", 1, 0.0, "replace") if line else []
+        labels.append(out[0][1].removeprefix("__label__") if out else "und")
+        scores.append(min(float(out[0][0]), 1.0) if out else 0.0)
+    return labels, scores
+
+
+def test_language_id_with_a_helper_process_answers_as_one_process(shipped_table, monkeypatch):
+    """A batch shared with the helper process (pieces from the back while this process takes them from
+    the front), repeated lines predicted once: every label and probability is fastText's, in order; the
+    helper is gone once the build's scope is left."""
+    import psutil
+
+    from realchat.curation import langid
+
+    lines = _user_lines(shipped_table)
+    lines += lines[:500] + ["", "ok", "Bonjour, comment allez-vous aujourd'hui ?"]  # repeats, empty, French
+    expected = _one_at_a_time(lines)
+    identifier = langid.LanguageIdentifier.shared()
+    assert identifier.predict(lines, clean=True) == expected  # no helper outside helper_process()
+    monkeypatch.setattr(langid, "_SPREAD_CHARS", 10_000)
+    monkeypatch.setattr(langid, "_PIECE_CHARS", 5_000)  # many pieces: the two processes meet somewhere inside
+    with langid.helper_process(allowed=True) as helper:
+        assert identifier.predict(lines, clean=True) == expected
+        deadline = time.monotonic() + 120
+        while not helper._ready() and time.monotonic() < deadline:  # started: the next batch is shared
+            time.sleep(0.05)
+        kids = {p.pid for p in helper.pool._processes.values()}
+        shared_before = helper.pieces
+        assert identifier.predict(lines, clean=True) == expected
+        assert helper.started == 1 and kids and helper.pieces > shared_before  # the helper answered some
+    assert helper.pool is None
+    assert not [pid for pid in kids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    with langid.helper_process(allowed=False) as helper:
+        assert identifier.predict(lines, clean=True) == expected
+    assert helper.started == 0
+
+
+def test_ngram_repetition_counts_repeated_word_trigrams():
+    from realchat.curation.ops.quality import _ngram_repetition
+
+    assert _ngram_repetition("a b c") == 0.0  # fewer than four words: not judged
+    assert _ngram_repetition("a b c a b c") == 1.0 - 3 / 4  # (a b c) twice among four 3-grams
+    assert _ngram_repetition("spam " * 10) == 1.0 - 1 / 8
+    assert _ngram_repetition("one two three four five") == 0.0
 
 
 # -- token counts by pre-token ------------------------------------------------------------------------

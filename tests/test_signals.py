@@ -143,7 +143,7 @@ def test_stopping_workers_ends_even_when_one_died_half_way_through_its_answer():
         time.sleep(0.1)
     assert workers._ready(), "the worker processes did not start"
     kids = {p.pid for p in workers.pool._processes.values()}
-    writer = workers.pool._result_queue._writer
+    writer = workers.pool._result_queue._writer  # the pipe the workers answer through
     os.write(writer.fileno(), struct.pack("!i", 1 << 20) + b"half an answer")
     time.sleep(0.5)  # the pool's reader thread takes the header and waits for the rest
     closing = threading.Thread(target=workers.close, kwargs={"stop": True}, daemon=True)

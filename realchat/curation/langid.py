@@ -9,8 +9,17 @@ fastText lid.176 (compressed variant, 176 languages).
 Why predictions go through the C++ ``predict`` one text at a time: the ``fasttext-predict`` binding
 both packages depend on has a ``multilinePredict`` that returns labels without probabilities and
 ignores the threshold (its own Python wrapper fails on lists of any length but two), and RealChat needs
-the probability for the confidence threshold. Each call costs about 3.5 µs on this machine, so the
-shipped ShareGPT (61k user turns) takes about 0.2 s; ``bench/bench_curate.py`` reports it.
+the probability for the confidence threshold. The call's own overhead is about 3.5 µs; the time is
+fastText's, linear in the text's length (about 0.18 s per million characters on the development
+machine).
+
+A second core: the binding holds the GIL while it predicts, so threads cannot share the work. Inside
+:func:`helper_process` (the local executor's main process opens it when it may use more than one core)
+a batch of at least ``_SPREAD_CHARS`` characters is cut into pieces, and one spawned helper process
+takes pieces from the back while this process takes them from the front, until they meet: a helper
+still starting takes none, a slow one takes fewer. The helper loads the same model; the answers are the
+ones this process would give (``tests/test_curate_speed.py`` compares them). Worker processes and Ray
+tasks never open one: their executor already spreads chunks over the cores.
 """
 
 from __future__ import annotations
@@ -22,12 +31,22 @@ import os
 import re
 import shutil
 import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
+from realchat.curation.processes import answer_of, close_pool, spawn_pool, submit
 from realchat.errors import ModelError
 
 _WS = re.compile(r"\s+")
 _MODEL_NAME = "lid.176.ftz"
+#: A batch of at least this many characters is shared with the helper process (about 0.2 s of fastText
+#: here; the helper's start, a spawned interpreter, is paid once per build and overlaps this process's work).
+_SPREAD_CHARS = 1_000_000
+#: Characters per piece handed out: about 35 ms of fastText, so the pieces' trips cost little and the
+#: two processes finish close together.
+_PIECE_CHARS = 200_000
 
 
 def bundled_model_path() -> Path:
@@ -84,11 +103,26 @@ class LanguageIdentifier:
 
         ``clean=True`` promises the texts are already one line with collapsed whitespace.
         """
+        lines = texts if clean else [_WS.sub(" ", text).strip() for text in texts]
+        # each distinct line once (users paste the same prompt again and again: 7 % of the characters of
+        # ShareGPT's user text); fastText's answer depends on the line alone
+        distinct = list(dict.fromkeys(lines))
+        if _helper.allowed and sum(map(len, distinct)) >= _SPREAD_CHARS:
+            labels, scores = _helper.share(distinct, self.predict_here)
+        else:
+            labels, scores = self.predict_here(distinct)
+        if len(distinct) == len(lines):
+            return labels, scores
+        answer = {line: k for k, line in enumerate(distinct)}
+        at = [answer[line] for line in lines]
+        return [labels[k] for k in at], [scores[k] for k in at]
+
+    def predict_here(self, lines: list[str]) -> tuple[list[str], list[float]]:
+        """:meth:`predict` on clean lines, in this process."""
         predict = self._model.f.predict
         labels: list[str] = []
         scores: list[float] = []
-        for text in texts:
-            line = text if clean else _WS.sub(" ", text).strip()
+        for line in lines:
             if not line:
                 labels.append("und")
                 scores.append(0.0)
@@ -102,3 +136,100 @@ class LanguageIdentifier:
                 labels.append("und")
                 scores.append(0.0)
         return labels, scores
+
+
+class _Helper:
+    """The one helper process of :func:`helper_process` and how a batch is shared with it."""
+
+    def __init__(self) -> None:
+        self.allowed = False
+        self.pool: ProcessPoolExecutor | None = None
+        self.warming: list[Future] = []
+        self.started = 0  # helper processes started since the last helper_process() opened
+        self.pieces = 0  # pieces the helper answered since then
+
+    def share(self, lines: list[str], here: Callable[[list[str]], tuple[list[str], list[float]]]
+              ) -> tuple[list[str], list[float]]:
+        """``here`` over ``lines``, the helper taking pieces from the back once it has started."""
+        if self.pool is None:
+            self.pool, self.warming = spawn_pool(1, _load_in_helper)
+            self.started += 1
+        pieces = _pieces(lines, _PIECE_CHARS)
+        results: list[tuple[list[str], list[float]] | None] = [None] * len(pieces)
+        front, back = 0, len(pieces)
+        in_flight: deque[tuple[int, Future]] = deque()
+        while front < back:
+            while in_flight and in_flight[0][1].done():
+                k, future = in_flight.popleft()
+                results[k] = answer_of(future)
+            while self._ready() and len(in_flight) < 2 and front < back:  # one piece queued behind its current one
+                back -= 1
+                start, stop = pieces[back]
+                in_flight.append((back, submit(self.pool, _predict_in_helper, lines[start:stop])))
+                self.pieces += 1
+            if front < back:
+                start, stop = pieces[front]
+                results[front] = here(lines[start:stop])
+                front += 1
+        for k, future in in_flight:
+            results[k] = answer_of(future)
+        labels = [label for part in results for label in part[0]]  # type: ignore[index]
+        scores = [score for part in results for score in part[1]]  # type: ignore[index]
+        return labels, scores
+
+    def _ready(self) -> bool:
+        """The helper has loaded its model (one that failed to start is an error here)."""
+        if not all(f.done() for f in self.warming):
+            return False
+        for f in self.warming:
+            answer_of(f)
+        self.warming = []
+        return True
+
+    def close(self, stop: bool) -> None:
+        if self.pool is not None:
+            close_pool(self.pool, stop)
+        self.pool = None
+        self.warming = []
+
+
+_helper = _Helper()
+
+
+@contextlib.contextmanager
+def helper_process(allowed: bool = True) -> Iterator[_Helper]:
+    """While inside (and ``allowed``), large batches are shared with one helper process, started at the
+    first one; on the way out it is stopped: it finishes and leaves, or is killed when leaving on an
+    error, Ctrl-C or SIGTERM."""
+    _helper.allowed = allowed
+    _helper.started = _helper.pieces = 0
+    stop = True
+    try:
+        yield _helper
+        stop = False
+    finally:
+        _helper.allowed = False
+        _helper.close(stop)
+
+
+def _pieces(lines: list[str], chars: int) -> list[tuple[int, int]]:
+    """``lines`` cut into consecutive ``(start, stop)`` ranges of about ``chars`` characters each."""
+    pieces: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for k, line in enumerate(lines):
+        size += len(line) + 1
+        if size >= chars:
+            pieces.append((start, k + 1))
+            start, size = k + 1, 0
+    if start < len(lines):
+        pieces.append((start, len(lines)))
+    return pieces
+
+
+def _load_in_helper() -> None:
+    """The helper's start: the model loaded before its first piece."""
+    LanguageIdentifier.shared()
+
+
+def _predict_in_helper(lines: list[str]) -> tuple[list[str], list[float]]:
+    return LanguageIdentifier.shared().predict_here(lines)

@@ -19,14 +19,12 @@ in the same order, and the dedup ops' state is what makes chunking invisible to 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,12 +33,12 @@ import polars as pl
 
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import Filter
+from realchat.curation.langid import helper_process
 from realchat.curation.parts import CurateSink, ShardWriter
+from realchat.curation.processes import answer_of, close_pool, spawn_pool, submit
 from realchat.curation.pipeline import (ChunkReader, ExecutorRun, RuleTally, token_getter, label_rejected,
                                         run_row_ops, source_rule, tokenizer_spec)
 from realchat.curation.sources import open_source
-from realchat.errors import RealChatError
-from realchat.interrupts import follow_parent, signals_held
 
 if TYPE_CHECKING:
     from realchat.curation.reference import Reference
@@ -97,39 +95,41 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     chunks: Iterator[pl.DataFrame] = source_chunks()
     stopped = True  # until the passes finish: an error or a signal stops the workers, not waits for them
     try:
-        for number, (start, stop) in enumerate(bounds):
-            barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
-            # a pass that starts after a global op applies it first (it has decided by now)
-            first = start - 1 if start and ops[start - 1].scope == "global" else start
-            applied = list(range(first, stop - (barrier is not None)))
-            spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
-            with ExitStack() as stack:
-                # a line per op when the pass starts and one when it ends, both in the recipe's order
-                counters = [ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows") for i in applied]
-                shown = {i: cm.__enter__() for i, cm in zip(applied, counters)}
-                for cm in reversed(counters):  # the stack unwinds last in, first out
-                    stack.push(cm)
-                stream = chunks
-                for group in _groups(ops, applied):  # row ops in worker processes, the others here
-                    if ops[group[0]].scope == "row":
-                        stream = workers.stream(stream, group, ops, tallies, sink, shown)
-                    else:
-                        stream = _here(stream, group[0], ops[group[0]], tallies[group[0]], sink, shown[group[0]])
-                prepared = workers.prepared(stream, barrier) if barrier is not None else ((c, None) for c in stream)
-                for chunk, payload in prepared:
-                    if barrier is not None and chunk.height:
-                        t0 = time.perf_counter()
-                        barrier.observe(chunk, payload)
-                        tallies[stop - 1].seconds += time.perf_counter() - t0 + workers.prepare_seconds
-                        workers.prepare_seconds = 0.0
-                    if spill is not None:
-                        spill.write(chunk)
-                    else:
-                        sink.kept(chunk)
-                    rows_held_peak = max(rows_held_peak, entering[0] + workers.rows_in_flight + chunk.height)
-            if spill is not None:
-                spill.close()
-                chunks = _read_back(spill.files, entering)
+        # language ID shares a large chunk with a helper process while the chunks are processed here
+        with helper_process(allowed=workers.processes > 1) as language_helper:
+            for number, (start, stop) in enumerate(bounds):
+                barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
+                # a pass that starts after a global op applies it first (it has decided by now)
+                first = start - 1 if start and ops[start - 1].scope == "global" else start
+                applied = list(range(first, stop - (barrier is not None)))
+                spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
+                with ExitStack() as stack:
+                    # a line per op when the pass starts and one when it ends, both in the recipe's order
+                    counters = [ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows") for i in applied]
+                    shown = {i: cm.__enter__() for i, cm in zip(applied, counters)}
+                    for cm in reversed(counters):  # the stack unwinds last in, first out
+                        stack.push(cm)
+                    stream = chunks
+                    for group in _groups(ops, applied):  # row ops in worker processes, the others here
+                        if ops[group[0]].scope == "row":
+                            stream = workers.stream(stream, group, ops, tallies, sink, shown)
+                        else:
+                            stream = _here(stream, group[0], ops[group[0]], tallies[group[0]], sink, shown[group[0]])
+                    prepared = workers.prepared(stream, barrier) if barrier is not None else ((c, None) for c in stream)
+                    for chunk, payload in prepared:
+                        if barrier is not None and chunk.height:
+                            t0 = time.perf_counter()
+                            barrier.observe(chunk, payload)
+                            tallies[stop - 1].seconds += time.perf_counter() - t0 + workers.prepare_seconds
+                            workers.prepare_seconds = 0.0
+                        if spill is not None:
+                            spill.write(chunk)
+                        else:
+                            sink.kept(chunk)
+                        rows_held_peak = max(rows_held_peak, entering[0] + workers.rows_in_flight + chunk.height)
+                if spill is not None:
+                    spill.close()
+                    chunks = _read_back(spill.files, entering)
         stopped = False
     finally:
         workers.close(stop=stopped)
@@ -140,7 +140,8 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     rules += [t.record() for t in tallies]
     return ExecutorRun(rules=rules, read=reader.read, renamed=reader.unique.renamed, report=report,
                        figures={"shard_rows": chunk_rows, "passes": len(bounds), "rows_held_peak": rows_held_peak,
-                                "worker_processes": workers.started})
+                                "worker_processes": workers.started,
+                                "language_helper_processes": language_helper.started})
 
 
 def _groups(ops: list[Filter], indices: list[int]) -> list[list[int]]:
@@ -220,7 +221,7 @@ class _Workers:
         def take() -> tuple[pl.DataFrame, Any]:
             future, chunk = pending.popleft()
             self.rows_in_flight -= chunk.height
-            return chunk, (_result(future) if future is not None else None)
+            return chunk, (answer_of(future) if future is not None else None)
 
         for k, chunk in enumerate(stream):
             if k == _START_AFTER and self.processes > 1:
@@ -235,56 +236,25 @@ class _Workers:
     def _start(self) -> None:
         if self.pool is None:
             self.spec = self.tokenizer()
-            # spawn, not fork: the parent may hold tokenizer and torch threads that fork would copy half-way
-            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_worker_start, initargs=(os.getpid(),))
+            self.pool, self.warming = spawn_pool(self.processes, _warm_up, self.spec)
             self.started = self.processes
-            # one start-up task each (there may be fewer workers taking them: done is all it means)
-            self.warming = [self._submit((_warm_up, self.spec)) for _ in range(self.processes)]
 
     def _ready(self) -> bool:
         """The pool runs and has finished starting (a worker that failed to start is an error here)."""
         if self.pool is None or not all(f.done() for f in self.warming):
             return False
         for f in self.warming:
-            _result(f)
+            answer_of(f)
         self.warming = []
         return True
 
     def _submit(self, task: tuple[Any, ...]) -> Any:
-        # a submit may start a worker process: it starts with SIGINT and SIGTERM blocked until its
-        # initializer leaves them to this process (realchat.interrupts)
-        with signals_held():
-            return self.pool.submit(*task)  # type: ignore[union-attr]
+        return submit(self.pool, *task)  # type: ignore[arg-type]
 
     def close(self, stop: bool = False) -> None:
-        """Wait for the workers to finish and leave; ``stop`` (an error, Ctrl-C, SIGTERM): kill them now,
-        their chunks are of no use any more and a worker busy with a large chunk may take a while."""
-        if self.pool is None:
-            return
-        if stop and hasattr(self.pool, "kill_workers"):  # Python 3.14
-            self.pool.kill_workers()
-        elif stop:
-            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
-                process.kill()
-        if stop:
-            _end_of_answers(self.pool)
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _end_of_answers(pool: ProcessPoolExecutor) -> None:
-    """After killing the workers: close this process's write end of the pool's answer pipe.
-
-    A worker killed while writing its answer leaves half a message in the pipe, and the pool's reader
-    thread waits for the rest for ever: this process holds a write end too, so no end-of-file comes,
-    and ``shutdown`` (and the interpreter's exit) wait for that thread. With the last write end closed
-    the read ends in end-of-file, the pool counts itself broken and its threads leave, as CPython does
-    for the other pipe (gh-94777). Seen as a build that never exited on SIGTERM, one run in three on a
-    loaded machine."""
-    answers = getattr(pool, "_result_queue", None)
-    writer = getattr(answers, "_writer", None)
-    if writer is not None:
-        writer.close()
+        """Wait for the workers to finish and leave; ``stop`` (an error, Ctrl-C, SIGTERM): kill them now."""
+        if self.pool is not None:
+            close_pool(self.pool, stop)
 
 
 def _apply(op: Filter, index: int, chunk: pl.DataFrame, tally: RuleTally, sink: CurateSink) -> pl.DataFrame:
@@ -315,33 +285,6 @@ def _warm_up(tokenizer: Any) -> None:
 
     if tokenizer is not None:
         token_getter(tokenizer)()
-
-
-def _worker_start(parent_pid: int) -> None:
-    """In a worker, first: leave SIGINT and SIGTERM to the parent and die with it (so Ctrl-C to the
-    process group prints one message, and no worker outlives a killed build), then one thread each."""
-    follow_parent(parent_pid)
-    _one_thread_each()
-
-
-def _one_thread_each() -> None:
-    """In a worker: the processes are the parallelism, so the tokenizer (Rust, rayon) and polars keep to
-    one thread each instead of each starting one per CPU and fighting over the cores."""
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    os.environ["POLARS_MAX_THREADS"] = "1"
-    os.environ["OMP_NUM_THREADS"] = "1"
-
-
-def _result(future: Any) -> Any:
-    """A worker's answer; a worker that died is one message, not a traceback."""
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise RealChatError(
-            "a curation worker process died (out of memory, killed, or a script without a main guard)",
-            hint="executor.workers=1 runs every op in this process; a Python script that builds must guard "
-                 "its top level with `if __name__ == \"__main__\":` (worker processes are spawned and "
-                 "import it)") from None
 
 
 def _prepare(op: type[Filter], params: Any, chunk: pl.DataFrame) -> tuple[Any, float]:

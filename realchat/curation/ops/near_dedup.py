@@ -26,8 +26,12 @@ the reference (``near-duplicate of X in reference curate_2023``).
 
 from __future__ import annotations
 
-import hashlib
+import importlib.metadata
+import json
+import os
 import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -40,8 +44,6 @@ from realchat.recipe.refs import DatasetRef
 
 _BUCKET_CAP = 2_000
 _VERIFY_BATCH = 100_000
-#: Shingles hashed and permuted together: 32,768 x 128 permutations x 4 bytes = 16 MB at a time.
-_SHINGLE_BLOCK = 32_768
 _FNV = np.uint64(0x100000001B3)
 
 
@@ -70,14 +72,60 @@ def _permutations(p: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """datasketch's own permutation parameters ``(a, b)`` for ``num_perm`` and ``seed`` when its scheme
     is the one :func:`signatures` reproduces (``affine32``: sha1's first 4 bytes, the MurmurHash3
     finaliser, ``a * h + b`` wrapping at 2**32); None for any other scheme (then datasketch computes)."""
-    from datasketch import MinHash
-    from datasketch.hashfunc import sha1_hash32
 
-    m = MinHash(num_perm=p.num_perm, seed=p.seed)
-    if getattr(m, "scheme", None) != "affine32" or m.hashfunc is not sha1_hash32:
+    def ask_datasketch() -> dict[str, Any]:
+        from datasketch import MinHash
+        from datasketch.hashfunc import sha1_hash32
+
+        m = MinHash(num_perm=p.num_perm, seed=p.seed)
+        if getattr(m, "scheme", None) != "affine32" or m.hashfunc is not sha1_hash32:
+            return {"a": None, "b": None}
+        a, b = m.permutations
+        return {"a": [int(x) for x in a], "b": [int(x) for x in b]}
+
+    found = _datasketch_answer(f"permutations-{p.num_perm}-{p.seed}", ask_datasketch)
+    if found["a"] is None:
         return None
-    a, b = m.permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
+    return np.array(found["a"], dtype=np.uint32), np.array(found["b"], dtype=np.uint32)
+
+
+def _bands_and_rows(threshold: float, num_perm: int) -> tuple[int, int]:
+    """The bands and rows that datasketch's ``MinHashLSH`` chooses for ``threshold`` and ``num_perm``."""
+
+    def ask_datasketch() -> dict[str, Any]:
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        return {"bands": lsh.b, "rows": lsh.r}
+
+    found = _datasketch_answer(f"lsh-{threshold!r}-{num_perm}", ask_datasketch)
+    return int(found["bands"]), int(found["rows"])
+
+
+def _datasketch_answer(question: str, ask: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What datasketch answers to ``question``, kept in RealChat's cache per datasketch version.
+
+    Why a cache: importing datasketch costs 0.5 s (it imports ``scipy.integrate`` for the LSH's
+    optimum), paid by every build and by every worker process, for a few numbers that depend only on
+    the parameters and the version. A missing or unreadable entry is asked again; entries are written
+    whole (a temporary file, then a rename), so concurrent builds never read half of one."""
+    from realchat.models import cache_dir
+
+    key = f"datasketch-{importlib.metadata.version('datasketch')}-{question}"
+    path = cache_dir() / "minhash" / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    answer = ask()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(answer))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: asked again next time
+        pass
+    return answer
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -89,16 +137,52 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def signatures(texts: list[str], p: Any) -> np.ndarray:
+def shingle_hashes(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's shingles hashed as datasketch's ``sha1_hash32`` hashes them (sha1's first 4 bytes,
+    little-endian): ``(hashes, starts)``, the texts' hashes one after another and where each text's begin.
+
+    The same shingles as :func:`shingles` (a text of fewer than ``size`` words is one shingle, its words
+    joined; an empty text is one empty shingle), in word order, repeats not removed (a minimum does not
+    care). Words split where Python's ``str.split()`` splits: Unicode white space plus the four
+    information separators U+001C-U+001F, which Python counts as white space and Rust's ``\\s`` does not
+    (``tests/test_curate_speed.py`` checks every code point). Why polars and ``polars-hash``: the words,
+    the shingles and sha1 run in Rust on every core (polars' streaming engine), where Python's
+    ``hashlib`` one shingle at a time was most of near dedup's time."""
+    import polars_hash as plh
+
+    words = pl.col("t").fill_null("").str.extract_all(r"[^\s\x1c-\x1f]+")
+    short = words.list.len() < size  # one shingle, the words joined: a list of one (never empty)
+    shingled = (
+        pl.LazyFrame({"t": texts}, schema={"t": pl.String}).with_row_index("d")
+        .select("d", short.alias("short"), pl.when(short).then(pl.concat_list(words.list.join(" ")))
+                .otherwise(words).alias("w"))
+        .explode("w")
+        .select(
+            "d",
+            pl.when(pl.col("short")).then(pl.col("w"))
+            .otherwise(pl.concat_str([pl.col("w").shift(-k) for k in range(size)], separator=" ")).alias("g"),
+            (pl.col("short") | pl.col("d").shift(-(size - 1)).eq_missing(pl.col("d"))).alias("first_of_shingle"),
+        )
+        .filter(pl.col("first_of_shingle"))
+        .select("d", plh.col("g").nchash.sha1().str.slice(0, 8).str.to_integer(base=16).cast(pl.UInt32).alias("h"))
+        .collect(engine="streaming")
+    )
+    hashes = shingled["h"].to_numpy().byteswap()  # the hex reads big-endian; datasketch unpacks "<I"
+    counts = np.bincount(shingled["d"].to_numpy(), minlength=len(texts))
+    return hashes, np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.int64)
+
+
+def signatures(texts: Sequence[str] | pl.Series, p: Any) -> np.ndarray:
     """``[len(texts), num_perm]`` uint32 MinHash values, datasketch's for the same seed and shingles.
 
-    Why not ``MinHash.generator``: it takes one text at a time, and the per-text numpy calls and the
-    ``struct.unpack`` per shingle were most of near dedup's time. Here every shingle of the chunk is
-    hashed into one array (sha1's first 4 bytes, little-endian, as datasketch's ``sha1_hash32``), and
-    the permutations and the minimum per text are whole-array operations over blocks of shingles
-    (``np.minimum.reduceat`` at the texts' boundaries). uint32 arithmetic wraps at 2**32 exactly as
-    datasketch's does, so the values are the same bit for bit (``tests/test_curate_speed.py`` checks it on
-    the shipped conversations)."""
+    Why not ``MinHash.generator``: it takes one text at a time, with numpy calls per text and a
+    ``struct.unpack`` per shingle. Here the chunk's shingles are hashed at once (:func:`shingle_hashes`)
+    and each permutation is one pass over all of them (``a * h + b``, then ``np.minimum.reduceat`` at the
+    texts' starts), the permutations shared among polars' threads (numpy lets go of the GIL; a worker
+    process keeps to one). uint32 arithmetic wraps at 2**32 exactly as datasketch's does, so the values
+    are the same bit for bit (``tests/test_curate_speed.py`` checks it on the shipped conversations)."""
+    if not isinstance(texts, pl.Series):
+        texts = pl.Series("t", list(texts), dtype=pl.String)
     perms = _permutations(p)
     if perms is None:  # another datasketch scheme: its own code, one text at a time
         from datasketch import MinHash
@@ -109,30 +193,28 @@ def signatures(texts: list[str], p: Any) -> np.ndarray:
             sigs[k] = m.hashvalues
         return sigs
     a, b = perms
-    sigs = np.empty((len(texts), p.num_perm), dtype=np.uint32)
-    sha1 = hashlib.sha1
-    done = 0
-    while done < len(texts):
-        # a block of texts whose shingles are about _SHINGLE_BLOCK (one text alone may be more)
-        counts: list[int] = []
-        digests: list[bytes] = []
-        while done + len(counts) < len(texts) and (not counts or len(digests) < _SHINGLE_BLOCK):
-            grams = shingles(texts[done + len(counts)], p.shingle_size)
-            counts.append(len(grams))  # never 0: an empty text is one empty shingle
-            digests.extend(sha1(g).digest()[:4] for g in grams)
-        hv = _fmix32(np.frombuffer(b"".join(digests), dtype="<u4").astype(np.uint32))
-        starts = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.int64)
-        block = np.full((len(counts), p.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-        for s in range(0, hv.size, _SHINGLE_BLOCK):  # a text's shingles may span several slices
-            e = min(s + _SHINGLE_BLOCK, hv.size)
-            first = int(np.searchsorted(starts, s, "right")) - 1
-            last = int(np.searchsorted(starts, e, "left"))  # texts first..last-1 have shingles here
-            local = np.maximum(starts[first:last], s) - s
-            part = np.minimum.reduceat(hv[s:e, None] * a + b, local, axis=0)
-            np.minimum(block[first:last], part, out=block[first:last])
-        sigs[done:done + len(counts)] = block
-        done += len(counts)
-    return sigs
+    by_perm = np.empty((p.num_perm, len(texts)), dtype=np.uint32)
+    if not len(texts):
+        return by_perm.T.copy()
+    hashes, starts = shingle_hashes(texts, p.shingle_size)
+    hashes = _fmix32(hashes)
+
+    def permute(ks: range) -> None:
+        buf = np.empty_like(hashes)
+        for k in ks:
+            np.multiply(hashes, a[k], out=buf)
+            np.add(buf, b[k], out=buf)
+            by_perm[k] = np.minimum.reduceat(buf, starts)
+
+    threads = max(1, min(pl.thread_pool_size(), p.num_perm))
+    share = -(-p.num_perm // threads)
+    parts = [range(k, min(k + share, p.num_perm)) for k in range(0, p.num_perm, share)]
+    if len(parts) == 1:
+        permute(parts[0])
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(permute, parts))
+    return np.ascontiguousarray(by_perm.T)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -218,11 +300,8 @@ class NearDedup(Filter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from datasketch import MinHashLSH  # here, not at import: it pulls in scipy (0.7 s of a worker's start)
-
         p: Params = self.params  # type: ignore[assignment]
-        lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)  # datasketch's choice of bands
-        self.bands, self.rows = lsh.b, lsh.r
+        self.bands, self.rows = _bands_and_rows(p.threshold, p.num_perm)  # datasketch's choice of bands
         self.id_chunks: list[pl.Series] = []  # Arrow strings: a few bytes per id, not a Python object
         self.observed = 0
         self.keys: list[np.ndarray] = []
@@ -237,8 +316,7 @@ class NearDedup(Filter):
 
     @classmethod
     def prepare(cls, params: OpParams, table: pl.DataFrame) -> np.ndarray:
-        texts = table.select(normalised_user_text(table, True, False).alias("t"))["t"].to_list()
-        return signatures(texts, params)
+        return signatures(table.select(normalised_user_text(table, True, False).alias("t"))["t"], params)
 
     def observe(self, table: pl.DataFrame, prepared: Any = None) -> None:
         sigs = prepared if prepared is not None else self.prepare(self.params, table)

@@ -16,6 +16,7 @@ real users paste code and the simulator should learn that too.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import polars as pl
@@ -60,8 +61,12 @@ def _ngram_repetition(text: str, n: int = 3) -> float:
     words = text.split()
     if len(words) < n + 1:
         return 0.0
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams)
+    grams = len(words) - n + 1
+    return 1.0 - len(set(zip(*(words[k:] for k in range(n))))) / grams
+
+
+def _ngram_repetitions(texts: list[str]) -> list[float]:
+    return [_ngram_repetition(t[:200_000]) for t in texts]
 
 
 def score_turns(turns: pl.DataFrame) -> pl.DataFrame:
@@ -71,24 +76,27 @@ def score_turns(turns: pl.DataFrame) -> pl.DataFrame:
     safe = pl.when(chars > 0).then(chars).otherwise(1.0)
     lines = content.str.split("\n").list.eval(pl.element().filter(pl.element().str.strip_chars() != ""))
     words = content.str.extract_all(r"\S+")
-    out = turns.with_columns(
-        (content.str.count_matches(r"\p{Alphabetic}") / safe).alias("alpha_ratio"),
-        pl.when(lines.list.len() > 0)
-        .then(1.0 - lines.list.n_unique() / lines.list.len())
-        .otherwise(0.0)
-        .alias("dup_line_ratio"),
-        (content.str.count_matches(r"[^\p{Alphabetic}\p{Nd}\s]") / safe).alias("symbol_ratio"),
-        (
-            content.str.extract_all(_URL).list.eval(pl.element().str.len_chars()).list.sum().fill_null(0)
-            / safe
-        ).alias("url_ratio"),
-        pl.when(words.list.len() > 0)
-        .then(words.list.eval(pl.element().str.len_chars()).list.mean())
-        .otherwise(0.0)
-        .alias("mean_word_length"),
-    )
-    reps = [_ngram_repetition(t[:200_000]) for t in out["content"].to_list()]
-    return out.with_columns(pl.Series("ngram_repetition", reps, dtype=pl.Float64))
+    # the 3-gram repetition is Python (tuples of words, as it always was); it runs in a thread while
+    # polars computes the other scores without the GIL
+    with ThreadPoolExecutor(1) as thread:
+        reps = thread.submit(_ngram_repetitions, turns["content"].to_list())
+        out = turns.with_columns(
+            (content.str.count_matches(r"\p{Alphabetic}") / safe).alias("alpha_ratio"),
+            pl.when(lines.list.len() > 0)
+            .then(1.0 - lines.list.n_unique() / lines.list.len())
+            .otherwise(0.0)
+            .alias("dup_line_ratio"),
+            (content.str.count_matches(r"[^\p{Alphabetic}\p{Nd}\s]") / safe).alias("symbol_ratio"),
+            (
+                content.str.extract_all(_URL).list.eval(pl.element().str.len_chars()).list.sum().fill_null(0)
+                / safe
+            ).alias("url_ratio"),
+            pl.when(words.list.len() > 0)
+            .then(words.list.eval(pl.element().str.len_chars()).list.mean())
+            .otherwise(0.0)
+            .alias("mean_word_length"),
+        )
+    return out.with_columns(pl.Series("ngram_repetition", reps.result(), dtype=pl.Float64))
 
 
 _CHECKS = (

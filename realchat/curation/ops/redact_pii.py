@@ -46,7 +46,6 @@ from collections import Counter
 from functools import lru_cache
 from typing import Literal
 
-import phonenumbers
 import polars as pl
 from pydantic import Field
 
@@ -155,6 +154,8 @@ def _phone_ok(match: str, regions: tuple[str, ...]) -> bool:
     digits = sum(c.isdigit() for c in match)
     if digits < 7 or digits > 15 or _NOT_PHONE.fullmatch(match):
         return False
+    import phonenumbers  # here: its import costs every command's start, and most never see a number
+
     for region in (None,) if match.startswith("+") else regions:
         try:
             number = phonenumbers.parse(match, region)
