@@ -55,7 +55,9 @@ _EDGE_TEXTS = ["", "one", "a b c d", "a b c d e", "a b c d e f", "a\x1cb c\x1fd 
 def test_minhash_signatures_are_datasketchs_on_shipped_data(shipped_table, num_perm, seed, shingle_size):
     texts = _user_texts(shipped_table) + _EDGE_TEXTS
     p = SimpleNamespace(num_perm=num_perm, seed=seed, shingle_size=shingle_size)
-    fast = near_dedup.signatures(texts, p)
+    # normalised texts alone (split at the spaces), then odd white space (words found by pattern)
+    fast = np.concatenate([near_dedup.signatures(texts[:-len(_EDGE_TEXTS)], p),
+                           near_dedup.signatures(_EDGE_TEXTS, p)])
     assert fast.dtype == np.uint32 and fast.shape == (len(texts), num_perm)
     assert np.array_equal(fast, _datasketch_signatures(texts, p))
 
@@ -136,6 +138,14 @@ def test_language_id_with_a_helper_process_answers_as_one_process(shipped_table,
         shared_before = helper.pieces
         assert identifier.predict(lines, clean=True) == expected
         assert helper.started == 1 and kids and helper.pieces > shared_before  # the helper answered some
+        # sent ahead: half the turns asked for later (rows dropped by an earlier op) and one rewritten
+        ahead = identifier.announce(lines)
+        assert ahead is not None and len(ahead.pieces) > 2
+        ahead.futures[0].result(timeout=120)  # the helper has begun: the rest is shared from both ends
+        asked = lines[::2] + ["A turn an earlier op rewrote after the chunk was announced."]
+        answered_before = helper.pieces
+        assert identifier.predict(asked, clean=True, ahead=ahead) == _one_at_a_time(asked)
+        assert helper.pieces > answered_before
     assert helper.pool is None
     assert not [pid for pid in kids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     with langid.helper_process(allowed=False) as helper:
@@ -150,6 +160,30 @@ def test_ngram_repetition_counts_repeated_word_trigrams():
     assert _ngram_repetition("a b c a b c") == 1.0 - 3 / 4  # (a b c) twice among four 3-grams
     assert _ngram_repetition("spam " * 10) == 1.0 - 1 / 8
     assert _ngram_repetition("one two three four five") == 0.0
+
+
+def test_quality_scores_are_their_definitions_on_shipped_turns(shipped_table):
+    """Mean word length from two counts, 3-gram repetition from zipped word lists: the values of the
+    straightforward definitions (a list of words per turn and its mean; tuples of three words)."""
+    from realchat.curation.ops.quality import score_turns
+
+    turns = shipped_table["messages"].explode().struct.unnest().filter(pl.col("role") == "user").select("content")
+    turns = pl.concat([turns, pl.DataFrame({"content": ["", "   ", "a b c a b c", "x\u3000y\x1cz w v"]})])
+    scored = score_turns(turns)
+    words = pl.col("content").str.extract_all(r"\S+")
+    means = turns.select(pl.when(words.list.len() > 0).then(words.list.eval(pl.element().str.len_chars()).list.mean())
+                         .otherwise(0.0))["content"]
+    assert scored["mean_word_length"].to_list() == means.to_list()
+
+    def trigram_repetition(text: str) -> float:
+        words = text[:200_000].split()
+        if len(words) < 4:
+            return 0.0
+        grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        return 1.0 - len(set(grams)) / len(grams)
+
+    assert scored["ngram_repetition"].to_list() == [trigram_repetition(t) for t in turns["content"].to_list()]
+    assert max(scored["ngram_repetition"]) > 0.5  # the shipped turns hold repeated text: the check has teeth
 
 
 # -- token counts by pre-token ------------------------------------------------------------------------

@@ -13,13 +13,23 @@ the probability for the confidence threshold. The call's own overhead is about 3
 fastText's, linear in the text's length (about 0.18 s per million characters on the development
 machine).
 
-A second core: the binding holds the GIL while it predicts, so threads cannot share the work. Inside
-:func:`helper_process` (the local executor's main process opens it when it may use more than one core)
-a batch of at least ``_SPREAD_CHARS`` characters is cut into pieces, and one spawned helper process
-takes pieces from the back while this process takes them from the front, until they meet: a helper
-still starting takes none, a slow one takes fewer. The helper loads the same model; the answers are the
-ones this process would give (``tests/test_curate_speed.py`` compares them). Worker processes and Ray
-tasks never open one: their executor already spreads chunks over the cores.
+A second core: the binding holds the GIL while it predicts, so threads cannot share the work; one
+spawned helper process, loading the same model, does. Inside :func:`helper_process` (the local
+executor's main process opens it when it may use more than one core) it works two ways:
+
+* **ahead**: the executor reads the source one chunk ahead and announces the next chunk to the ops
+  (``Filter.prefetch``); the language op sends its turns to the helper (:meth:`LanguageIdentifier.announce`),
+  which predicts them while this process runs the rest of the pipeline on the current chunk. When
+  that chunk reaches the op, the pieces the helper has not begun are taken back from the end of its
+  queue and predicted here, and the rest are waited for. Turns an earlier op rewrote in the meantime
+  are predicted here.
+* **shared**: a batch nobody announced, of at least ``_SPREAD_CHARS`` characters, with the helper
+  idle, is cut into pieces; the helper takes pieces from the back while this process takes them from
+  the front, until they meet (a helper still starting takes none).
+
+Either way the answers are the ones this process would give alone (``tests/test_curate_speed.py``
+compares them with fastText's own calls). Worker processes and Ray tasks never open a helper: their
+executor already spreads chunks over the cores.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from realchat.curation.processes import answer_of, close_pool, spawn_pool, submit
@@ -98,24 +109,34 @@ class LanguageIdentifier:
             cls._shared = cls()
         return cls._shared
 
-    def predict(self, texts: list[str], clean: bool = False) -> tuple[list[str], list[float]]:
+    def predict(self, texts: list[str], clean: bool = False, ahead: "Ahead | None" = None
+                ) -> tuple[list[str], list[float]]:
         """Top language (ISO 639 code, ``und`` for empty text) and its probability for each text.
 
-        ``clean=True`` promises the texts are already one line with collapsed whitespace.
+        ``clean=True`` promises the texts are already one line with collapsed whitespace. ``ahead``:
+        what :meth:`announce` sent the helper for these texts (lines it holds are taken from it).
         """
         lines = texts if clean else [_WS.sub(" ", text).strip() for text in texts]
         # each distinct line once (users paste the same prompt again and again: 7 % of the characters of
         # ShareGPT's user text); fastText's answer depends on the line alone
         distinct = list(dict.fromkeys(lines))
-        if _helper.allowed and sum(map(len, distinct)) >= _SPREAD_CHARS:
-            labels, scores = _helper.share(distinct, self.predict_here)
+        answers = _helper.collect(ahead, distinct, self.predict_here) if ahead is not None else {}
+        rest = [line for line in distinct if line not in answers] if answers else distinct
+        if _helper.allowed and _helper.idle() and sum(map(len, rest)) >= _SPREAD_CHARS:
+            labels, scores = _helper.share(rest, self.predict_here)
         else:
-            labels, scores = self.predict_here(distinct)
-        if len(distinct) == len(lines):
+            labels, scores = self.predict_here(rest)
+        if not answers and len(distinct) == len(lines):
             return labels, scores
-        answer = {line: k for k, line in enumerate(distinct)}
-        at = [answer[line] for line in lines]
-        return [labels[k] for k in at], [scores[k] for k in at]
+        answers.update(zip(rest, zip(labels, scores)))
+        found = [answers[line] for line in lines]
+        return [label for label, _ in found], [score for _, score in found]
+
+    def announce(self, texts: list[str]) -> "Ahead | None":
+        """Lines that :meth:`predict` will be asked for soon (clean, as for ``clean=True``), sent to the
+        helper now so it predicts them while this process does other work; None where no helper may
+        run or the batch is too small to be worth one."""
+        return _helper.announce(list(dict.fromkeys(texts)))
 
     def predict_here(self, lines: list[str]) -> tuple[list[str], list[float]]:
         """:meth:`predict` on clean lines, in this process."""
@@ -138,22 +159,83 @@ class LanguageIdentifier:
         return labels, scores
 
 
+@dataclass
+class Ahead:
+    """Lines announced to the helper before they are needed: their pieces, queued there in order."""
+
+    lines: list[str]
+    pieces: list[tuple[int, int]]
+    futures: list[Future]
+    answers: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def cancel(self) -> None:
+        """Pieces the helper has not begun are dropped (their chunk went elsewhere)."""
+        for future in self.futures:
+            future.cancel()
+
+
 class _Helper:
-    """The one helper process of :func:`helper_process` and how a batch is shared with it."""
+    """The one helper process of :func:`helper_process`: batches shared with it, lines sent ahead."""
 
     def __init__(self) -> None:
         self.allowed = False
         self.pool: ProcessPoolExecutor | None = None
         self.warming: list[Future] = []
+        self.queued: list[Future] = []  # announced pieces, in the helper's order
         self.started = 0  # helper processes started since the last helper_process() opened
         self.pieces = 0  # pieces the helper answered since then
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool, self.warming = spawn_pool(1, _load_in_helper)
+            self.started += 1
+        return self.pool
+
+    def idle(self) -> bool:
+        """Nothing announced is waiting in the helper (a shared batch would queue behind it)."""
+        self.queued = [f for f in self.queued if not f.done()]
+        return not self.queued
+
+    def announce(self, lines: list[str]) -> Ahead | None:
+        """Send ``lines`` to the helper in pieces, queued behind what it already has."""
+        if not self.allowed or sum(map(len, lines)) < _SPREAD_CHARS:
+            return None
+        pool = self._pool()
+        pieces = _pieces(lines, _PIECE_CHARS)
+        futures = [submit(pool, _predict_in_helper, lines[start:stop]) for start, stop in pieces]
+        self.queued += futures
+        return Ahead(lines, pieces, futures)
+
+    def collect(self, ahead: Ahead, needed: list[str], here: Callable[[list[str]], tuple[list[str], list[float]]]
+                ) -> dict[str, tuple[str, float]]:
+        """The answers ``ahead`` holds for ``needed`` lines. Pieces the helper has not begun are taken
+        back from the end of its queue and predicted here (only their needed lines), until the two
+        meet; the pieces it has begun or done are waited for."""
+        wanted = set(needed)
+        missing = [k for k, (start, stop) in enumerate(ahead.pieces)
+                   if any(line in wanted and line not in ahead.answers for line in ahead.lines[start:stop])]
+        for k in set(range(len(ahead.pieces))) - set(missing):  # no line of them is asked for any more
+            ahead.futures[k].cancel()
+        for k in reversed(missing):
+            if not ahead.futures[k].cancel():
+                break  # begun: so are all before it (the helper takes its queue in order)
+            start, stop = ahead.pieces[k]
+            lines = [line for line in ahead.lines[start:stop] if line in wanted]
+            ahead.answers.update(zip(lines, zip(*here(lines))))
+        for k in missing:
+            future = ahead.futures[k]
+            if future.cancelled():
+                continue
+            labels, scores = answer_of(future)
+            self.pieces += 1
+            start, stop = ahead.pieces[k]
+            ahead.answers.update(zip(ahead.lines[start:stop], zip(labels, scores)))
+        return {line: ahead.answers[line] for line in needed if line in ahead.answers}
 
     def share(self, lines: list[str], here: Callable[[list[str]], tuple[list[str], list[float]]]
               ) -> tuple[list[str], list[float]]:
         """``here`` over ``lines``, the helper taking pieces from the back once it has started."""
-        if self.pool is None:
-            self.pool, self.warming = spawn_pool(1, _load_in_helper)
-            self.started += 1
+        self._pool()
         pieces = _pieces(lines, _PIECE_CHARS)
         results: list[tuple[list[str], list[float]] | None] = [None] * len(pieces)
         front, back = 0, len(pieces)
@@ -165,7 +247,7 @@ class _Helper:
             while self._ready() and len(in_flight) < 2 and front < back:  # one piece queued behind its current one
                 back -= 1
                 start, stop = pieces[back]
-                in_flight.append((back, submit(self.pool, _predict_in_helper, lines[start:stop])))
+                in_flight.append((back, submit(self.pool, _predict_in_helper, lines[start:stop])))  # type: ignore[arg-type]
                 self.pieces += 1
             if front < back:
                 start, stop = pieces[front]
@@ -187,10 +269,13 @@ class _Helper:
         return True
 
     def close(self, stop: bool) -> None:
+        for future in self.queued:  # announced, never asked for: not worth waiting for
+            future.cancel()
         if self.pool is not None:
             close_pool(self.pool, stop)
         self.pool = None
         self.warming = []
+        self.queued = []
 
 
 _helper = _Helper()

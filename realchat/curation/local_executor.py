@@ -71,27 +71,42 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
     workers = _Workers(executor.workers or os.cpu_count() or 1, lambda: _portable_tokenizer(ctx, cfg))
     kept_read = 0
     read_seconds = 0.0
-    entering = [0]  # rows of the chunk that last entered the pass (read, or read back from the spill)
+    entering = [0]  # rows of the chunks that last entered the pass (read, with the one read ahead, or read back)
     # the most conversation rows held at once (the chunk that entered the pass, the chunks in worker
     # processes, the chunk in hand; the writers hold none): the streaming bound, counted rather than
     # inferred from process memory
     rows_held_peak = 0
 
+    def read() -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        nonlocal read_seconds
+        t0 = time.perf_counter()
+        got = next(it, None)
+        read_seconds += time.perf_counter() - t0
+        return got
+
     def source_chunks() -> Iterator[pl.DataFrame]:
-        nonlocal kept_read, read_seconds
-        it = reader.chunks(ctx.progress(records, "read", unit="items"))
+        """The source's chunks; while they are processed here, each is read one chunk ahead and the next
+        is announced to the ops (:meth:`~realchat.curation.ops.base.Filter.prefetch`: language ID's
+        helper process starts on it). A chunk's rejected records still reach the sink just before
+        the chunk goes on, so the rejected set's order is what it was without the read-ahead."""
+        nonlocal kept_read
+        pending: deque[tuple[pl.DataFrame, pl.DataFrame]] = deque()
         while True:
-            t0 = time.perf_counter()
-            got = next(it, None)
-            read_seconds += time.perf_counter() - t0
-            if got is None:
+            if not pending and (got := read()) is not None:
+                pending.append(got)
+            if not pending:
                 return
-            rows, rejected = got
+            if workers.pool is None and len(pending) == 1 and (got := read()) is not None:
+                pending.append(got)
+                for op in ops:
+                    op.prefetch(got[0])
+            rows, rejected = pending.popleft()
             sink.rejected(rejected)
             kept_read += rows.height
-            entering[0] = rows.height + rejected.height
+            entering[0] = sum(r.height + j.height for r, j in (*pending, (rows, rejected)))
             yield rows
 
+    it = reader.chunks(ctx.progress(records, "read", unit="items"))
     chunks: Iterator[pl.DataFrame] = source_chunks()
     stopped = True  # until the passes finish: an error or a signal stops the workers, not waits for them
     try:

@@ -98,6 +98,12 @@ class Filter(ABC):
         """Return the rows kept and rejected by this op. Called once per chunk, chunks in source
         order; the whole table is one chunk."""
 
+    def prefetch(self, table: pl.DataFrame) -> None:
+        """The chunk that comes after the one about to be applied, as read from the source (ops before
+        this one have not seen it yet). An op that can work ahead on another core starts here (language
+        ID's helper process); :meth:`apply` must still give the same answer for whatever reaches it.
+        Called by the local executor for chunks it processes in this process; nothing by default."""
+
     def observe(self, table: pl.DataFrame, prepared: Any = None) -> None:
         """``global`` ops: take in one chunk before anything is decided; ``prepared`` is what
         :meth:`prepare` computed for it, possibly in another process (None: compute it here)."""

@@ -19,7 +19,8 @@ See :mod:`realchat.curation.langid` for how predictions are made and why.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections import deque
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field
@@ -33,7 +34,7 @@ from realchat.curation.ops.base import (
     per_row_lists,
     user_turns,
 )
-from realchat.curation.langid import LanguageIdentifier
+from realchat.curation.langid import Ahead, LanguageIdentifier
 
 
 class Params(OpParams, TurnPolicy):
@@ -54,14 +55,47 @@ class Params(OpParams, TurnPolicy):
 class Language(Filter):
     Params = Params
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: chunks announced by the executor: their conversation ids and what the helper was sent
+        self.ahead: deque[tuple[set[str], Ahead]] = deque()
+
+    def _heads(self, turns: pl.DataFrame) -> pl.Series:
+        """Each user turn as fastText reads it: whitespace collapsed (one line), the head cut."""
+        p: Params = self.params  # type: ignore[assignment]
+        return turns.select(
+            pl.col("content").str.slice(0, p.max_chars).str.replace_all(r"\s+", " ").str.strip_chars()
+        )["content"]
+
+    def prefetch(self, table: pl.DataFrame) -> None:
+        """The helper process (where one runs) starts on the next chunk's turns now; :meth:`apply`
+        takes its answers for the lines still the same when that chunk arrives (ops before this one
+        may have dropped rows or rewritten a turn: those are predicted then)."""
+        ahead = LanguageIdentifier.shared().announce(self._heads(user_turns(table)).to_list())
+        if ahead is None:
+            return
+        self.ahead.append((set(table["conversation_id"].to_list()), ahead))
+        while len(self.ahead) > 2:  # a chunk that never came here (a worker process took it)
+            self.ahead.popleft()[1].cancel()
+
+    def _announced(self, table: pl.DataFrame) -> Ahead | None:
+        """What was sent ahead for this chunk (found by its first conversation), older ones dropped."""
+        if not self.ahead or not table.height:
+            return None
+        first = table["conversation_id"][0]
+        found = next((k for k, (ids, _) in enumerate(self.ahead) if first in ids), None)
+        if found is None:  # not announced (too small to send ahead): the ones after it stay
+            return None
+        for _ in range(found):  # announced before this chunk and never asked for
+            self.ahead.popleft()[1].cancel()
+        return self.ahead.popleft()[1]
+
     def apply(self, table: pl.DataFrame) -> OpResult:
         p: Params = self.params  # type: ignore[assignment]
         turns = user_turns(table)
-        # Whitespace collapsed (fastText reads one line) and the head cut, vectorised in polars.
-        heads = turns.select(
-            pl.col("content").str.slice(0, p.max_chars).str.replace_all(r"\s+", " ").str.strip_chars()
-        )["content"]
-        labels, scores = LanguageIdentifier.shared().predict(heads.to_list(), clean=True)
+        heads = self._heads(turns)
+        labels, scores = LanguageIdentifier.shared().predict(heads.to_list(), clean=True,
+                                                              ahead=self._announced(table))
         allowed = set(p.allowed)
         long_enough = (heads.str.len_chars() >= p.min_chars_to_judge).to_list()
         turns = turns.with_columns(

@@ -145,12 +145,17 @@ def shingle_hashes(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]
     joined; an empty text is one empty shingle), in word order, repeats not removed (a minimum does not
     care). Words split where Python's ``str.split()`` splits: Unicode white space plus the four
     information separators U+001C-U+001F, which Python counts as white space and Rust's ``\\s`` does not
-    (``tests/test_curate_speed.py`` checks every code point). Why polars and ``polars-hash``: the words,
+    (``tests/test_curate_speed.py`` checks every code point); a chunk whose texts are already one space
+    between words (near dedup normalises them so) is split at the spaces. Why polars and ``polars-hash``: the words,
     the shingles and sha1 run in Rust on every core (polars' streaming engine), where Python's
     ``hashlib`` one shingle at a time was most of near dedup's time."""
     import polars_hash as plh
 
-    words = pl.col("t").fill_null("").str.extract_all(r"[^\s\x1c-\x1f]+")
+    texts = texts.fill_null("")
+    if texts.str.contains(r"[^\S ]|[\x1c-\x1f]|  |^ | $").any():
+        words = pl.col("t").str.extract_all(r"[^\s\x1c-\x1f]+")
+    else:  # one space between words, none around (near dedup's own texts): a plain split, 4x cheaper
+        words = pl.col("t").str.split(" ")
     short = words.list.len() < size  # one shingle, the words joined: a list of one (never empty)
     shingled = (
         pl.LazyFrame({"t": texts}, schema={"t": pl.String}).with_row_index("d")

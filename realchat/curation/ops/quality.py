@@ -75,7 +75,7 @@ def score_turns(turns: pl.DataFrame) -> pl.DataFrame:
     chars = content.str.len_chars().cast(pl.Float64)
     safe = pl.when(chars > 0).then(chars).otherwise(1.0)
     lines = content.str.split("\n").list.eval(pl.element().filter(pl.element().str.strip_chars() != ""))
-    words = content.str.extract_all(r"\S+")
+    words = content.str.count_matches(r"\S+")
     # the 3-gram repetition is Python (tuples of words, as it always was); it runs in a thread while
     # polars computes the other scores without the GIL
     with ThreadPoolExecutor(1) as thread:
@@ -91,8 +91,10 @@ def score_turns(turns: pl.DataFrame) -> pl.DataFrame:
                 content.str.extract_all(_URL).list.eval(pl.element().str.len_chars()).list.sum().fill_null(0)
                 / safe
             ).alias("url_ratio"),
-            pl.when(words.list.len() > 0)
-            .then(words.list.eval(pl.element().str.len_chars()).list.mean())
+            # the words' characters are the characters that are not white space: one count each,
+            # instead of a list of words per turn (the same sum over the same count)
+            pl.when(words > 0)
+            .then((content.str.len_chars() - content.str.count_matches(r"\s")) / words)
             .otherwise(0.0)
             .alias("mean_word_length"),
         )
