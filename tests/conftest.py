@@ -42,7 +42,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
     cache = tmp_path_factory.getbasetemp() / "realchat-cache"
     monkeypatch.setenv("REALCHAT_CACHE", str(cache))
-    monkeypatch.setenv("FTLANG_CACHE", str(cache / "fasttext"))
     if not (cache / "fastchat" / fastchat_data.COMMIT).is_dir():
         fastchat_data.fetch(source=SHARED_EVAL)
 

@@ -85,21 +85,29 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
         return got
 
     def source_chunks() -> Iterator[pl.DataFrame]:
-        """The source's chunks; while they are processed here, each is read one chunk ahead and the next
-        is announced to the ops (:meth:`~realchat.curation.ops.base.Filter.prefetch`: language ID's
-        helper process starts on it). A chunk's rejected records still reach the sink just before
-        the chunk goes on, so the rejected set's order is what it was without the read-ahead."""
+        """The source's chunks. While they are processed here, each is announced to the ops as soon as
+        it is read (:meth:`~realchat.curation.ops.base.Filter.prefetch`: language ID's helper process
+        starts on it), and the source is read one chunk ahead, so the helper works on the next chunk
+        while this one goes through the pipeline. A chunk's rejected records still reach the sink just
+        before the chunk goes on: the rejected set's order is what it was without the read-ahead."""
         nonlocal kept_read
         pending: deque[tuple[pl.DataFrame, pl.DataFrame]] = deque()
-        while True:
-            if not pending and (got := read()) is not None:
-                pending.append(got)
-            if not pending:
-                return
-            if workers.pool is None and len(pending) == 1 and (got := read()) is not None:
-                pending.append(got)
+
+        def take() -> bool:
+            got = read()
+            if got is None:
+                return False
+            pending.append(got)
+            if workers.pool is None:  # once worker processes run, they apply the ops: nothing to announce
                 for op in ops:
                     op.prefetch(got[0])
+            return True
+
+        while True:
+            if not pending and not take():
+                return
+            if workers.pool is None and len(pending) == 1:
+                take()
             rows, rejected = pending.popleft()
             sink.rejected(rejected)
             kept_read += rows.height

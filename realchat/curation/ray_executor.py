@@ -75,7 +75,7 @@ GLOBAL_OPS = {"exact_dedup", "near_dedup"}
 _SEGMENT_BITS = 16
 #: Bytes of source file per read shard at most (a shard also ends after ``executor.shard_rows`` records).
 SHARD_BYTES = 64 << 20
-_ENV = ("REALCHAT_CACHE", "FTLANG_CACHE", "HF_HOME", "HF_ENDPOINT", "PYTHONPATH")
+_ENV = ("REALCHAT_CACHE", "HF_HOME", "HF_ENDPOINT", "PYTHONPATH")
 
 
 def _order(df: pl.DataFrame) -> pl.Expr:

