@@ -66,7 +66,7 @@ def build(tmp_path):
     killed after it."""
     started: list[set[int]] = []
 
-    def start(recipe: Path) -> tuple[subprocess.Popen, set[int], Path]:
+    def start(recipe: Path, children: int = 3) -> tuple[subprocess.Popen, set[int], Path]:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         err = tmp_path / "stderr.txt"
         proc = subprocess.Popen([sys.executable, "-m", "realchat.cli", "build", str(recipe), "--no-progress",
@@ -74,12 +74,12 @@ def build(tmp_path):
                                 env=env, stdout=subprocess.DEVNULL, stderr=err.open("w"), start_new_session=True)
         started.append({proc.pid})
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(_children(proc.pid)) < 3 and proc.poll() is None:
+        while time.monotonic() < deadline and len(_children(proc.pid)) < children and proc.poll() is None:
             time.sleep(0.1)
         kids = _children(proc.pid)
         started.append(kids)
-        assert len(kids) >= 3, f"no worker processes started: {proc.poll()} {err.read_text()}"
-        time.sleep(4)  # the workers import their libraries and take chunks
+        assert len(kids) >= children, f"no worker processes started: {proc.poll()} {err.read_text()}"
+        time.sleep(4 if children > 2 else 1)  # the workers import their libraries and take chunks
         assert proc.poll() is None, "the build finished before it could be stopped"
         return proc, kids, err
 
@@ -115,6 +115,39 @@ def test_stop_is_one_message_an_exit_code_and_nothing_left(long_curate, build, t
     step_folder = tmp_path / "runs" / "sig"
     assert not (step_folder / "curate").exists()  # no output claims to be finished
     assert not [p.name for p in step_folder.glob(".curate.*")]  # nor a temporary one left behind
+
+
+@pytest.fixture(scope="module")
+def language_curate(sharegpt_records, tmp_path_factory) -> Path:
+    """Language ID on 24,000 shipped conversations in chunks of 6,000: no worker processes start (four
+    chunks), so the main process sends each chunk to language ID's helper process."""
+    folder = tmp_path_factory.mktemp("signals-language")
+    data = folder / "many.jsonl"
+    with data.open("w") as f:
+        for k in range(40):
+            for rec in sharegpt_records:  # each copy's turns made distinct (language ID predicts a turn once)
+                turns = [{**t, "value": f"{t['value']} ({k})"} if isinstance(t.get("value"), str) else t
+                         for t in rec.get("conversations") or []]
+                f.write(json.dumps({**rec, "id": f"{rec.get('id')}-{k}", "conversations": turns},
+                                   ensure_ascii=False) + "\n")
+    doc = {"name": "lang", "executor": {"workers": 2, "shard_rows": 6000},
+           "steps": {"curate": {"kind": "curate", "source": {"format": "sharegpt", "path": str(data)},
+                                "filters": [{"op": "language", "max_chars": 100000}]}}}
+    recipe = folder / "lang.yaml"
+    recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return recipe
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_language_ids_helper_process_too(language_curate, build, tmp_path):
+    proc, kids, stderr = build(language_curate, children=2)  # the helper and the resource tracker
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    err = stderr.read_text()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    assert not _left_running(kids), "language ID's helper outlived the build"
+    assert not (tmp_path / "runs" / "lang" / "curate").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
