@@ -126,15 +126,23 @@ def test_language_id_with_a_helper_process_answers_as_one_process(shipped_table,
     lines += lines[:500] + ["", "ok", "Bonjour, comment allez-vous aujourd'hui ?"]  # repeats, empty, French
     expected = _one_at_a_time(lines)
     identifier = langid.LanguageIdentifier.shared()
-    assert identifier.predict(lines, clean=True) == expected  # no helper outside helper_process()
+    assert identifier.predict(lines, clean=True) == expected  # no helper outside open_helper()
     monkeypatch.setattr(langid, "_SPREAD_CHARS", 10_000)
     monkeypatch.setattr(langid, "_PIECE_CHARS", 5_000)  # many pieces: the two processes meet somewhere inside
-    with langid.helper_process(allowed=True) as helper:
-        assert identifier.predict(lines, clean=True) == expected
-        deadline = time.monotonic() + 120
-        while not helper._ready() and time.monotonic() < deadline:  # started: the next batch is shared
-            time.sleep(0.05)
+    helper = langid.open_helper(allowed=True)
+    try:
+        assert identifier.predict(lines, clean=True) == expected  # shared while the helper starts
+        warm = identifier.announce(lines)
+        warm.futures[0].result(timeout=120)  # started: the next batch is shared from both ends
+        warm.cancel()
         kids = {p.pid for p in helper.pool._processes.values()}
+        here = identifier.predict_here
+
+        def slower_here(batch: list[str]) -> tuple[list[str], list[float]]:
+            time.sleep(0.002)  # this process cannot take back every piece before the helper begins one
+            return here(batch)
+
+        monkeypatch.setattr(identifier, "predict_here", slower_here)
         shared_before = helper.pieces
         assert identifier.predict(lines, clean=True) == expected
         assert helper.started == 1 and kids and helper.pieces > shared_before  # the helper answered some
@@ -146,10 +154,15 @@ def test_language_id_with_a_helper_process_answers_as_one_process(shipped_table,
         answered_before = helper.pieces
         assert identifier.predict(asked, clean=True, ahead=ahead) == _one_at_a_time(asked)
         assert helper.pieces > answered_before
+    finally:
+        helper.close()
     assert helper.pool is None
     assert not [pid for pid in kids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    with langid.helper_process(allowed=False) as helper:
+    helper = langid.open_helper(allowed=False)
+    try:
         assert identifier.predict(lines, clean=True) == expected
+    finally:
+        helper.close()
     assert helper.started == 0
 
 

@@ -14,22 +14,18 @@ fastText's, linear in the text's length (about 0.18 s per million characters on 
 machine).
 
 A second core: the binding holds the GIL while it predicts, so threads cannot share the work; one
-spawned helper process, loading the same model, does. Inside :func:`helper_process` (the local
-executor's main process opens it when it may use more than one core) it works two ways:
-
-* **ahead**: the executor reads the source one chunk ahead and announces the next chunk to the ops
-  (``Filter.prefetch``); the language op sends its turns to the helper (:meth:`LanguageIdentifier.announce`),
-  which predicts them while this process runs the rest of the pipeline on the current chunk. When
-  that chunk reaches the op, the pieces the helper has not begun are taken back from the end of its
-  queue and predicted here, and the rest are waited for. Turns an earlier op rewrote in the meantime
-  are predicted here.
-* **shared**: a batch nobody announced, of at least ``_SPREAD_CHARS`` characters, with the helper
-  idle, is cut into pieces; the helper takes pieces from the back while this process takes them from
-  the front, until they meet (a helper still starting takes none).
-
-Either way the answers are the ones this process would give alone (``tests/test_curate_speed.py``
-compares them with fastText's own calls). Worker processes and Ray tasks never open a helper: their
-executor already spreads chunks over the cores.
+spawned helper process, loading the same model, does. While the local executor's main process has
+one open (:func:`open_helper`, when it may use more than one core), a batch of at least
+``_SPREAD_CHARS`` characters is sent to the helper in pieces (:meth:`LanguageIdentifier.announce`)
+and, when its answers are needed, the pieces the helper has not begun are taken back from the end of
+its queue and predicted here while it works from the front; the rest are waited for. The executor
+announces each chunk as it reads it, one chunk ahead (``Filter.prefetch``), so the helper predicts a
+chunk while this process runs the rest of the pipeline on the one before; a large batch nobody
+announced is sent when it is asked for, and the two processes share it from both ends. Turns an
+earlier op rewrote after their chunk was announced are predicted here. Either way the answers are the
+ones this process would give alone (``tests/test_curate_speed.py`` compares them with fastText's own
+calls). Worker processes and Ray tasks never open a helper: their executor already spreads chunks
+over the cores.
 """
 
 from __future__ import annotations
@@ -38,8 +34,7 @@ import contextlib
 import importlib.util
 import io
 import re
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,14 +94,12 @@ class LanguageIdentifier:
         # ShareGPT's user text); fastText's answer depends on the line alone
         distinct = list(dict.fromkeys(lines))
         answers = _helper.collect(ahead, distinct, self.predict_here) if ahead is not None else {}
-        rest = [line for line in distinct if line not in answers] if answers else distinct
-        if _helper.allowed and _helper.idle() and sum(map(len, rest)) >= _SPREAD_CHARS:
-            labels, scores = _helper.share(rest, self.predict_here)
+        rest = [line for line in distinct if line not in answers]
+        shared = _helper.announce(rest)  # a large batch nobody announced: shared from both ends
+        if shared is not None:
+            answers.update(_helper.collect(shared, rest, self.predict_here))
         else:
-            labels, scores = self.predict_here(rest)
-        if not answers and len(distinct) == len(lines):
-            return labels, scores
-        answers.update(zip(rest, zip(labels, scores)))
+            answers.update(zip(rest, zip(*self.predict_here(rest))))
         found = [answers[line] for line in lines]
         return [label for label, _ in found], [score for _, score in found]
 
@@ -153,35 +146,26 @@ class Ahead:
 
 
 class _Helper:
-    """The one helper process of :func:`helper_process`: batches shared with it, lines sent ahead."""
+    """The one helper process of :func:`open_helper`, and the pieces sent to it."""
 
     def __init__(self) -> None:
         self.allowed = False
         self.pool: ProcessPoolExecutor | None = None
-        self.warming: list[Future] = []
-        self.queued: list[Future] = []  # announced pieces, in the helper's order
-        self.started = 0  # helper processes started since the last helper_process() opened
+        self.queued: list[Future] = []  # pieces sent, in the helper's order
+        self.started = 0  # helper processes started since open_helper()
         self.pieces = 0  # pieces the helper answered since then
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self.pool is None:
-            self.pool, self.warming = spawn_pool(1, _load_in_helper)
-            self.started += 1
-        return self.pool
-
-    def idle(self) -> bool:
-        """Nothing announced is waiting in the helper (a shared batch would queue behind it)."""
-        self.queued = [f for f in self.queued if not f.done()]
-        return not self.queued
-
     def announce(self, lines: list[str]) -> Ahead | None:
-        """Send ``lines`` to the helper in pieces, queued behind what it already has."""
+        """Send ``lines`` to the helper in pieces, queued behind what it already has; None where no
+        helper may run or the lines are too few to be worth one."""
         if not self.allowed or sum(map(len, lines)) < _SPREAD_CHARS:
             return None
-        pool = self._pool()
+        if self.pool is None:
+            self.pool, _ = spawn_pool(1)
+            self.started += 1
         pieces = _pieces(lines, _PIECE_CHARS)
-        futures = [submit(pool, _predict_in_helper, lines[start:stop]) for start, stop in pieces]
-        self.queued += futures
+        futures = [submit(self.pool, _predict_in_helper, lines[start:stop]) for start, stop in pieces]
+        self.queued = [f for f in self.queued if not f.done()] + futures
         return Ahead(lines, pieces, futures)
 
     def collect(self, ahead: Ahead, needed: list[str], here: Callable[[list[str]], tuple[list[str], list[float]]]
@@ -210,69 +194,27 @@ class _Helper:
             ahead.answers.update(zip(ahead.lines[start:stop], zip(labels, scores)))
         return {line: ahead.answers[line] for line in needed if line in ahead.answers}
 
-    def share(self, lines: list[str], here: Callable[[list[str]], tuple[list[str], list[float]]]
-              ) -> tuple[list[str], list[float]]:
-        """``here`` over ``lines``, the helper taking pieces from the back once it has started."""
-        self._pool()
-        pieces = _pieces(lines, _PIECE_CHARS)
-        results: list[tuple[list[str], list[float]] | None] = [None] * len(pieces)
-        front, back = 0, len(pieces)
-        in_flight: deque[tuple[int, Future]] = deque()
-        while front < back:
-            while in_flight and in_flight[0][1].done():
-                k, future = in_flight.popleft()
-                results[k] = answer_of(future)
-            while self._ready() and len(in_flight) < 2 and front < back:  # one piece queued behind its current one
-                back -= 1
-                start, stop = pieces[back]
-                in_flight.append((back, submit(self.pool, _predict_in_helper, lines[start:stop])))  # type: ignore[arg-type]
-                self.pieces += 1
-            if front < back:
-                start, stop = pieces[front]
-                results[front] = here(lines[start:stop])
-                front += 1
-        for k, future in in_flight:
-            results[k] = answer_of(future)
-        labels = [label for part in results for label in part[0]]  # type: ignore[index]
-        scores = [score for part in results for score in part[1]]  # type: ignore[index]
-        return labels, scores
-
-    def _ready(self) -> bool:
-        """The helper has loaded its model (one that failed to start is an error here)."""
-        if not all(f.done() for f in self.warming):
-            return False
-        for f in self.warming:
-            answer_of(f)
-        self.warming = []
-        return True
-
-    def close(self, stop: bool) -> None:
-        for future in self.queued:  # announced, never asked for: not worth waiting for
+    def close(self, stop: bool = False) -> None:
+        """No more pieces: the helper finishes and leaves, or is killed (``stop``: an error, Ctrl-C,
+        SIGTERM). Pieces sent and never asked for are dropped."""
+        self.allowed = False
+        for future in self.queued:
             future.cancel()
         if self.pool is not None:
             close_pool(self.pool, stop)
         self.pool = None
-        self.warming = []
         self.queued = []
 
 
 _helper = _Helper()
 
 
-@contextlib.contextmanager
-def helper_process(allowed: bool = True) -> Iterator[_Helper]:
-    """While inside (and ``allowed``), large batches are shared with one helper process, started at the
-    first one; on the way out it is stopped: it finishes and leaves, or is killed when leaving on an
-    error, Ctrl-C or SIGTERM."""
+def open_helper(allowed: bool = True) -> _Helper:
+    """From now until its :meth:`~_Helper.close`, large batches go to one helper process (started at
+    the first), where ``allowed``; its figures count from here."""
     _helper.allowed = allowed
     _helper.started = _helper.pieces = 0
-    stop = True
-    try:
-        yield _helper
-        stop = False
-    finally:
-        _helper.allowed = False
-        _helper.close(stop)
+    return _helper
 
 
 def _pieces(lines: list[str], chars: int) -> list[tuple[int, int]]:
@@ -287,11 +229,6 @@ def _pieces(lines: list[str], chars: int) -> list[tuple[int, int]]:
     if start < len(lines):
         pieces.append((start, len(lines)))
     return pieces
-
-
-def _load_in_helper() -> None:
-    """The helper's start: the model loaded before its first piece."""
-    LanguageIdentifier.shared()
 
 
 def _predict_in_helper(lines: list[str]) -> tuple[list[str], list[float]]:

@@ -33,7 +33,7 @@ import polars as pl
 
 from realchat.curation.ops import REGISTRY
 from realchat.curation.ops.base import Filter
-from realchat.curation.langid import helper_process
+from realchat.curation.langid import open_helper
 from realchat.curation.parts import CurateSink, ShardWriter
 from realchat.curation.processes import answer_of, close_pool, spawn_pool, submit
 from realchat.curation.pipeline import (ChunkReader, ExecutorRun, RuleTally, token_getter, label_rejected,
@@ -116,46 +116,48 @@ def run_local(ctx: "StepContext", cfg: Any, sink: CurateSink, references: dict[i
 
     it = reader.chunks(ctx.progress(records, "read", unit="items"))
     chunks: Iterator[pl.DataFrame] = source_chunks()
+    # language ID's helper process, for the chunks processed here (the worker processes are the second
+    # core once they run)
+    language_helper = open_helper(allowed=workers.processes > 1)
     stopped = True  # until the passes finish: an error or a signal stops the workers, not waits for them
     try:
-        # language ID shares a large chunk with a helper process while the chunks are processed here
-        with helper_process(allowed=workers.processes > 1) as language_helper:
-            for number, (start, stop) in enumerate(bounds):
-                barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
-                # a pass that starts after a global op applies it first (it has decided by now)
-                first = start - 1 if start and ops[start - 1].scope == "global" else start
-                applied = list(range(first, stop - (barrier is not None)))
-                spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
-                with ExitStack() as stack:
-                    # a line per op when the pass starts and one when it ends, both in the recipe's order
-                    counters = [ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows") for i in applied]
-                    shown = {i: cm.__enter__() for i, cm in zip(applied, counters)}
-                    for cm in reversed(counters):  # the stack unwinds last in, first out
-                        stack.push(cm)
-                    stream = chunks
-                    for group in _groups(ops, applied):  # row ops in worker processes, the others here
-                        if ops[group[0]].scope == "row":
-                            stream = workers.stream(stream, group, ops, tallies, sink, shown)
-                        else:
-                            stream = _here(stream, group[0], ops[group[0]], tallies[group[0]], sink, shown[group[0]])
-                    prepared = workers.prepared(stream, barrier) if barrier is not None else ((c, None) for c in stream)
-                    for chunk, payload in prepared:
-                        if barrier is not None and chunk.height:
-                            t0 = time.perf_counter()
-                            barrier.observe(chunk, payload)
-                            tallies[stop - 1].seconds += time.perf_counter() - t0 + workers.prepare_seconds
-                            workers.prepare_seconds = 0.0
-                        if spill is not None:
-                            spill.write(chunk)
-                        else:
-                            sink.kept(chunk)
-                        rows_held_peak = max(rows_held_peak, entering[0] + workers.rows_in_flight + chunk.height)
-                if spill is not None:
-                    spill.close()
-                    chunks = _read_back(spill.files, entering)
+        for number, (start, stop) in enumerate(bounds):
+            barrier = ops[stop - 1] if stop > start and ops[stop - 1].scope == "global" else None
+            # a pass that starts after a global op applies it first (it has decided by now)
+            first = start - 1 if start and ops[start - 1].scope == "global" else start
+            applied = list(range(first, stop - (barrier is not None)))
+            spill = ShardWriter(spill_root / f"pass-{number}", chunk_rows, compression="lz4") if barrier else None
+            with ExitStack() as stack:
+                # a line per op when the pass starts and one when it ends, both in the recipe's order
+                counters = [ctx.progress_counter(f"filters[{i}] {cfg.filters[i].op}", None, "rows") for i in applied]
+                shown = {i: cm.__enter__() for i, cm in zip(applied, counters)}
+                for cm in reversed(counters):  # the stack unwinds last in, first out
+                    stack.push(cm)
+                stream = chunks
+                for group in _groups(ops, applied):  # row ops in worker processes, the others here
+                    if ops[group[0]].scope == "row":
+                        stream = workers.stream(stream, group, ops, tallies, sink, shown)
+                    else:
+                        stream = _here(stream, group[0], ops[group[0]], tallies[group[0]], sink, shown[group[0]])
+                prepared = workers.prepared(stream, barrier) if barrier is not None else ((c, None) for c in stream)
+                for chunk, payload in prepared:
+                    if barrier is not None and chunk.height:
+                        t0 = time.perf_counter()
+                        barrier.observe(chunk, payload)
+                        tallies[stop - 1].seconds += time.perf_counter() - t0 + workers.prepare_seconds
+                        workers.prepare_seconds = 0.0
+                    if spill is not None:
+                        spill.write(chunk)
+                    else:
+                        sink.kept(chunk)
+                    rows_held_peak = max(rows_held_peak, entering[0] + workers.rows_in_flight + chunk.height)
+            if spill is not None:
+                spill.close()
+                chunks = _read_back(spill.files, entering)
         stopped = False
     finally:
         workers.close(stop=stopped)
+        language_helper.close(stop=stopped)
     for i, op in enumerate(ops):
         tallies[i].counters.update(op.totals())
     shutil.rmtree(spill_root, ignore_errors=True)

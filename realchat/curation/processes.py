@@ -90,10 +90,10 @@ def _process_start(parent_pid: int) -> None:
     """In a worker, first: leave SIGINT and SIGTERM to the parent and die with it (so Ctrl-C to the
     process group prints one message, and no worker outlives a killed build), then one thread each."""
     follow_parent(parent_pid)
-    one_thread_each()
+    _one_thread_each()
 
 
-def one_thread_each() -> None:
+def _one_thread_each() -> None:
     """In a worker: the processes are the parallelism, so the tokenizer (Rust, rayon), polars and BLAS
     keep to one thread each instead of each starting one per CPU and fighting over the cores. (Set
     before any of them is imported in the worker: each reads it once.)"""

@@ -45,6 +45,8 @@ from realchat.recipe.refs import DatasetRef
 _BUCKET_CAP = 2_000
 _VERIFY_BATCH = 100_000
 _FNV = np.uint64(0x100000001B3)
+#: datasketch's answers this process has read or asked for (see :func:`_datasketch_answer`)
+_ASKED: dict[str, dict[str, Any]] = {}
 
 
 class Params(OpParams):
@@ -111,13 +113,16 @@ def _datasketch_answer(question: str, ask: Callable[[], dict[str, Any]]) -> dict
     whole (a temporary file, then a rename), so concurrent builds never read half of one."""
     from realchat.models import cache_dir
 
+    if question in _ASKED:  # prepare runs once a chunk: the file is read once a process
+        return _ASKED[question]
     key = f"datasketch-{importlib.metadata.version('datasketch')}-{question}"
     path = cache_dir() / "minhash" / f"{key}.json"
     try:
-        return json.loads(path.read_text())
+        _ASKED[question] = answer = json.loads(path.read_text())
+        return answer
     except (OSError, ValueError):
         pass
-    answer = ask()
+    _ASKED[question] = answer = ask()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
