@@ -8,6 +8,7 @@ verdict. Speed is measured by ``bench/``, never here.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -80,6 +81,30 @@ def test_minhash_signatures_do_not_depend_on_the_threads(shipped_table, monkeypa
     monkeypatch.setattr(pl, "thread_pool_size", lambda: 7)
     assert np.array_equal(near_dedup.signatures(texts, p), shared)
     assert near_dedup.signatures([], p).shape == (0, 128)
+
+
+def test_datasketchs_cached_answers_are_asked_again_when_unreadable(tmp_path, monkeypatch):
+    """The bands, rows and permutations kept in RealChat's cache: an entry that is not JSON, or JSON
+    without the answer, is asked of datasketch again and rewritten whole."""
+    from datasketch import MinHash, MinHashLSH
+
+    monkeypatch.setenv("REALCHAT_CACHE", str(tmp_path))
+    monkeypatch.setattr(near_dedup, "_ASKED", {})
+    lsh = MinHashLSH(threshold=0.7, num_perm=64)
+    assert near_dedup._bands_and_rows(0.7, 64) == (lsh.b, lsh.r)
+    entries = sorted((tmp_path / "minhash").glob("datasketch-*-lsh-0.7-64.json"))
+    assert len(entries) == 1
+    p = SimpleNamespace(num_perm=64, seed=3, shingle_size=5)
+    a, b = near_dedup._permutations(p)
+    assert np.array_equal(a, MinHash(num_perm=64, seed=3).permutations[0].astype(np.uint32))
+    for broken in ("{not json", "{}", "[1, 2]"):
+        for entry in (tmp_path / "minhash").glob("*.json"):
+            entry.write_text(broken)
+        monkeypatch.setattr(near_dedup, "_ASKED", {})
+        assert near_dedup._bands_and_rows(0.7, 64) == (lsh.b, lsh.r)
+        again = near_dedup._permutations(p)
+        assert np.array_equal(again[0], a) and np.array_equal(again[1], b)
+    assert json.loads(entries[0].read_text()) == {"bands": lsh.b, "rows": lsh.r}
 
 
 def test_near_dedup_keeps_and_rejects_what_datasketch_signatures_gave(shipped_table, monkeypatch):

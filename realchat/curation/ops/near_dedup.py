@@ -85,7 +85,7 @@ def _permutations(p: Any) -> tuple[np.ndarray, np.ndarray] | None:
         a, b = m.permutations
         return {"a": [int(x) for x in a], "b": [int(x) for x in b]}
 
-    found = _datasketch_answer(f"permutations-{p.num_perm}-{p.seed}", ask_datasketch)
+    found = _datasketch_answer(f"permutations-{p.num_perm}-{p.seed}", ask_datasketch, ("a", "b"))
     if found["a"] is None:
         return None
     return np.array(found["a"], dtype=np.uint32), np.array(found["b"], dtype=np.uint32)
@@ -100,17 +100,18 @@ def _bands_and_rows(threshold: float, num_perm: int) -> tuple[int, int]:
         lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         return {"bands": lsh.b, "rows": lsh.r}
 
-    found = _datasketch_answer(f"lsh-{threshold!r}-{num_perm}", ask_datasketch)
+    found = _datasketch_answer(f"lsh-{threshold!r}-{num_perm}", ask_datasketch, ("bands", "rows"))
     return int(found["bands"]), int(found["rows"])
 
 
-def _datasketch_answer(question: str, ask: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _datasketch_answer(question: str, ask: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
     """What datasketch answers to ``question``, kept in RealChat's cache per datasketch version.
 
     Why a cache: importing datasketch costs 0.5 s (it imports ``scipy.integrate`` for the LSH's
     optimum), paid by every build and by every worker process, for a few numbers that depend only on
-    the parameters and the version. A missing or unreadable entry is asked again; entries are written
-    whole (a temporary file, then a rename), so concurrent builds never read half of one."""
+    the parameters and the version. A missing or unreadable entry, or one without ``keys``, is asked
+    again; entries are written whole (a temporary file, then a rename), so concurrent builds never
+    read half of one."""
     from realchat.models import cache_dir
 
     if question in _ASKED:  # prepare runs once a chunk: the file is read once a process
@@ -118,8 +119,10 @@ def _datasketch_answer(question: str, ask: Callable[[], dict[str, Any]]) -> dict
     key = f"datasketch-{importlib.metadata.version('datasketch')}-{question}"
     path = cache_dir() / "minhash" / f"{key}.json"
     try:
-        _ASKED[question] = answer = json.loads(path.read_text())
-        return answer
+        answer = json.loads(path.read_text())
+        if isinstance(answer, dict) and all(k in answer for k in keys):
+            _ASKED[question] = answer
+            return answer
     except (OSError, ValueError):
         pass
     _ASKED[question] = answer = ask()
